@@ -1,0 +1,57 @@
+"""The exception types of iris_trio.
+
+Every error iris_trio raises on its own account derives from :class:`IrisError`.
+Timeouts are trio's (:class:`trio.TooSlowError` or plain cancellation) and
+resource errors are trio's (:class:`trio.ClosedResourceError`,
+:class:`trio.BrokenResourceError`, :class:`trio.EndOfChannel`), so that code
+written against trio channels and streams works unchanged.
+
+Errors split the way sans-IO libraries split them: :class:`ProtocolError` and
+:class:`HandshakeError` mean the *remote side* did something wrong; the
+``ValueError`` subclasses mean the *local caller* asked for something invalid.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "HandshakeError",
+    "IrisError",
+    "KeyFormatError",
+    "MessageTooLargeError",
+    "ProtocolError",
+]
+
+
+class IrisError(Exception):
+    """Root of every exception raised by iris_trio itself."""
+
+
+class ProtocolError(IrisError):
+    """A peer sent bytes that violate the wire protocol.
+
+    Raised by the pure decoders; the transport turns it into closing that one
+    link. It never means the local node is broken.
+    """
+
+
+class HandshakeError(IrisError):
+    """The secure handshake with a peer failed or timed out.
+
+    Typical causes: a different network key, network name or protocol version
+    on the other side, a peer that is not an iris_trio node, or a peer that
+    stalled past the handshake deadline. No application data is ever accepted
+    from a peer whose handshake failed.
+    """
+
+
+class MessageTooLargeError(IrisError, ValueError):
+    """A message or frame exceeds its configured size limit (local misuse)."""
+
+
+class KeyFormatError(IrisError, ValueError):
+    """A key file or key value could not be parsed."""
+
+
+class ConfigError(IrisError, ValueError):
+    """A configuration value is out of range or inconsistent."""

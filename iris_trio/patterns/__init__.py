@@ -1,0 +1,4 @@
+"""Patterns: request/reply, broadcast, publish/subscribe and tunnels.
+
+Not built yet: see the messaging patterns issue.
+"""

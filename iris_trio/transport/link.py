@@ -1,0 +1,481 @@
+"""Secure links: frames over an encrypted stream, as a small trio task tree.
+
+A link owns one nursery with two tasks. The *reader* decrypts records, cuts
+the plaintext into frames (4-byte length prefix), decodes them strictly and
+hands each to the link's consumer. The *writer* drains a bounded queue of
+encoded frames and joins as many as fit into one ``send_all``, which the
+secure stream cuts into records of up to 64 KiB: under load many frames share
+one AEAD operation and one system call. An idle writer sends keepalives; a
+reader that hears nothing for ``idle_timeout`` declares the peer dead.
+
+Failures of the peer or the network never escape the link's tasks: they end
+the link and are kept as :attr:`Link.close_reason`; operations then raise
+trio's resource errors. A frame that violates the protocol closes this link
+only, and is counted and logged once.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import struct
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Final
+
+import trio
+
+from .._util import open_unwrapped_nursery
+from ..crypto.identity import NodeIdentity
+from ..crypto.keys import Network
+from ..errors import HandshakeError, ProtocolError
+from ..wire.frames import Frame, FrameCodec, Hello, Keepalive
+from ..wire.framing import LengthPrefixedReader
+from .config import LinkConfig
+from .handshake import HandshakeResult, perform_handshake
+from .secure_stream import SecureStream
+
+__all__ = ["Link", "LinkStatistics", "open_link", "run_link"]
+
+log = logging.getLogger("iris_trio.transport")
+
+SOFTWARE: Final = "iris-trio/0.1"
+_U32 = struct.Struct(">I")
+
+FrameHandler = Callable[[Frame], None]
+
+
+class PeerSilentError(Exception):
+    """Nothing was received from the peer within the idle timeout."""
+
+
+class WriteTimeoutError(Exception):
+    """A write made no progress within the write timeout."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LinkStatistics:
+    """A snapshot of one link's counters."""
+
+    frames_sent: int
+    frames_received: int
+    bytes_sent: int
+    bytes_received: int
+    records_sent: int
+    records_received: int
+    keepalives_sent: int
+    queued_frames: int
+    queued_bytes: int
+
+
+class Link:
+    """An authenticated, encrypted channel of frames to one peer.
+
+    Obtain one from :func:`open_link` (or a link listener); do not construct
+    it directly. ``send``/``send_nowait`` queue frames for the writer task;
+    frames arrive either through :meth:`receive` (pull mode) or through the
+    ``on_frame`` callback given when the link was opened (push mode, called
+    synchronously by the reader task; raising :class:`ProtocolError` from it
+    closes the link).
+
+    Attributes:
+        peer_id: the peer's 16-byte node id (proven by the handshake).
+        peer_public_key: the peer's static X25519 public key.
+        peer_hello: the hello the peer sent.
+        handshake_hash: the Noise transcript hash.
+        remote_address: "host:port" of the peer's socket, when known.
+    """
+
+    def __init__(
+        self,
+        secure: SecureStream,
+        handshake: HandshakeResult,
+        config: LinkConfig,
+        *,
+        codec: FrameCodec,
+        on_frame: FrameHandler | None,
+        remote_address: str | None,
+    ) -> None:
+        self.peer_id = handshake.peer_id
+        self.peer_public_key = handshake.peer_public_key
+        self.peer_hello = handshake.peer_hello
+        self.handshake_hash = handshake.handshake_hash
+        self.remote_address = remote_address
+        self.config = config
+        self._secure = secure
+        self._codec = codec
+        self._on_frame = on_frame
+        self._frame_reader = LengthPrefixedReader(4, config.max_frame_size)
+        self._queue: collections.deque[bytes] = collections.deque()
+        self._queued_bytes = 0
+        self._writer_lot = trio.lowlevel.ParkingLot()
+        self._space_lot = trio.lowlevel.ParkingLot()
+        self._inbox_send, self._inbox = trio.open_memory_channel[Frame](
+            config.receive_queue_frames
+        )
+        self._closing = False
+        self._close_reason: BaseException | None = None
+        self._remote_closed = False
+        self._finished = trio.Event()
+        self._tasks_left = 2
+        self._keepalive = _U32.pack(len(e := codec.encode(Keepalive()))) + e
+        self._frames_sent = 0
+        self._frames_received = 0
+        self._bytes_sent = 0
+        self._bytes_received = 0
+        self._keepalives_sent = 0
+
+    def __repr__(self) -> str:
+        return f"<Link to {self.peer_id.hex()[:12]} at {self.remote_address or '?'}>"
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def is_open(self) -> bool:
+        """True until the link is closing, closed or broken."""
+        return not (self._closing or self._close_reason is not None or self._remote_closed)
+
+    @property
+    def close_reason(self) -> BaseException | None:
+        """Why the link broke (``None`` while healthy and after a clean close)."""
+        return self._close_reason
+
+    def statistics(self) -> LinkStatistics:
+        """A snapshot of the link's counters."""
+        return LinkStatistics(
+            frames_sent=self._frames_sent,
+            frames_received=self._frames_received,
+            bytes_sent=self._bytes_sent,
+            bytes_received=self._bytes_received,
+            records_sent=self._secure.records_sent,
+            records_received=self._secure.records_received,
+            keepalives_sent=self._keepalives_sent,
+            queued_frames=len(self._queue),
+            queued_bytes=self._queued_bytes,
+        )
+
+    def _check_sendable(self) -> None:
+        if self._closing:
+            raise trio.ClosedResourceError("the link was closed")
+        if self._close_reason is not None:
+            raise trio.BrokenResourceError(f"the link is broken: {self._close_reason}") from (
+                self._close_reason
+            )
+        if self._remote_closed:
+            raise trio.BrokenResourceError("the peer closed the link")
+
+    def _fail(self, reason: BaseException) -> None:
+        """Record the first failure and wake everyone waiting on the link."""
+        if self._close_reason is None and not self._closing:
+            self._close_reason = reason
+            if isinstance(reason, ProtocolError):
+                log.warning("closing link to %s: protocol violation: %s", self, reason)
+            else:
+                log.info("link to %s broken: %s", self, reason)
+        self._wake_all()
+
+    def _wake_all(self) -> None:
+        self._writer_lot.unpark_all()
+        self._space_lot.unpark_all()
+        self._inbox_send.close()
+
+    # ---------------------------------------------------------------- sending
+
+    def send_nowait(self, frame: Frame) -> None:
+        """Queue ``frame`` for sending without waiting.
+
+        Raises:
+            trio.WouldBlock: the send queue is full.
+            trio.ClosedResourceError: the link was closed locally.
+            trio.BrokenResourceError: the link failed or the peer closed it.
+            MessageTooLargeError / ValueError: the frame is invalid or too large.
+        """
+        self._check_sendable()
+        self.send_encoded_nowait(self._codec.encode(frame))
+
+    def send_encoded_nowait(self, encoded: bytes) -> None:
+        """Queue an already encoded frame (e.g. one being forwarded) without waiting.
+
+        The caller guarantees ``encoded`` is a valid frame no larger than the limit.
+        """
+        self._check_sendable()
+        queue = self._queue
+        size = len(encoded) + 4
+        if queue and (
+            len(queue) >= self.config.send_queue_frames
+            or self._queued_bytes + size > self.config.send_queue_bytes
+        ):
+            raise trio.WouldBlock
+        queue.append(_U32.pack(len(encoded)) + encoded)
+        self._queued_bytes += size
+        self._frames_sent += 1
+        if len(queue) == 1:
+            self._writer_lot.unpark()
+
+    async def send(self, frame: Frame) -> None:
+        """Queue ``frame``, waiting while the send queue is full (link backpressure).
+
+        This is a checkpoint. Raises like :meth:`send_nowait`, except WouldBlock.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        encoded = self._codec.encode(frame)
+        while True:
+            try:
+                self.send_encoded_nowait(encoded)
+            except trio.WouldBlock:
+                await self._space_lot.park()
+            else:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return
+
+    async def wait_send_queue_empty(self) -> None:
+        """Wait until every queued frame was handed to the transport."""
+        while self._queue:
+            self._check_sendable()
+            await self._space_lot.park()
+        await trio.lowlevel.checkpoint()
+
+    # -------------------------------------------------------------- receiving
+
+    async def receive(self) -> Frame:
+        """Return the next frame (pull mode).
+
+        Raises:
+            trio.EndOfChannel: the peer closed the link cleanly.
+            trio.ClosedResourceError: the link was closed locally.
+            trio.BrokenResourceError: the link failed.
+            RuntimeError: the link delivers through an ``on_frame`` callback.
+        """
+        if self._on_frame is not None:
+            raise RuntimeError("this link delivers frames to its on_frame callback")
+        try:
+            return await self._inbox.receive()
+        except trio.EndOfChannel:
+            if self._close_reason is not None:
+                raise trio.BrokenResourceError(f"the link is broken: {self._close_reason}") from (
+                    self._close_reason
+                )
+            if self._closing:
+                raise trio.ClosedResourceError("the link was closed") from None
+            raise
+
+    def __aiter__(self) -> Link:
+        return self
+
+    async def __anext__(self) -> Frame:
+        try:
+            return await self.receive()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
+
+    # ---------------------------------------------------------------- closing
+
+    async def aclose(self) -> None:
+        """Close gracefully: flush queued frames, send the authenticated end, close.
+
+        Pending and later operations raise :class:`trio.ClosedResourceError`.
+        The flush is bounded by ``close_timeout``; the link's tasks are gone
+        when this returns (if the link runs under :func:`open_link`).
+        """
+        if not self._closing:
+            self._closing = True
+            self._wake_all()
+        with trio.move_on_after(self.config.close_timeout) as scope:
+            scope.shield = True
+            await self._finished.wait()
+        if not self._finished.is_set():
+            await trio.aclose_forcefully(self._secure.transport_stream)
+
+    async def wait_closed(self) -> None:
+        """Wait until the link has ended (closed by either side or broken)."""
+        await self._finished.wait()
+
+    # ------------------------------------------------------------------ tasks
+
+    def _task_done(self) -> None:
+        self._tasks_left -= 1
+        if self._tasks_left == 0:
+            self._finished.set()
+
+    async def _run_reader(self) -> None:
+        secure, codec, reader = self._secure, self._codec, self._frame_reader
+        idle = self.config.idle_timeout
+        try:
+            while True:
+                with trio.move_on_after(idle) as scope:
+                    data = await secure.receive_some()
+                if scope.cancelled_caught:
+                    raise PeerSilentError(f"nothing received for {idle:g} s")
+                if not data:
+                    self._remote_closed = True
+                    return
+                self._bytes_received += len(data)
+                for body in reader.feed(data):
+                    frame = codec.decode(body)
+                    if type(frame) is Keepalive:
+                        continue
+                    self._frames_received += 1
+                    if self._on_frame is not None:
+                        self._on_frame(frame)
+                    else:
+                        await self._inbox_send.send(frame)
+        except trio.ClosedResourceError:
+            pass  # closed locally (stream or inbox)
+        except trio.BrokenResourceError as exc:
+            cause = exc.__cause__
+            self._fail(cause if isinstance(cause, ProtocolError) else exc)
+        except (ProtocolError, PeerSilentError) as exc:
+            self._fail(exc)
+        finally:
+            # The reader ending (clean end, failure) ends the link: wake the writer.
+            self._wake_all()
+            self._task_done()
+
+    def _take_batch(self) -> bytes:
+        queue = self._queue
+        limit = self.config.coalesce_bytes
+        parts = [queue.popleft()]
+        size = len(parts[0])
+        while queue and size + len(queue[0]) <= limit:
+            item = queue.popleft()
+            parts.append(item)
+            size += len(item)
+        self._queued_bytes -= size
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    async def _run_writer(self) -> None:
+        secure = self._secure
+        config = self.config
+        try:
+            while self._close_reason is None and not self._remote_closed:
+                if not self._queue:
+                    if self._closing:
+                        break
+                    with trio.move_on_after(config.keepalive_interval):
+                        await self._writer_lot.park()
+                    if self._close_reason is not None or self._remote_closed:
+                        break
+                    if not self._queue:
+                        if self._closing:
+                            break
+                        self._queue.append(self._keepalive)
+                        self._queued_bytes += len(self._keepalive)
+                        self._keepalives_sent += 1
+                batch = self._take_batch()
+                with trio.fail_after(config.write_timeout):
+                    await secure.send_all(batch)
+                self._bytes_sent += len(batch)
+                self._space_lot.unpark_all()
+        except trio.TooSlowError:
+            self._fail(WriteTimeoutError(f"a write made no progress for {config.write_timeout:g} s"))
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            if not self._closing:
+                self._fail(exc)
+        finally:
+            self._queue.clear()
+            self._queued_bytes = 0
+            self._space_lot.unpark_all()
+            # Sends the authenticated end when the stream is still healthy, then
+            # closes the transport, which also ends the reader.
+            await secure.aclose()
+            self._task_done()
+
+
+async def run_link(
+    link: Link, *, task_status: trio.TaskStatus[Link] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Run ``link``'s reader and writer until the link ends (internal building block)."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(link._run_reader)
+        nursery.start_soon(link._run_writer)
+        task_status.started(link)
+
+
+def _address_of(stream: trio.abc.Stream) -> str | None:
+    socket = getattr(stream, "socket", None)
+    if socket is None:
+        return None
+    try:
+        host, port = socket.getpeername()[:2]
+    except OSError:
+        return None
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@asynccontextmanager
+async def established_link(
+    stream: trio.abc.Stream,
+    handshake: HandshakeResult,
+    *,
+    config: LinkConfig,
+    codec: FrameCodec,
+    on_frame: FrameHandler | None = None,
+) -> AsyncIterator[Link]:
+    """Run a link over ``stream`` after a completed handshake; close it on exit."""
+    secure = SecureStream(
+        stream,
+        handshake.send_cipher,
+        handshake.receive_cipher,
+        record_reader=handshake.record_reader,
+        pending_records=handshake.pending_records,
+        rekey_interval=config.rekey_interval,
+        close_timeout=config.close_timeout,
+    )
+    link = Link(secure, handshake, config, codec=codec, on_frame=on_frame,
+                remote_address=_address_of(stream))
+    async with open_unwrapped_nursery() as nursery:
+        await nursery.start(run_link, link)
+        try:
+            yield link
+        finally:
+            await link.aclose()
+            nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def open_link(
+    stream: trio.abc.Stream,
+    *,
+    initiator: bool,
+    identity: NodeIdentity,
+    network: Network,
+    config: LinkConfig | None = None,
+    listen: str = "",
+    on_frame: FrameHandler | None = None,
+) -> AsyncIterator[Link]:
+    """Handshake over ``stream`` and run a secure link for the ``async with`` body.
+
+    Args:
+        stream: a connected byte stream; the link owns and closes it.
+        initiator: True on the side that opened the connection.
+        identity: this node's static key pair.
+        network: the network (name and key) both sides must share.
+        config: limits and deadlines.
+        listen: the address this node accepts links on, told to the peer.
+        on_frame: push-mode consumer; without it use :meth:`Link.receive`.
+
+    Raises:
+        HandshakeError: the handshake failed (the stream is closed).
+
+    On exit the link is closed gracefully (bounded by ``close_timeout``).
+    """
+    config = config or LinkConfig()
+    codec = FrameCodec(config.max_frame_size)
+    hello = Hello(software=SOFTWARE, listen=listen, max_frame_size=config.max_frame_size)
+    try:
+        handshake = await perform_handshake(
+            stream,
+            initiator=initiator,
+            identity=identity,
+            network=network,
+            hello=hello,
+            timeout=config.handshake_timeout,
+            codec=codec,
+        )
+    except HandshakeError:
+        await trio.aclose_forcefully(stream)
+        raise
+    async with established_link(stream, handshake, config=config, codec=codec,
+                                on_frame=on_frame) as link:
+        yield link

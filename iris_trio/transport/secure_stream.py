@@ -1,0 +1,248 @@
+"""The encrypted record layer, usable as a plain :class:`trio.abc.Stream`.
+
+After the handshake every byte travels in records: a 2-byte big-endian length
+followed by a ChaCha20-Poly1305 ciphertext of at most 65535 bytes, under the
+Noise transport cipher of that direction (counter nonces, so a replayed,
+dropped, duplicated or reordered record fails authentication). A record whose
+plaintext is empty is the authenticated end of the stream: a connection that
+ends without it was truncated and raises :class:`trio.BrokenResourceError`.
+
+Both sides rekey a direction after every ``rekey_interval`` records of it; the
+schedule is implicit (counted on both ends), so rekeying costs no signalling.
+"""
+
+from __future__ import annotations
+
+import operator
+import struct
+from typing import Final
+
+import trio
+
+from ..crypto.aead import TAG_SIZE, AuthenticationError
+from ..crypto.noise import CipherState, NonceExhaustedError
+from ..errors import ProtocolError
+from ..wire.framing import MAX_RECORD_SIZE, LengthPrefixedReader
+
+__all__ = ["MAX_RECORD_PLAINTEXT", "SecureStream"]
+
+#: Largest plaintext one record carries.
+MAX_RECORD_PLAINTEXT: Final = MAX_RECORD_SIZE - TAG_SIZE
+_RECEIVE_SIZE: Final = 256 * 1024
+_U16 = struct.Struct(">H")
+
+
+class SecureStream(trio.abc.Stream):
+    """A :class:`trio.abc.Stream` of plaintext over encrypted records.
+
+    Usually created by :func:`iris_trio.transport.open_secure_stream` or by a
+    link; constructing one directly takes the cipher states of a completed
+    handshake.
+
+    Args:
+        transport_stream: the underlying byte stream (TCP, memory, ...).
+        send_cipher: cipher state for records this side sends.
+        receive_cipher: cipher state for records this side receives.
+        record_reader: the reader used during the handshake, holding any
+            bytes that arrived after it.
+        pending_records: complete records that arrived with the last
+            handshake message.
+        rekey_interval: records per direction between rekeys.
+    """
+
+    def __init__(
+        self,
+        transport_stream: trio.abc.Stream,
+        send_cipher: CipherState,
+        receive_cipher: CipherState,
+        *,
+        record_reader: LengthPrefixedReader | None = None,
+        pending_records: list[bytes] | None = None,
+        rekey_interval: int = 1 << 20,
+        close_timeout: float = 2.0,
+    ) -> None:
+        self.transport_stream = transport_stream
+        self._send_cipher = send_cipher
+        self._receive_cipher = receive_cipher
+        self._records = record_reader or LengthPrefixedReader(2, MAX_RECORD_SIZE)
+        self._pending_records = list(pending_records or ())
+        self._rekey_interval = rekey_interval
+        self._close_timeout = close_timeout
+        self._plaintext: list[bytes] = []
+        self._sending = False
+        self._receiving = False
+        self._closed = False
+        self._send_broken: BaseException | None = None
+        self._receive_error: BaseException | None = None
+        self._end_received = False
+        #: Records sent and received so far (for statistics).
+        self.records_sent = 0
+        self.records_received = 0
+
+    # ---------------------------------------------------------------- sending
+
+    def _seal(self, data: bytes | bytearray | memoryview) -> bytes:
+        view = memoryview(data)
+        cipher = self._send_cipher
+        parts: list[bytes] = []
+        for offset in range(0, len(view), MAX_RECORD_PLAINTEXT):
+            ciphertext = cipher.encrypt_with_ad(b"", view[offset : offset + MAX_RECORD_PLAINTEXT])
+            parts.append(_U16.pack(len(ciphertext)))
+            parts.append(ciphertext)
+            self._count_sent()
+        return b"".join(parts)
+
+    def _count_sent(self) -> None:
+        self.records_sent += 1
+        if self.records_sent % self._rekey_interval == 0:
+            self._send_cipher.rekey()
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        """Encrypt ``data`` into records and send them.
+
+        Raises:
+            trio.BusyResourceError: another task is sending.
+            trio.ClosedResourceError: this stream was closed.
+            trio.BrokenResourceError: the connection failed (now or earlier).
+        """
+        if self._sending:
+            raise trio.BusyResourceError("another task is using this stream for sending")
+        if self._closed:
+            raise trio.ClosedResourceError("the secure stream was closed")
+        self._sending = True
+        try:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            if self._send_broken is not None:
+                raise trio.BrokenResourceError("the secure stream is broken") from (
+                    self._send_broken
+                )
+            if not data:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return
+            try:
+                wire = self._seal(data)
+            except NonceExhaustedError as exc:
+                self._send_broken = exc
+                raise trio.BrokenResourceError("record nonces exhausted") from exc
+            try:
+                await self.transport_stream.send_all(wire)
+            except BaseException as exc:
+                # A partial write (cancellation included) desynchronises the record
+                # stream for good.
+                self._send_broken = exc
+                raise
+        finally:
+            self._sending = False
+
+    async def wait_send_all_might_not_block(self) -> None:
+        """Wait until the transport can probably take more data."""
+        if self._sending:
+            raise trio.BusyResourceError("another task is using this stream for sending")
+        if self._closed:
+            raise trio.ClosedResourceError("the secure stream was closed")
+        self._sending = True
+        try:
+            await self.transport_stream.wait_send_all_might_not_block()
+        finally:
+            self._sending = False
+
+    # -------------------------------------------------------------- receiving
+
+    def _open_records(self, records: list[bytes]) -> None:
+        cipher = self._receive_cipher
+        for record in records:
+            if self._end_received:
+                # Bytes after the authenticated end are ignored: nothing more is read.
+                return
+            try:
+                plaintext = cipher.decrypt_with_ad(b"", record)
+            except (AuthenticationError, NonceExhaustedError) as exc:
+                self._receive_error = ProtocolError(
+                    f"record {self.records_received} failed authentication"
+                )
+                self._receive_error.__cause__ = exc
+                return
+            self.records_received += 1
+            if self.records_received % self._rekey_interval == 0:
+                cipher.rekey()
+            if plaintext:
+                self._plaintext.append(plaintext)
+            else:
+                self._end_received = True
+
+    def _take(self, max_bytes: int | None) -> bytes:
+        data = b"".join(self._plaintext)  # one chunk: no copy
+        self._plaintext.clear()
+        if max_bytes is not None and len(data) > max_bytes:
+            self._plaintext.append(data[max_bytes:])
+            data = data[:max_bytes]
+        return data
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        """Return decrypted bytes; ``b""`` after the peer's authenticated close.
+
+        Raises:
+            trio.BusyResourceError: another task is receiving.
+            trio.ClosedResourceError: this stream was closed.
+            trio.BrokenResourceError: a record failed authentication (its cause
+                is a :class:`~iris_trio.errors.ProtocolError`), the connection was
+                truncated, or it failed.
+        """
+        if max_bytes is not None:
+            max_bytes = operator.index(max_bytes)
+            if max_bytes < 1:
+                raise ValueError("max_bytes must be >= 1")
+        if self._receiving:
+            raise trio.BusyResourceError("another task is using this stream for receiving")
+        if self._closed:
+            raise trio.ClosedResourceError("the secure stream was closed")
+        self._receiving = True
+        try:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            if self._pending_records:
+                pending, self._pending_records = self._pending_records, []
+                self._open_records(pending)
+            while not self._plaintext:
+                if self._receive_error is not None:
+                    raise trio.BrokenResourceError(str(self._receive_error)) from (
+                        self._receive_error
+                    )
+                if self._end_received:
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+                    return b""
+                data = await self.transport_stream.receive_some(_RECEIVE_SIZE)
+                if not data:
+                    self._receive_error = ProtocolError(
+                        "connection ended without an authenticated close (truncated)"
+                    )
+                    continue
+                self._open_records(self._records.feed(data))
+            else:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+            return self._take(max_bytes)
+        finally:
+            self._receiving = False
+
+    # ---------------------------------------------------------------- closing
+
+    async def aclose(self) -> None:
+        """Send the authenticated end-of-stream record (best effort) and close.
+
+        Like every trio ``aclose``, this closes even when cancelled (then without
+        the end record).
+        """
+        if self._closed:
+            await trio.lowlevel.checkpoint()
+            return
+        self._closed = True
+        try:
+            if self._send_broken is None and not self._sending:
+                with trio.move_on_after(self._close_timeout):
+                    try:
+                        end = self._send_cipher.encrypt_with_ad(b"", b"")
+                        await self.transport_stream.send_all(_U16.pack(len(end)) + end)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError,
+                            NonceExhaustedError):
+                        pass
+        finally:
+            await self.transport_stream.aclose()

@@ -1,0 +1,223 @@
+"""CBOR frames: one typed, immutable class per frame kind, and a strict codec.
+
+On the wire a frame is one CBOR array ``[version, kind, field...]`` encoded
+canonically (shortest heads, definite lengths, no tags, no maps, no floats).
+Decoding checks, in order: the byte size against the configured limit (before
+any parsing), the CBOR syntax with tags, indefinite lengths and deep nesting
+refused, the version, the kind, the exact field count, every field's type,
+range and size, and finally that the canonical size of what was decoded equals
+the input size (no trailing bytes, no padded encodings). Any failure raises
+:class:`~iris_trio.errors.ProtocolError` and nothing else.
+
+Layers above define their own frame kinds with :func:`frame_kind`; kind numbers
+are allocated in ranges: 0-15 link, 16-63 overlay, 64-127 patterns, 128-191 relay
+bridging. A kind can be registered once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import operator
+from collections.abc import Callable
+from typing import Any, ClassVar, Final, TypeVar
+
+import cbor2
+
+from ..errors import MessageTooLargeError, ProtocolError
+from .fields import Blob, Field, Text, UInt, head_size
+
+__all__ = [
+    "DEFAULT_MAX_FRAME_SIZE",
+    "WIRE_VERSION",
+    "Frame",
+    "FrameCodec",
+    "Hello",
+    "Keepalive",
+    "Payload",
+    "frame_kind",
+    "registered_kinds",
+]
+
+#: Version number carried in every frame.
+WIRE_VERSION: Final = 1
+#: Default frame limit: an 8 MiB message plus room for its headers.
+DEFAULT_MAX_FRAME_SIZE: Final = 8 * 1024 * 1024 + 64 * 1024
+#: Frames nest at most a few arrays deep; anything deeper is hostile.
+MAX_NESTING: Final = 6
+
+F = TypeVar("F", bound="Frame")
+
+
+class Frame:
+    """Base class of every frame kind. Subclasses are frozen, slotted dataclasses."""
+
+    __slots__ = ()
+    KIND: ClassVar[int]
+    SCHEMA: ClassVar[tuple[Field, ...]]
+    _values: ClassVar[Callable[[Any], tuple[Any, ...]]]
+
+
+_REGISTRY: dict[int, type[Frame]] = {}
+
+
+def frame_kind(kind: int, *schema: Field) -> Callable[[type[F]], type[F]]:
+    """Register a frame class under ``kind`` with one validator per dataclass field.
+
+    The validators are listed in the order of the dataclass fields.
+    """
+
+    def register(cls: type[F]) -> type[F]:
+        if not dataclasses.is_dataclass(cls):
+            raise TypeError(f"{cls.__name__} must be a dataclass")
+        if kind in _REGISTRY:
+            raise ValueError(f"frame kind {kind} already registered by {_REGISTRY[kind].__name__}")
+        names = tuple(f.name for f in dataclasses.fields(cls))
+        if len(names) != len(schema):
+            raise TypeError(f"{cls.__name__}: {len(names)} fields but {len(schema)} validators")
+        cls.KIND = kind
+        cls.SCHEMA = schema
+        if not names:
+            cls._values = staticmethod(lambda _frame: ())  # type: ignore[assignment]
+        elif len(names) == 1:
+            getter = operator.attrgetter(names[0])
+            cls._values = staticmethod(lambda frame: (getter(frame),))  # type: ignore[assignment]
+        else:
+            cls._values = staticmethod(operator.attrgetter(*names))  # type: ignore[assignment]
+        _REGISTRY[kind] = cls
+        return cls
+
+    return register
+
+
+def registered_kinds() -> dict[int, type[Frame]]:
+    """A copy of the kind -> class registry (for tests and diagnostics)."""
+    return dict(_REGISTRY)
+
+
+def _reject_tag(*_: object) -> Any:
+    raise ProtocolError("CBOR tags are not used by this protocol")
+
+
+# cbor2 decodes these tags itself; route them to the rejection too.
+_BUILTIN_TAGS = (0, 1, 2, 3, 4, 5, 25, 28, 29, 30, 35, 36, 37, 52, 54, 100, 256, 258, 260, 261,
+                 1004, 55799)
+_TAG_DECODERS: Final = dict.fromkeys(_BUILTIN_TAGS, _reject_tag)
+
+
+class FrameCodec:
+    """Encodes and strictly decodes frames under a size limit.
+
+    Args:
+        max_frame_size: largest encoded frame accepted or produced, in bytes.
+    """
+
+    __slots__ = ("max_frame_size",)
+
+    def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
+        if max_frame_size < 64:
+            raise ValueError("max_frame_size must be at least 64 bytes")
+        self.max_frame_size = max_frame_size
+
+    def encode(self, frame: Frame) -> bytes:
+        """Encode ``frame``.
+
+        Raises:
+            ValueError: a field value does not satisfy the frame's schema.
+            MessageTooLargeError: the encoded frame exceeds ``max_frame_size``.
+        """
+        values = frame._values(frame)
+        for field, value in zip(frame.SCHEMA, values, strict=True):
+            try:
+                field.check(value)
+            except ProtocolError as exc:
+                raise ValueError(f"{type(frame).__name__}: {exc}") from None
+        data: bytes = cbor2.dumps([WIRE_VERSION, frame.KIND, *values])
+        if len(data) > self.max_frame_size:
+            raise MessageTooLargeError(
+                f"{type(frame).__name__} frame of {len(data)} bytes exceeds {self.max_frame_size}"
+            )
+        return data
+
+    def decode(self, data: bytes) -> Frame:
+        """Decode one frame from exactly ``data``.
+
+        Raises:
+            ProtocolError: for anything but one well-formed frame of a known kind.
+        """
+        if len(data) > self.max_frame_size:
+            raise ProtocolError(f"frame of {len(data)} bytes exceeds {self.max_frame_size}")
+        try:
+            items = cbor2.loads(
+                data,
+                max_depth=MAX_NESTING,
+                allow_indefinite=False,
+                allow_duplicate_keys=False,
+                semantic_decoders=_TAG_DECODERS,
+                tag_hook=_reject_tag,
+            )
+        except ProtocolError:
+            raise
+        except Exception as exc:  # cbor2 raises several types; all mean "malformed"
+            raise ProtocolError(f"malformed CBOR: {exc}") from exc
+        if type(items) is not list or len(items) < 2:
+            raise ProtocolError("a frame is an array [version, kind, fields...]")
+        version, kind = items[0], items[1]
+        if type(version) is not int or version != WIRE_VERSION:
+            raise ProtocolError(f"unsupported wire version {version!r}")
+        cls = _REGISTRY.get(kind) if type(kind) is int else None
+        if cls is None:
+            raise ProtocolError(f"unknown frame kind {kind!r}")
+        schema = cls.SCHEMA
+        if len(items) != len(schema) + 2:
+            raise ProtocolError(
+                f"{cls.__name__} takes {len(schema)} fields, got {len(items) - 2}"
+            )
+        # version and kind are small uints (one head each) inside the outer array head.
+        total = head_size(len(items)) + head_size(version) + head_size(kind)
+        values = []
+        for field, value in zip(schema, items[2:], strict=True):
+            checked, size = field.check(value)
+            values.append(checked)
+            total += size
+        if total != len(data):
+            raise ProtocolError("trailing bytes or non-canonical encoding")
+        return cls(*values)
+
+
+# --- link-level frames (kinds 0-15) -------------------------------------------------------------
+
+
+@frame_kind(0, Text(64), Text(256), UInt(32))
+@dataclasses.dataclass(frozen=True, slots=True)
+class Hello(Frame):
+    """Sent inside the handshake (messages 2 and 3) by both sides.
+
+    Attributes:
+        software: implementation name and version, for diagnostics.
+        listen: the address ("host:port") the sender accepts links on, or "".
+        max_frame_size: the largest frame the sender accepts.
+    """
+
+    software: str
+    listen: str
+    max_frame_size: int
+
+
+@frame_kind(1)
+@dataclasses.dataclass(frozen=True, slots=True)
+class Keepalive(Frame):
+    """Sent by an idle link so the peer knows it is alive."""
+
+
+@frame_kind(2, UInt(32), Blob())
+@dataclasses.dataclass(frozen=True, slots=True)
+class Payload(Frame):
+    """Opaque application bytes on a numbered channel (used by tests and benchmarks).
+
+    Attributes:
+        channel: a number the application chooses.
+        data: the bytes; bounded by the frame limit only.
+    """
+
+    channel: int
+    data: bytes
