@@ -215,6 +215,8 @@ class HandshakeState:
         psk: the 32-byte pre-shared key (the network key). ``None`` selects plain
             ``Noise_XX`` (used only to check against published test vectors).
         static_private_key: this side's long-term X25519 private key.
+        static_public_key: its public key, when already known (saves a scalar
+            multiplication per handshake).
         ephemeral_private_key: for test vectors only; normally generated when needed.
 
     Use :meth:`write_message` and :meth:`read_message` alternately as the
@@ -230,6 +232,7 @@ class HandshakeState:
         prologue: bytes,
         psk: bytes | None,
         static_private_key: bytes,
+        static_public_key: bytes | None = None,
         ephemeral_private_key: bytes | None = None,
     ) -> None:
         if psk is not None and len(psk) != PSK_SIZE:
@@ -238,7 +241,7 @@ class HandshakeState:
         self._pattern = _PATTERN if psk is not None else _PLAIN_PATTERN
         self._psk = psk
         self._static_private = static_private_key
-        self._static_public = public_key(static_private_key)
+        self._static_public = static_public_key or public_key(static_private_key)
         self._ephemeral_private = ephemeral_private_key
         self._ephemeral_public: bytes | None = None
         self.remote_static: bytes | None = None

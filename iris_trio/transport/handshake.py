@@ -112,6 +112,7 @@ async def perform_handshake(
         prologue=network.prologue(),
         psk=network.key.secret,
         static_private_key=identity.private_key,
+        static_public_key=identity.public_key,
     )
     messages = _MessageReader(stream)
     hello_bytes = codec.encode(hello)

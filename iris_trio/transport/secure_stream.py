@@ -216,7 +216,7 @@ class SecureStream(trio.abc.Stream):
                         "connection ended without an authenticated close (truncated)"
                     )
                     continue
-                self._open_records(self._records.feed(data))
+                self._open_records(list(self._records.feed(data)))
             else:
                 await trio.lowlevel.cancel_shielded_checkpoint()
             return self._take(max_bytes)

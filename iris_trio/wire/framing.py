@@ -5,7 +5,7 @@ a 2-byte big-endian length (at most 65535 bytes each, as the Noise spec
 requires), and the frames inside the decrypted byte stream travel with a
 4-byte big-endian length bounded by the configured frame limit.
 
-The reader is fed arbitrary chunks and returns every complete payload; it
+The reader is fed arbitrary chunks and yields every complete payload; it
 rejects a declared length above its limit *before* buffering the payload, so
 a peer can never make it hold more than ``max_size`` plus one chunk.
 """
@@ -13,6 +13,7 @@ a peer can never make it hold more than ``max_size`` plus one chunk.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 
 from ..errors import MessageTooLargeError, ProtocolError
 
@@ -74,30 +75,31 @@ class LengthPrefixedReader:
         """Bytes held that do not yet form a complete payload."""
         return len(self._buffer)
 
-    def feed(self, data: bytes | bytearray | memoryview) -> list[bytes]:
-        """Add ``data`` and return every payload it completes, in order.
+    def feed(self, data: bytes | bytearray | memoryview) -> Iterator[bytes]:
+        """Add ``data`` and yield every payload it completes, in order.
 
-        Raises:
-            ProtocolError: a declared length exceeds ``max_size``. The reader
-                must not be used afterwards.
+        Payloads before a bad length prefix are yielded first; then
+        :class:`ProtocolError` is raised (a declared length above ``max_size``),
+        after which the reader must not be used.
         """
         buffer = self._buffer
         buffer += data
         prefix = self._prefix
         header = prefix.size
         limit = self.max_size
-        end = len(buffer)
         position = 0
-        payloads: list[bytes] = []
-        while end - position >= header:
-            (size,) = prefix.unpack_from(buffer, position)
-            if size > limit:
-                raise ProtocolError(f"declared length {size} exceeds the limit of {limit} bytes")
-            start = position + header
-            if end - start < size:
-                break
-            payloads.append(bytes(buffer[start : start + size]))
-            position = start + size
-        if position:
-            del buffer[:position]
-        return payloads
+        try:
+            while len(buffer) - position >= header:
+                (size,) = prefix.unpack_from(buffer, position)
+                if size > limit:
+                    raise ProtocolError(
+                        f"declared length {size} exceeds the limit of {limit} bytes"
+                    )
+                start = position + header
+                if len(buffer) - start < size:
+                    break
+                position = start + size
+                yield bytes(buffer[start:position])
+        finally:
+            if position:
+                del buffer[:position]
