@@ -25,8 +25,13 @@ async def handshake_pair(
 
     async def side(stream: trio.abc.Stream, initiator: bool, network: Network) -> None:
         results[initiator] = await perform_handshake(
-            stream, initiator=initiator, identity=NodeIdentity.generate(), network=network,
-            hello=HELLO, timeout=timeout)
+            stream,
+            initiator=initiator,
+            identity=NodeIdentity.generate(),
+            network=network,
+            hello=HELLO,
+            timeout=timeout,
+        )
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(side, left, True, networks[0])
@@ -35,9 +40,14 @@ async def handshake_pair(
 
 
 def secure_over(stream: trio.abc.Stream, result: HandshakeResult, **kwargs: int) -> SecureStream:
-    return SecureStream(stream, result.send_cipher, result.receive_cipher,
-                        record_reader=result.record_reader,
-                        pending_records=result.pending_records, **kwargs)
+    return SecureStream(
+        stream,
+        result.send_cipher,
+        result.receive_cipher,
+        record_reader=result.record_reader,
+        pending_records=result.pending_records,
+        **kwargs,
+    )
 
 
 async def secure_stream_pair(**kwargs: int) -> tuple[SecureStream, SecureStream]:

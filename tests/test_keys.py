@@ -19,8 +19,13 @@ SECRET = bytes(range(32))
 
 @pytest.mark.parametrize(
     "content",
-    [SECRET, SECRET.hex().encode(), SECRET.hex().upper().encode() + b"\n",
-     base64.b64encode(SECRET), b"  " + base64.b64encode(SECRET) + b"\r\n"],
+    [
+        SECRET,
+        SECRET.hex().encode(),
+        SECRET.hex().upper().encode() + b"\n",
+        base64.b64encode(SECRET),
+        b"  " + base64.b64encode(SECRET) + b"\r\n",
+    ],
     ids=["raw", "hex", "hex-upper-newline", "base64", "base64-padded"],
 )
 def test_key_files_in_every_form(tmp_path: Path, content: bytes) -> None:
@@ -30,7 +35,8 @@ def test_key_files_in_every_form(tmp_path: Path, content: bytes) -> None:
 
 
 @pytest.mark.parametrize(
-    "content", [b"", b"short", SECRET.hex()[:-2].encode(), b"z" * 64, bytes(33)],
+    "content",
+    [b"", b"short", SECRET.hex()[:-2].encode(), b"z" * 64, bytes(33)],
     ids=["empty", "short", "hex-62", "not-hex", "raw-33"],
 )
 def test_bad_key_files_are_refused(tmp_path: Path, content: bytes) -> None:
@@ -60,14 +66,18 @@ def _rsa_key_forms() -> dict[str, bytes]:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     none = serialization.NoEncryption()
     return {
-        "pkcs1-pem": key.private_bytes(serialization.Encoding.PEM,
-                                       serialization.PrivateFormat.TraditionalOpenSSL, none),
-        "pkcs1-der": key.private_bytes(serialization.Encoding.DER,
-                                       serialization.PrivateFormat.TraditionalOpenSSL, none),
-        "pkcs8-pem": key.private_bytes(serialization.Encoding.PEM,
-                                       serialization.PrivateFormat.PKCS8, none),
-        "pkcs8-der": key.private_bytes(serialization.Encoding.DER,
-                                       serialization.PrivateFormat.PKCS8, none),
+        "pkcs1-pem": key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, none
+        ),
+        "pkcs1-der": key.private_bytes(
+            serialization.Encoding.DER, serialization.PrivateFormat.TraditionalOpenSSL, none
+        ),
+        "pkcs8-pem": key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, none
+        ),
+        "pkcs8-der": key.private_bytes(
+            serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, none
+        ),
     }
 
 
@@ -86,11 +96,16 @@ def test_rsa_key_files_give_one_network_key_whatever_the_encoding(tmp_path: Path
 def test_non_rsa_and_encrypted_keys_are_refused() -> None:
     ec_key = ec.generate_private_key(ec.SECP256R1())
     encrypted = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
-        serialization.BestAvailableEncryption(b"pw"))
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.BestAvailableEncryption(b"pw"),
+    )
     candidates = [
-        ec_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption()),
+        ec_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
         encrypted,
         b"-----BEGIN RSA PRIVATE KEY-----\n!!!!\n-----END RSA PRIVATE KEY-----\n",
         b"\x30\x03\x02\x01\x00",

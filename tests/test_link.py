@@ -68,13 +68,18 @@ async def test_oversize_frames_are_refused_locally() -> None:
 
 async def test_push_mode_delivers_synchronously_to_the_callback() -> None:
     seen: list[Frame] = []
-    async with memory_link_pair(on_frame=(None, seen.append)) as (left, right):
+    all_seen = trio.Event()
+
+    def consume(frame: Frame) -> None:
+        seen.append(frame)
+        if len(seen) == 10:
+            all_seen.set()
+
+    async with memory_link_pair(on_frame=(None, consume)) as (left, right):
         for i in range(10):
             await left.send(Payload(i, b""))
-        await left.wait_send_queue_empty()
         with trio.fail_after(1):
-            while len(seen) < 10:
-                await trio.sleep(0.01)
+            await all_seen.wait()
         assert [f.channel for f in seen] == list(range(10))  # type: ignore[attr-defined]
         with pytest.raises(RuntimeError):
             await right.receive()
@@ -90,8 +95,13 @@ async def test_backpressure_bounds_the_queue_and_loses_nothing() -> None:
 
     async def sender() -> None:
         nonlocal sent
-        async with open_link(left_stream, initiator=True, identity=NodeIdentity.generate(),
-                             network=DEV_NETWORK, config=config) as link:
+        async with open_link(
+            left_stream,
+            initiator=True,
+            identity=NodeIdentity.generate(),
+            network=DEV_NETWORK,
+            config=config,
+        ) as link:
             links["left"] = link
             for i in range(200):
                 await link.send(Payload(i, bytes(1000)))
@@ -99,8 +109,13 @@ async def test_backpressure_bounds_the_queue_and_loses_nothing() -> None:
             await done.wait()
 
     async def receiver() -> None:
-        async with open_link(right_stream, initiator=False, identity=NodeIdentity.generate(),
-                             network=DEV_NETWORK, config=config) as link:
+        async with open_link(
+            right_stream,
+            initiator=False,
+            identity=NodeIdentity.generate(),
+            network=DEV_NETWORK,
+            config=config,
+        ) as link:
             links["right"] = link
             await trio.sleep(1)  # do not read yet
             assert sent < 200
@@ -129,24 +144,37 @@ async def test_idle_links_stay_up_on_keepalives(autojump_clock: trio.testing.Moc
 @asynccontextmanager
 async def link_and_raw_peer(
     config: LinkConfig | None = None,
-    streams: Callable[[], tuple[trio.abc.Stream, trio.abc.Stream]] = trio.testing.memory_stream_pair,
+    streams: Callable[[], tuple[trio.abc.Stream, trio.abc.Stream]] = (
+        trio.testing.memory_stream_pair
+    ),
 ) -> AsyncIterator[tuple[Link, SecureStream]]:
     """A link whose peer is a bare secure stream the test drives by hand."""
     ours, theirs = streams()
     raw: dict[str, SecureStream] = {}
+    ready = trio.Event()
 
     async def raw_peer() -> None:
-        result = await perform_handshake(theirs, initiator=False,
-                                         identity=NodeIdentity.generate(),
-                                         network=DEV_NETWORK, hello=HELLO, timeout=3)
+        result = await perform_handshake(
+            theirs,
+            initiator=False,
+            identity=NodeIdentity.generate(),
+            network=DEV_NETWORK,
+            hello=HELLO,
+            timeout=3,
+        )
         raw["peer"] = secure_over(theirs, result)
+        ready.set()
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(raw_peer)
-        async with open_link(ours, initiator=True, identity=NodeIdentity.generate(),
-                             network=DEV_NETWORK, config=config) as link:
-            while "peer" not in raw:
-                await trio.sleep(0)
+        async with open_link(
+            ours,
+            initiator=True,
+            identity=NodeIdentity.generate(),
+            network=DEV_NETWORK,
+            config=config,
+        ) as link:
+            await ready.wait()
             yield link, raw["peer"]
 
 
@@ -258,8 +286,9 @@ async def test_mismatched_networks_fail_on_both_sides_within_the_deadline(
 
     async def side(stream: trio.abc.Stream, initiator: bool, network: Network) -> None:
         try:
-            async with open_link(stream, initiator=initiator, identity=NodeIdentity.generate(),
-                                 network=network) as link:
+            async with open_link(
+                stream, initiator=initiator, identity=NodeIdentity.generate(), network=network
+            ) as link:
                 accepted.append(link)
         except HandshakeError as exc:
             errors.append(exc)
@@ -278,17 +307,18 @@ async def test_a_silent_peer_is_cut_at_the_handshake_deadline(
     ours, _theirs = trio.testing.memory_stream_pair()
     start = trio.current_time()
     with pytest.raises(HandshakeError, match="within"):
-        async with open_link(ours, initiator=False, identity=NodeIdentity.generate(),
-                             network=DEV_NETWORK):
+        async with open_link(
+            ours, initiator=False, identity=NodeIdentity.generate(), network=DEV_NETWORK
+        ):
             pass
     assert trio.current_time() - start == pytest.approx(3.0)
 
 
 async def test_user_exceptions_leave_the_link_unwrapped() -> None:
-    class Boom(Exception):
+    class BoomError(Exception):
         pass
 
-    with pytest.raises(Boom):
+    with pytest.raises(BoomError):
         async with memory_link_pair() as (left, _):
             await left.send(Payload(1, b""))
-            raise Boom
+            raise BoomError

@@ -35,12 +35,20 @@ def test_shared_machinery_matches_the_published_xx_vector() -> None:
     the psk0 position is checked against noiseprotocol below.
     """
     v = {k: bytes.fromhex(x) for k, x in VECTOR.items() if k.startswith(("init_", "resp_"))}
-    initiator = HandshakeState(initiator=True, prologue=v["init_prologue"], psk=None,
-                               static_private_key=v["init_static"],
-                               ephemeral_private_key=v["init_ephemeral"])
-    responder = HandshakeState(initiator=False, prologue=v["resp_prologue"], psk=None,
-                               static_private_key=v["resp_static"],
-                               ephemeral_private_key=v["resp_ephemeral"])
+    initiator = HandshakeState(
+        initiator=True,
+        prologue=v["init_prologue"],
+        psk=None,
+        static_private_key=v["init_static"],
+        ephemeral_private_key=v["init_ephemeral"],
+    )
+    responder = HandshakeState(
+        initiator=False,
+        prologue=v["resp_prologue"],
+        psk=None,
+        static_private_key=v["resp_static"],
+        ephemeral_private_key=v["resp_ephemeral"],
+    )
     messages = VECTOR["messages"]
     sides = [(initiator, responder), (responder, initiator), (initiator, responder)]
     for (writer, reader), message in zip(sides, messages[:3], strict=True):
@@ -63,8 +71,9 @@ def test_shared_machinery_matches_the_published_xx_vector() -> None:
         assert receive.decrypt_with_ad(b"", ciphertext) == payload
 
 
-def _theirs(initiator: bool, private_key: bytes, psk: bytes = PSK,
-            prologue: bytes = PROLOGUE) -> NoiseConnection:
+def _theirs(
+    initiator: bool, private_key: bytes, psk: bytes = PSK, prologue: bytes = PROLOGUE
+) -> NoiseConnection:
     connection = NoiseConnection.from_name(PROTOCOL_NAME)
     if initiator:
         connection.set_as_initiator()
@@ -79,13 +88,16 @@ def _theirs(initiator: bool, private_key: bytes, psk: bytes = PSK,
 
 @pytest.mark.parametrize("we_initiate", [True, False])
 @settings(max_examples=10, deadline=None)
-@given(payloads=st.lists(st.binary(max_size=2000), min_size=3, max_size=3),
-       transport=st.lists(st.binary(max_size=5000), min_size=1, max_size=6))
+@given(
+    payloads=st.lists(st.binary(max_size=2000), min_size=3, max_size=3),
+    transport=st.lists(st.binary(max_size=5000), min_size=1, max_size=6),
+)
 def test_interoperates_with_noiseprotocol(
     we_initiate: bool, payloads: list[bytes], transport: list[bytes]
 ) -> None:
-    ours = HandshakeState(initiator=we_initiate, prologue=PROLOGUE, psk=PSK,
-                          static_private_key=generate_private_key())
+    ours = HandshakeState(
+        initiator=we_initiate, prologue=PROLOGUE, psk=PSK, static_private_key=generate_private_key()
+    )
     their_key = generate_private_key()
     theirs = _theirs(not we_initiate, their_key)
     for payload in payloads:
@@ -103,8 +115,9 @@ def test_interoperates_with_noiseprotocol(
 
 
 def test_rekey_matches_noiseprotocol() -> None:
-    ours = HandshakeState(initiator=True, prologue=PROLOGUE, psk=PSK,
-                          static_private_key=generate_private_key())
+    ours = HandshakeState(
+        initiator=True, prologue=PROLOGUE, psk=PSK, static_private_key=generate_private_key()
+    )
     theirs = _theirs(False, generate_private_key())
     theirs.read_message(ours.write_message())
     ours.read_message(theirs.write_message())
@@ -124,10 +137,12 @@ def test_rekey_matches_noiseprotocol() -> None:
     ids=["wrong-key", "wrong-network", "wrong-version"],
 )
 def test_mismatch_fails_on_message_one_without_any_dh(psk: bytes, prologue: bytes) -> None:
-    initiator = HandshakeState(initiator=True, prologue=prologue, psk=psk,
-                               static_private_key=generate_private_key())
-    responder = HandshakeState(initiator=False, prologue=PROLOGUE, psk=PSK,
-                               static_private_key=generate_private_key())
+    initiator = HandshakeState(
+        initiator=True, prologue=prologue, psk=psk, static_private_key=generate_private_key()
+    )
+    responder = HandshakeState(
+        initiator=False, prologue=PROLOGUE, psk=PSK, static_private_key=generate_private_key()
+    )
     first = initiator.write_message()
     with pytest.raises(HandshakeError):
         responder.read_message(first)
@@ -135,10 +150,12 @@ def test_mismatch_fails_on_message_one_without_any_dh(psk: bytes, prologue: byte
 
 
 def test_low_order_public_keys_are_rejected() -> None:
-    initiator = HandshakeState(initiator=True, prologue=PROLOGUE, psk=PSK,
-                               static_private_key=generate_private_key())
-    responder = HandshakeState(initiator=False, prologue=PROLOGUE, psk=PSK,
-                               static_private_key=generate_private_key())
+    initiator = HandshakeState(
+        initiator=True, prologue=PROLOGUE, psk=PSK, static_private_key=generate_private_key()
+    )
+    responder = HandshakeState(
+        initiator=False, prologue=PROLOGUE, psk=PSK, static_private_key=generate_private_key()
+    )
     responder.read_message(initiator.write_message())
     reply = bytearray(responder.write_message())
     reply[:32] = bytes(32)  # the all-zero point: every DH result with it is zero
@@ -147,8 +164,9 @@ def test_low_order_public_keys_are_rejected() -> None:
 
 
 def test_out_of_turn_use_is_a_local_error() -> None:
-    state = HandshakeState(initiator=False, prologue=b"", psk=PSK,
-                           static_private_key=generate_private_key())
+    state = HandshakeState(
+        initiator=False, prologue=b"", psk=PSK, static_private_key=generate_private_key()
+    )
     with pytest.raises(RuntimeError):
         state.write_message()
     with pytest.raises(RuntimeError):

@@ -101,10 +101,10 @@ async def _recorded_records(count: int) -> tuple[SecureStream, list[bytes]]:
     left, right = trio.testing.memory_stream_pair()
     ra, rb = await handshake_pair(left, right)
     sender_tap = _Tap()
-    sender = secure_over(sender_tap, ra)  # type: ignore[arg-type]
+    sender = secure_over(sender_tap, ra)
     for i in range(count):
         await sender.send_all(b"record %d" % i)
-    receiver = secure_over(_Tap(), rb)  # type: ignore[arg-type]
+    receiver = secure_over(_Tap(), rb)
     return receiver, _split_records(bytes(sender_tap.sent))
 
 
@@ -129,8 +129,9 @@ async def _deliver(receiver: SecureStream, wire: bytes) -> tuple[list[bytes], Ba
         pytest.param(lambda r: [r[0], r[1], r[1], r[2]], 2, id="duplicated"),
         pytest.param(lambda r: [r[0], r[2], r[1]], 1, id="reordered"),
         pytest.param(lambda r: [r[0], r[1][:-3]], 1, id="truncated"),
-        pytest.param(lambda r: [r[0], struct.pack(">H", 9) + b"plaintext", r[1]], 1,
-                     id="plaintext"),
+        pytest.param(
+            lambda r: [r[0], struct.pack(">H", 9) + b"plaintext", r[1]], 1, id="plaintext"
+        ),
     ],
 )
 async def test_bad_record_breaks_the_stream_and_nothing_after_it_is_delivered(

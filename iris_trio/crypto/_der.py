@@ -17,9 +17,7 @@ from ..errors import KeyFormatError
 __all__ = ["rsa_private_key_der"]
 
 _RSA_ENCRYPTION_OID = bytes.fromhex("2a864886f70d010101")  # 1.2.840.113549.1.1.1
-_PEM = re.compile(
-    rb"-----BEGIN (RSA PRIVATE KEY|PRIVATE KEY)-----(.*?)-----END \1-----", re.DOTALL
-)
+_PEM = re.compile(rb"-----BEGIN (RSA PRIVATE KEY|PRIVATE KEY)-----(.*?)-----END \1-----", re.DOTALL)
 _SEQUENCE, _INTEGER, _OCTET_STRING, _OID, _NULL = 0x30, 0x02, 0x04, 0x06, 0x05
 
 
@@ -56,7 +54,7 @@ def _check_pkcs1(der: bytes) -> bytes:
     # version, n, e, d, p, q, dp, dq, qinv
     if len(integers) != 9 or integers[0] != b"\x00":
         raise KeyFormatError("not a two-prime RSA private key")
-    modulus_bits = (len(integers[1].lstrip(b"\x00")) * 8)
+    modulus_bits = len(integers[1].lstrip(b"\x00")) * 8
     if modulus_bits < 1024:
         raise KeyFormatError(f"RSA modulus of about {modulus_bits} bits is too small")
     return der

@@ -25,7 +25,9 @@ class AuthenticationError(Exception):
     """The ciphertext, its associated data, key or nonce did not authenticate."""
 
 
-def _bindings_encrypt(key: bytes, nonce: bytes, ad: bytes, plaintext: bytes) -> bytes:
+def _bindings_encrypt(
+    key: bytes, nonce: bytes, ad: bytes, plaintext: bytes | bytearray | memoryview
+) -> bytes:
     result: bytes = bindings.crypto_aead_chacha20poly1305_ietf_encrypt(
         bytes(plaintext), ad or None, nonce, key
     )
@@ -53,11 +55,14 @@ try:
     _buffer = _ffi.buffer
     _from_buffer = _ffi.from_buffer
 
-    def _cffi_encrypt(key: bytes, nonce: bytes, ad: bytes, plaintext: bytes) -> bytes:
+    def _cffi_encrypt(
+        key: bytes, nonce: bytes, ad: bytes, plaintext: bytes | bytearray | memoryview
+    ) -> bytes:
         size = len(plaintext) + TAG_SIZE
         out = _new("unsigned char[]", size)
-        _encrypt_c(out, _NULL, _from_buffer(plaintext), len(plaintext), ad, len(ad), _NULL,
-                   nonce, key)
+        _encrypt_c(
+            out, _NULL, _from_buffer(plaintext), len(plaintext), ad, len(ad), _NULL, nonce, key
+        )
         return _buffer(out, size)[:]  # type: ignore[no-any-return]
 
     def _cffi_decrypt(key: bytes, nonce: bytes, ad: bytes, ciphertext: bytes) -> bytes:
@@ -65,8 +70,9 @@ try:
         if size < 0:
             raise AuthenticationError("ciphertext shorter than its tag")
         out = _new("unsigned char[]", max(size, 1))
-        status = _decrypt_c(out, _NULL, _NULL, _from_buffer(ciphertext), len(ciphertext), ad,
-                            len(ad), nonce, key)
+        status = _decrypt_c(
+            out, _NULL, _NULL, _from_buffer(ciphertext), len(ciphertext), ad, len(ad), nonce, key
+        )
         if status != 0:
             raise AuthenticationError("decryption failed")
         return _buffer(out, size)[:]  # type: ignore[no-any-return]

@@ -87,8 +87,7 @@ class NetworkKey:
         if len(decoded) == KEY_SIZE:
             return cls(decoded)
         raise KeyFormatError(
-            "a key is 32 raw bytes, 64 hex digits or base64 of 32 bytes"
-            f" (got {len(data)} bytes)"
+            f"a key is 32 raw bytes, 64 hex digits or base64 of 32 bytes (got {len(data)} bytes)"
         )
 
     @classmethod
@@ -143,8 +142,9 @@ class NetworkKey:
     @classmethod
     def dev(cls) -> NetworkKey:
         """The published, NOT secret key of the loopback-only development network."""
-        return cls(_hash(b"iris-trio development network: not a secret", KEY_SIZE,
-                         b"iris-trio-dev"))
+        return cls(
+            _hash(b"iris-trio development network: not a secret", KEY_SIZE, b"iris-trio-dev")
+        )
 
 
 def _read_small_file(path: str | os.PathLike[str]) -> bytes:

@@ -120,7 +120,7 @@ class CipherState:
         """True once a key is set."""
         return self._key is not None
 
-    def encrypt_with_ad(self, ad: bytes, plaintext: bytes) -> bytes:
+    def encrypt_with_ad(self, ad: bytes, plaintext: bytes | bytearray | memoryview) -> bytes:
         """Encrypt under the next nonce; identity when no key is set.
 
         Raises:

@@ -35,10 +35,20 @@ async def memory_link_pair(
     release = trio.Event()
     both_ready = trio.Event()
 
-    async def side(stream: trio.abc.Stream, initiator: bool, identity: NodeIdentity,
-                   handler: FrameHandler | None) -> None:
-        async with open_link(stream, initiator=initiator, identity=identity, network=network,
-                             config=config, on_frame=handler) as link:
+    async def side(
+        stream: trio.abc.Stream,
+        initiator: bool,
+        identity: NodeIdentity,
+        handler: FrameHandler | None,
+    ) -> None:
+        async with open_link(
+            stream,
+            initiator=initiator,
+            identity=identity,
+            network=network,
+            config=config,
+            on_frame=handler,
+        ) as link:
             links[initiator] = link
             if len(links) == 2:
                 both_ready.set()

@@ -46,13 +46,23 @@ class LinkConfig:
     rekey_interval: int = 1 << 20
 
     def __post_init__(self) -> None:
-        positive = ("handshake_timeout", "write_timeout", "keepalive_interval", "idle_timeout",
-                    "close_timeout")
+        positive = (
+            "handshake_timeout",
+            "write_timeout",
+            "keepalive_interval",
+            "idle_timeout",
+            "close_timeout",
+        )
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive")
-        counts = ("send_queue_frames", "send_queue_bytes", "receive_queue_frames",
-                  "coalesce_bytes", "rekey_interval")
+        counts = (
+            "send_queue_frames",
+            "send_queue_bytes",
+            "receive_queue_frames",
+            "coalesce_bytes",
+            "rekey_interval",
+        )
         for name in counts:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")

@@ -111,9 +111,7 @@ class Link:
         self._queued_bytes = 0
         self._writer_lot = trio.lowlevel.ParkingLot()
         self._space_lot = trio.lowlevel.ParkingLot()
-        self._inbox_send, self._inbox = trio.open_memory_channel[Frame](
-            config.receive_queue_frames
-        )
+        self._inbox_send, self._inbox = trio.open_memory_channel[Frame](config.receive_queue_frames)
         self._closing = False
         self._close_reason: BaseException | None = None
         self._remote_closed = False
@@ -368,7 +366,7 @@ class Link:
                 self._bytes_sent += len(batch)
                 self._space_lot.unpark_all()
         except trio.TooSlowError:
-            self._fail(WriteTimeoutError(f"a write made no progress for {config.write_timeout:g} s"))
+            self._fail(WriteTimeoutError(f"no write progress for {config.write_timeout:g} s"))
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             if not self._closing:
                 self._fail(exc)
@@ -422,8 +420,14 @@ async def established_link(
         rekey_interval=config.rekey_interval,
         close_timeout=config.close_timeout,
     )
-    link = Link(secure, handshake, config, codec=codec, on_frame=on_frame,
-                remote_address=_address_of(stream))
+    link = Link(
+        secure,
+        handshake,
+        config,
+        codec=codec,
+        on_frame=on_frame,
+        remote_address=_address_of(stream),
+    )
     async with open_unwrapped_nursery() as nursery:
         await nursery.start(run_link, link)
         try:
@@ -476,6 +480,7 @@ async def open_link(
     except HandshakeError:
         await trio.aclose_forcefully(stream)
         raise
-    async with established_link(stream, handshake, config=config, codec=codec,
-                                on_frame=on_frame) as link:
+    async with established_link(
+        stream, handshake, config=config, codec=codec, on_frame=on_frame
+    ) as link:
         yield link

@@ -118,8 +118,9 @@ class LinkListener:
             await trio.aclose_forcefully(stream)
             return
         try:
-            hello = Hello(software=SOFTWARE, listen=self.listen,
-                          max_frame_size=self.config.max_frame_size)
+            hello = Hello(
+                software=SOFTWARE, listen=self.listen, max_frame_size=self.config.max_frame_size
+            )
             handshake = await perform_handshake(
                 stream,
                 initiator=False,
@@ -137,8 +138,9 @@ class LinkListener:
         finally:
             self._release(source)
         self._completed += 1
-        async with established_link(stream, handshake, config=self.config,
-                                    codec=self._codec) as link:
+        async with established_link(
+            stream, handshake, config=self.config, codec=self._codec
+        ) as link:
             await self._handler(link)
 
     async def serve(
@@ -150,7 +152,7 @@ class LinkListener:
         ),
     ) -> None:
         """Accept connections on ``listeners`` forever (cancel to stop)."""
-        await trio.serve_listeners(self.handle_stream, listeners, task_status=task_status)
+        await trio.serve_listeners(self.handle_stream, list(listeners), task_status=task_status)
 
 
 def _source_host(stream: trio.abc.Stream) -> str | None:

@@ -202,6 +202,8 @@ class SecureStream(trio.abc.Stream):
             if self._pending_records:
                 pending, self._pending_records = self._pending_records, []
                 self._open_records(pending)
+            if self._plaintext:
+                await trio.lowlevel.cancel_shielded_checkpoint()
             while not self._plaintext:
                 if self._receive_error is not None:
                     raise trio.BrokenResourceError(str(self._receive_error)) from (
@@ -217,8 +219,6 @@ class SecureStream(trio.abc.Stream):
                     )
                     continue
                 self._open_records(list(self._records.feed(data)))
-            else:
-                await trio.lowlevel.cancel_shielded_checkpoint()
             return self._take(max_bytes)
         finally:
             self._receiving = False
@@ -241,8 +241,11 @@ class SecureStream(trio.abc.Stream):
                     try:
                         end = self._send_cipher.encrypt_with_ad(b"", b"")
                         await self.transport_stream.send_all(_U16.pack(len(end)) + end)
-                    except (trio.BrokenResourceError, trio.ClosedResourceError,
-                            NonceExhaustedError):
+                    except (
+                        trio.BrokenResourceError,
+                        trio.ClosedResourceError,
+                        NonceExhaustedError,
+                    ):
                         pass
         finally:
             await self.transport_stream.aclose()

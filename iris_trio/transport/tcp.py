@@ -38,6 +38,13 @@ async def connect_tcp_link(
         stream = await trio.open_tcp_stream(host, port)
     if scope.cancelled_caught:
         raise HandshakeError(f"connecting to {host}:{port} timed out")
-    async with open_link(stream, initiator=True, identity=identity, network=network,
-                         config=config, listen=listen, on_frame=on_frame) as link:
+    async with open_link(
+        stream,
+        initiator=True,
+        identity=identity,
+        network=network,
+        config=config,
+        listen=listen,
+        on_frame=on_frame,
+    ) as link:
         yield link

@@ -54,10 +54,11 @@ class Frame:
     __slots__ = ()
     KIND: ClassVar[int]
     SCHEMA: ClassVar[tuple[Field, ...]]
-    _values: ClassVar[Callable[[Any], tuple[Any, ...]]]
 
 
 _REGISTRY: dict[int, type[Frame]] = {}
+#: Per class: a function returning the field values of a frame, in schema order.
+_FIELD_VALUES: dict[type[Frame], Callable[[Any], tuple[Any, ...]]] = {}
 
 
 def frame_kind(kind: int, *schema: Field) -> Callable[[type[F]], type[F]]:
@@ -77,12 +78,12 @@ def frame_kind(kind: int, *schema: Field) -> Callable[[type[F]], type[F]]:
         cls.KIND = kind
         cls.SCHEMA = schema
         if not names:
-            cls._values = staticmethod(lambda _frame: ())  # type: ignore[assignment]
+            _FIELD_VALUES[cls] = lambda _frame: ()
         elif len(names) == 1:
             getter = operator.attrgetter(names[0])
-            cls._values = staticmethod(lambda frame: (getter(frame),))  # type: ignore[assignment]
+            _FIELD_VALUES[cls] = lambda frame: (getter(frame),)
         else:
-            cls._values = staticmethod(operator.attrgetter(*names))  # type: ignore[assignment]
+            _FIELD_VALUES[cls] = operator.attrgetter(*names)
         _REGISTRY[kind] = cls
         return cls
 
@@ -99,8 +100,30 @@ def _reject_tag(*_: object) -> Any:
 
 
 # cbor2 decodes these tags itself; route them to the rejection too.
-_BUILTIN_TAGS = (0, 1, 2, 3, 4, 5, 25, 28, 29, 30, 35, 36, 37, 52, 54, 100, 256, 258, 260, 261,
-                 1004, 55799)
+_BUILTIN_TAGS = (
+    0,
+    1,
+    2,
+    3,
+    4,
+    5,
+    25,
+    28,
+    29,
+    30,
+    35,
+    36,
+    37,
+    52,
+    54,
+    100,
+    256,
+    258,
+    260,
+    261,
+    1004,
+    55799,
+)
 _TAG_DECODERS: Final = dict.fromkeys(_BUILTIN_TAGS, _reject_tag)
 
 
@@ -125,7 +148,7 @@ class FrameCodec:
             ValueError: a field value does not satisfy the frame's schema.
             MessageTooLargeError: the encoded frame exceeds ``max_frame_size``.
         """
-        values = frame._values(frame)
+        values = _FIELD_VALUES[type(frame)](frame)
         for field, value in zip(frame.SCHEMA, values, strict=True):
             try:
                 field.check(value)
@@ -169,9 +192,7 @@ class FrameCodec:
             raise ProtocolError(f"unknown frame kind {kind!r}")
         schema = cls.SCHEMA
         if len(items) != len(schema) + 2:
-            raise ProtocolError(
-                f"{cls.__name__} takes {len(schema)} fields, got {len(items) - 2}"
-            )
+            raise ProtocolError(f"{cls.__name__} takes {len(schema)} fields, got {len(items) - 2}")
         # version and kind are small uints (one head each) inside the outer array head.
         total = head_size(len(items)) + head_size(version) + head_size(kind)
         values = []
