@@ -70,7 +70,7 @@ async def test_push_mode_delivers_synchronously_to_the_callback() -> None:
     seen: list[Frame] = []
     all_seen = trio.Event()
 
-    def consume(frame: Frame) -> None:
+    def consume(link: Link, frame: Frame) -> None:
         seen.append(frame)
         if len(seen) == 10:
             all_seen.set()
@@ -219,7 +219,7 @@ async def test_malformed_frames_close_only_that_link(garbage: bytes) -> None:
 
 
 async def test_protocol_error_from_the_consumer_closes_the_link() -> None:
-    def picky(frame: Frame) -> None:
+    def picky(link: Link, frame: Frame) -> None:
         raise ProtocolError("semantically invalid")
 
     async with memory_link_pair(on_frame=(None, picky)) as (left, right):

@@ -43,7 +43,8 @@ log = logging.getLogger("iris_trio.transport")
 SOFTWARE: Final = "iris-trio/0.1"
 _U32 = struct.Struct(">I")
 
-FrameHandler = Callable[[Frame], None]
+#: Push-mode consumer: called by the reader task with (link, frame), synchronously.
+FrameHandler = Callable[["Link", Frame], None]
 
 
 class PeerSilentError(Exception):
@@ -315,7 +316,7 @@ class Link:
                         continue
                     self._frames_received += 1
                     if self._on_frame is not None:
-                        self._on_frame(frame)
+                        self._on_frame(self, frame)
                     else:
                         await self._inbox_send.send(frame)
         except trio.ClosedResourceError:

@@ -23,7 +23,7 @@ from ..errors import HandshakeError
 from ..wire.frames import FrameCodec, Hello
 from .config import LinkConfig
 from .handshake import perform_handshake
-from .link import SOFTWARE, Link, established_link
+from .link import SOFTWARE, FrameHandler, Link, established_link
 
 __all__ = ["LinkListener", "ListenerStatistics", "serve_tcp_links"]
 
@@ -52,6 +52,7 @@ class LinkListener:
         network: the network peers must belong to.
         config: link limits.
         listen: the address told to peers in the hello.
+        on_frame: push-mode consumer for every accepted link (else pull mode).
         max_handshakes: concurrent handshakes in total.
         max_handshakes_per_source: concurrent handshakes from one address.
     """
@@ -64,10 +65,12 @@ class LinkListener:
         network: Network,
         config: LinkConfig | None = None,
         listen: str = "",
+        on_frame: FrameHandler | None = None,
         max_handshakes: int = 64,
         max_handshakes_per_source: int = 8,
     ) -> None:
         self._handler = handler
+        self._on_frame = on_frame
         self._identity = identity
         self._network = network
         self.config = config or LinkConfig()
@@ -139,7 +142,7 @@ class LinkListener:
             self._release(source)
         self._completed += 1
         async with established_link(
-            stream, handshake, config=self.config, codec=self._codec
+            stream, handshake, config=self.config, codec=self._codec, on_frame=self._on_frame
         ) as link:
             await self._handler(link)
 
@@ -173,6 +176,7 @@ async def serve_tcp_links(
     network: Network,
     host: str = "127.0.0.1",
     config: LinkConfig | None = None,
+    on_frame: FrameHandler | None = None,
     max_handshakes: int = 64,
     max_handshakes_per_source: int = 8,
     task_status: trio.TaskStatus[LinkListener] = trio.TASK_STATUS_IGNORED,
@@ -190,6 +194,7 @@ async def serve_tcp_links(
         network=network,
         config=config,
         listen=f"{bound[0]}:{bound[1]}" if ":" not in bound[0] else f"[{bound[0]}]:{bound[1]}",
+        on_frame=on_frame,
         max_handshakes=max_handshakes,
         max_handshakes_per_source=max_handshakes_per_source,
     )
