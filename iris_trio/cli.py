@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import base64
+import importlib
+import os
 import sys
 from collections.abc import Callable
 
 from . import __version__
+from .crypto.keys import NetworkKey
 
 __all__ = ["console_main", "main"]
 
@@ -18,11 +22,12 @@ _BENCHMARKS: dict[str, str] = {
 def _bench(argv: list[str]) -> int:
     if not argv or argv[0] in {"-h", "--help"} or argv[0] not in _BENCHMARKS:
         names = ", ".join(sorted(_BENCHMARKS))
-        print(f"usage: iris-trio bench SCENARIO [options] [--json]\nscenarios: {names}",
-              file=sys.stderr if argv and argv[0] not in {"-h", "--help"} else sys.stdout)
+        print(
+            f"usage: iris-trio bench SCENARIO [options] [--json]\nscenarios: {names}",
+            file=sys.stderr if argv and argv[0] not in {"-h", "--help"} else sys.stdout,
+        )
         return 0 if argv and argv[0] in {"-h", "--help"} else 2
-    module = __import__(_BENCHMARKS[argv[0]], fromlist=["main"])
-    entry: Callable[[list[str]], None] = module.main
+    entry: Callable[[list[str]], None] = importlib.import_module(_BENCHMARKS[argv[0]]).main
     entry(argv[1:])
     return 0
 
@@ -34,11 +39,6 @@ def _keygen(argv: list[str]) -> int:
     )
     parser.add_argument("path", help="the key file to create (must not exist)")
     args = parser.parse_args(argv)
-    import base64
-    import os
-
-    from .crypto.keys import NetworkKey
-
     key = NetworkKey.generate()
     try:
         fd = os.open(args.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -51,9 +51,8 @@ def _keygen(argv: list[str]) -> int:
 
 
 def _demo(argv: list[str]) -> int:
-    from .demo import main as demo_main
-
-    return demo_main(argv)
+    demo: Callable[[list[str]], int] = importlib.import_module("iris_trio.demo").main
+    return demo(argv)
 
 
 _COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {

@@ -42,13 +42,22 @@ async def _run(seconds: float, size: int) -> None:
     async with trio.open_nursery() as nursery:
         listener: LinkListener = await nursery.start(
             lambda task_status: serve_tcp_links(
-                hold, 0, identity=server_id, network=DEV_NETWORK, on_frame=on_frame,
-                task_status=task_status))
+                hold,
+                0,
+                identity=server_id,
+                network=DEV_NETWORK,
+                on_frame=on_frame,
+                task_status=task_status,
+            )
+        )
         host, port = listener.listen.rsplit(":", 1)
-        async with connect_tcp_link(host, int(port), identity=client_id,
-                                    network=DEV_NETWORK) as link:
-            print(f"handshake done: Noise_XXpsk0_25519_ChaChaPoly_BLAKE2b, peer "
-                  f"{link.peer_id.hex()[:16]}..., transcript {link.handshake_hash.hex()[:16]}...")
+        async with connect_tcp_link(
+            host, int(port), identity=client_id, network=DEV_NETWORK
+        ) as link:
+            print(
+                f"handshake done: Noise_XXpsk0_25519_ChaChaPoly_BLAKE2b, peer "
+                f"{link.peer_id.hex()[:16]}..., transcript {link.handshake_hash.hex()[:16]}..."
+            )
             frame = Payload(_STREAM, bytes(size))
             deadline = trio.current_time() + seconds
             last_count, last_time = 0, time.perf_counter()
@@ -69,8 +78,10 @@ async def _run(seconds: float, size: int) -> None:
                 rate = (received - last_count) / (now - last_time)
                 last_count, last_time = received, now
                 stats = link.statistics()
-                print(f"  {rate:>10,.0f} frames/s  {rate * size / 1e6:>7,.1f} MB/s  "
-                      f"{stats.records_sent:>8,} records  rtt under load {rtt_us:>8,.0f} us")
+                print(
+                    f"  {rate:>10,.0f} frames/s  {rate * size / 1e6:>7,.1f} MB/s  "
+                    f"{stats.records_sent:>8,} records  rtt under load {rtt_us:>8,.0f} us"
+                )
         nursery.cancel_scope.cancel()
     print(f"{received:,} frames of {size} bytes delivered, encrypted, in order.")
 

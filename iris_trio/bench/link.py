@@ -58,8 +58,15 @@ async def _serve_secure(frames: int) -> None:
     async with trio.open_nursery() as nursery:
         listener = await nursery.start(
             lambda task_status: serve_tcp_links(
-                handler, 0, identity=NodeIdentity.generate(), network=DEV_NETWORK,
-                config=config, on_frame=on_frame, task_status=task_status))
+                handler,
+                0,
+                identity=NodeIdentity.generate(),
+                network=DEV_NETWORK,
+                config=config,
+                on_frame=on_frame,
+                task_status=task_status,
+            )
+        )
         print(listener.listen.rsplit(":", 1)[1], flush=True)
         await done.wait()
         nursery.cancel_scope.cancel()
@@ -87,8 +94,9 @@ async def _serve_raw(frames: int) -> None:
 async def _send_secure(port: int, size: int, frames: int) -> float:
     data = bytes(size)
     config = LinkConfig(max_frame_size=_MAX_FRAME)
-    async with connect_tcp_link("127.0.0.1", port, identity=NodeIdentity.generate(),
-                                network=DEV_NETWORK, config=config) as link:
+    async with connect_tcp_link(
+        "127.0.0.1", port, identity=NodeIdentity.generate(), network=DEV_NETWORK, config=config
+    ) as link:
         frame = Payload(_DATA, data)
         start = time.perf_counter()
         for _ in range(frames - 1):
@@ -120,7 +128,9 @@ async def _send_raw(port: int, size: int, frames: int) -> float:
 
 
 async def _one_run(mode: str, size: int, frames: int) -> float:
-    process, port = await spawn_peer("iris_trio.bench.link", "--serve", mode, "--frames", str(frames))
+    process, port = await spawn_peer(
+        "iris_trio.bench.link", "--serve", mode, "--frames", str(frames)
+    )
     try:
         if mode == "secure":
             return await _send_secure(port, size, frames)
@@ -177,8 +187,11 @@ def main(argv: list[str] | None = None) -> None:
         trio.run(_serve_raw, frames)
         return
     figures = trio.run(run_benchmark, args.size, frames, args.runs)
-    emit(figures, as_json=args.json,
-         title=f"secure link vs raw TCP, {args.size}-byte frames, loopback, two processes")
+    emit(
+        figures,
+        as_json=args.json,
+        title=f"secure link vs raw TCP, {args.size}-byte frames, loopback, two processes",
+    )
 
 
 if __name__ == "__main__":
