@@ -14,7 +14,18 @@ from typing import Final
 from nacl import bindings
 from nacl.exceptions import CryptoError
 
-__all__ = ["KEY_SIZE", "NONCE_SIZE", "TAG_SIZE", "AuthenticationError", "decrypt", "encrypt"]
+__all__ = [
+    "KEY_SIZE",
+    "NONCE_SIZE",
+    "TAG_SIZE",
+    "AuthenticationError",
+    "decrypt",
+    "decrypt_into",
+    "encrypt",
+    "encrypt_into",
+]
+
+Buffer = bytes | bytearray | memoryview
 
 KEY_SIZE: Final = 32
 NONCE_SIZE: Final = 12
@@ -42,6 +53,22 @@ def _bindings_decrypt(key: bytes, nonce: bytes, ad: bytes, ciphertext: bytes) ->
     except CryptoError:
         raise AuthenticationError("decryption failed") from None
     return result
+
+
+def _bindings_encrypt_into(
+    key: bytes, nonce: bytes, ad: bytes, plaintext: Buffer, out: bytearray, offset: int
+) -> int:
+    ciphertext = _bindings_encrypt(key, nonce, ad, plaintext)
+    out[offset : offset + len(ciphertext)] = ciphertext
+    return len(ciphertext)
+
+
+def _bindings_decrypt_into(
+    key: bytes, nonce: bytes, ad: bytes, ciphertext: Buffer, out: bytearray, offset: int
+) -> int:
+    plaintext = _bindings_decrypt(key, nonce, ad, bytes(ciphertext))
+    out[offset : offset + len(plaintext)] = plaintext
+    return len(plaintext)
 
 
 try:
@@ -77,11 +104,43 @@ try:
             raise AuthenticationError("decryption failed")
         return _buffer(out, size)[:]  # type: ignore[no-any-return]
 
+    def _cffi_encrypt_into(
+        key: bytes, nonce: bytes, ad: bytes, plaintext: Buffer, out: bytearray, offset: int
+    ) -> int:
+        size = len(plaintext) + TAG_SIZE
+        if offset < 0 or offset + size > len(out):
+            raise ValueError("output buffer too small")
+        target = _from_buffer("unsigned char[]", out, require_writable=True) + offset
+        _encrypt_c(target, _NULL, _from_buffer(plaintext), len(plaintext), ad, len(ad), _NULL,
+                   nonce, key)
+        return size
+
+    def _cffi_decrypt_into(
+        key: bytes, nonce: bytes, ad: bytes, ciphertext: Buffer, out: bytearray, offset: int
+    ) -> int:
+        size = len(ciphertext) - TAG_SIZE
+        if size < 0:
+            raise AuthenticationError("ciphertext shorter than its tag")
+        if offset < 0 or offset + size > len(out):
+            raise ValueError("output buffer too small")
+        target = _from_buffer("unsigned char[]", out, require_writable=True) + offset
+        status = _decrypt_c(target, _NULL, _NULL, _from_buffer(ciphertext), len(ciphertext), ad,
+                            len(ad), nonce, key)
+        if status != 0:
+            raise AuthenticationError("decryption failed")
+        return size
+
     encrypt = _cffi_encrypt
     decrypt = _cffi_decrypt
+    encrypt_into = _cffi_encrypt_into
+    decrypt_into = _cffi_decrypt_into
 except (ImportError, AttributeError):  # pragma: no cover - depends on the PyNaCl build
     encrypt = _bindings_encrypt
     decrypt = _bindings_decrypt
+    encrypt_into = _bindings_encrypt_into
+    decrypt_into = _bindings_decrypt_into
 
 encrypt.__doc__ = "Encrypt ``plaintext`` and return ciphertext with its 16-byte tag appended."
 decrypt.__doc__ = "Authenticate and decrypt; raises :class:`AuthenticationError` on failure."
+encrypt_into.__doc__ = "Encrypt into ``out`` at ``offset``; returns the ciphertext size."
+decrypt_into.__doc__ = "Decrypt into ``out`` at ``offset``; returns the plaintext size."

@@ -136,6 +136,36 @@ class CipherState:
         self.nonce = nonce + 1
         return ciphertext
 
+    def encrypt_into(self, ad: bytes, plaintext: aead.Buffer, out: bytearray, offset: int) -> int:
+        """:meth:`encrypt_with_ad` writing into ``out`` at ``offset`` (a key must be set).
+
+        Returns the ciphertext size.
+        """
+        key = self._key
+        nonce = self.nonce
+        if key is None:
+            raise ValueError("no key set")
+        if nonce >= MAX_NONCE:
+            raise NonceExhaustedError("nonce space exhausted")
+        size = aead.encrypt_into(key, _NONCE.pack(nonce), ad, plaintext, out, offset)
+        self.nonce = nonce + 1
+        return size
+
+    def decrypt_into(self, ad: bytes, ciphertext: aead.Buffer, out: bytearray, offset: int) -> int:
+        """:meth:`decrypt_with_ad` writing into ``out`` at ``offset`` (a key must be set).
+
+        Returns the plaintext size; the nonce advances only on success.
+        """
+        key = self._key
+        nonce = self.nonce
+        if key is None:
+            raise ValueError("no key set")
+        if nonce >= MAX_NONCE:
+            raise NonceExhaustedError("nonce space exhausted")
+        size = aead.decrypt_into(key, _NONCE.pack(nonce), ad, ciphertext, out, offset)
+        self.nonce = nonce + 1
+        return size
+
     def decrypt_with_ad(self, ad: bytes, ciphertext: bytes) -> bytes:
         """Authenticate and decrypt under the next nonce; the nonce advances only on success.
 

@@ -75,7 +75,7 @@ class _MessageReader:
                     " (a different network key, network name or protocol version?)"
                 )
             # Raises ProtocolError as soon as a declared length exceeds the limit.
-            self.ready.extend(self.reader.feed(data))
+            self.ready.extend(bytes(message) for message in self.reader.feed(data))
         return self.ready.pop(0)
 
 

@@ -191,22 +191,26 @@ class Link:
             MessageTooLargeError / ValueError: the frame is invalid or too large.
         """
         self._check_sendable()
-        self.send_encoded_nowait(self._codec.encode(frame))
+        self._enqueue(self._codec.encode_framed(frame))
 
     def send_encoded_nowait(self, encoded: bytes) -> None:
         """Queue an already encoded frame (e.g. one being forwarded) without waiting.
 
         The caller guarantees ``encoded`` is a valid frame no larger than the limit.
+        Raises like :meth:`send_nowait`.
         """
         self._check_sendable()
+        self._enqueue(_U32.pack(len(encoded)) + encoded)
+
+    def _enqueue(self, framed: bytes) -> None:
         queue = self._queue
-        size = len(encoded) + 4
+        size = len(framed)
         if queue and (
             len(queue) >= self.config.send_queue_frames
             or self._queued_bytes + size > self.config.send_queue_bytes
         ):
             raise trio.WouldBlock
-        queue.append(_U32.pack(len(encoded)) + encoded)
+        queue.append(framed)
         self._queued_bytes += size
         self._frames_sent += 1
         if len(queue) == 1:
@@ -218,10 +222,11 @@ class Link:
         This is a checkpoint. Raises like :meth:`send_nowait`, except WouldBlock.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
-        encoded = self._codec.encode(frame)
+        framed = self._codec.encode_framed(frame)
         while True:
             try:
-                self.send_encoded_nowait(encoded)
+                self._check_sendable()
+                self._enqueue(framed)
             except trio.WouldBlock:
                 await self._space_lot.park()
             else:

@@ -68,7 +68,7 @@ class SecureStream(trio.abc.Stream):
         self._pending_records = list(pending_records or ())
         self._rekey_interval = rekey_interval
         self._close_timeout = close_timeout
-        self._plaintext: list[bytes] = []
+        self._plaintext: list[bytes | bytearray] = []
         self._sending = False
         self._receiving = False
         self._closed = False
@@ -81,16 +81,20 @@ class SecureStream(trio.abc.Stream):
 
     # ---------------------------------------------------------------- sending
 
-    def _seal(self, data: bytes | bytearray | memoryview) -> bytes:
+    def _seal(self, data: bytes | bytearray | memoryview) -> bytearray:
+        """Encrypt ``data`` as records straight into one output buffer."""
         view = memoryview(data)
+        size = len(view)
+        records = -(-size // MAX_RECORD_PLAINTEXT)
+        out = bytearray(size + records * (2 + TAG_SIZE))
         cipher = self._send_cipher
-        parts: list[bytes] = []
-        for offset in range(0, len(view), MAX_RECORD_PLAINTEXT):
-            ciphertext = cipher.encrypt_with_ad(b"", view[offset : offset + MAX_RECORD_PLAINTEXT])
-            parts.append(_U16.pack(len(ciphertext)))
-            parts.append(ciphertext)
+        position = 0
+        for offset in range(0, size, MAX_RECORD_PLAINTEXT):
+            chunk = view[offset : offset + MAX_RECORD_PLAINTEXT]
+            _U16.pack_into(out, position, len(chunk) + TAG_SIZE)
+            position += 2 + cipher.encrypt_into(b"", chunk, out, position + 2)
             self._count_sent()
-        return b"".join(parts)
+        return out
 
     def _count_sent(self) -> None:
         self.records_sent += 1
@@ -148,37 +152,50 @@ class SecureStream(trio.abc.Stream):
 
     # -------------------------------------------------------------- receiving
 
-    def _open_records(self, records: list[bytes]) -> None:
+    def _open_records(self, records: list[bytes] | list[memoryview]) -> None:
+        """Decrypt ``records`` into one plaintext buffer, stopping at the first bad one."""
+        if not records or self._end_received:
+            return  # bytes after the authenticated end are ignored: nothing more is read
+        out = bytearray(max(0, sum(map(len, records)) - TAG_SIZE * len(records)))
         cipher = self._receive_cipher
+        position = 0
         for record in records:
-            if self._end_received:
-                # Bytes after the authenticated end are ignored: nothing more is read.
-                return
-            try:
-                plaintext = cipher.decrypt_with_ad(b"", record)
-            except (AuthenticationError, NonceExhaustedError) as exc:
-                self._receive_error = ProtocolError(
-                    f"record {self.records_received} failed authentication"
-                )
-                self._receive_error.__cause__ = exc
-                return
+            size = self._decrypt(cipher, record, out, position)
+            if size < 0:
+                break
             self.records_received += 1
             if self.records_received % self._rekey_interval == 0:
                 cipher.rekey()
-            if plaintext:
-                self._plaintext.append(plaintext)
-            else:
+            if size == 0:
                 self._end_received = True
+                break
+            position += size
+        if position:
+            del out[position:]
+            self._plaintext.append(out)
 
-    def _take(self, max_bytes: int | None) -> bytes:
-        data = b"".join(self._plaintext)  # one chunk: no copy
-        self._plaintext.clear()
+    def _fail_record(self, exc: Exception) -> None:
+        self._receive_error = ProtocolError(f"record {self.records_received} failed authentication")
+        self._receive_error.__cause__ = exc
+
+    def _decrypt(self, cipher: CipherState, record: bytes | memoryview, out: bytearray,
+                 position: int) -> int:
+        try:
+            return cipher.decrypt_into(b"", record, out, position)
+        except (AuthenticationError, NonceExhaustedError) as exc:
+            self._fail_record(exc)
+            return -1
+
+    def _take(self, max_bytes: int | None) -> bytes | bytearray:
+        chunks = self._plaintext
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
         if max_bytes is not None and len(data) > max_bytes:
-            self._plaintext.append(data[max_bytes:])
+            chunks.append(data[max_bytes:])
             data = data[:max_bytes]
         return data
 
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         """Return decrypted bytes; ``b""`` after the peer's authenticated close.
 
         Raises:

@@ -32,6 +32,12 @@ _U16: Final = 1 << 16
 _U32: Final = 1 << 32
 
 
+#: ``head_size`` as an inline expression over a variable name, for compiled codecs.
+_INLINE_HEAD_SIZE: Final = (
+    "(1 if {0} < 24 else 2 if {0} < 256 else 3 if {0} < 65536 else 5 if {0} < 4294967296 else 9)"
+)
+
+
 def head_size(argument: int) -> int:
     """Size of the shortest CBOR head carrying ``argument`` (a length or a uint)."""
     if argument < 24:
@@ -60,6 +66,23 @@ class Field:
         shown = type(value).__name__
         return ProtocolError(f"expected {self.description}, got {shown}")
 
+    def bad_size(self, size: int) -> ProtocolError:
+        """The error for a value of the right type but a size out of bounds."""
+        return ProtocolError(f"expected {self.description}, got {size} bytes")
+
+    # The frame codec compiles one encoder and one decoder per frame kind from
+    # these snippets (see ``_codegen``). In them, ``v`` is the value, ``f`` this
+    # field, ``size`` the running canonical size and ``parts`` the output list.
+    # The generic versions call :meth:`check` and cbor2; simple fields inline.
+
+    def decode_source(self) -> list[str]:
+        """Statements that validate ``v`` (rebinding it) and add its size to ``size``."""
+        return ["v, n = f.check(v)", "size += n"]
+
+    def encode_source(self) -> list[str]:
+        """Statements that validate ``v`` and append its canonical encoding to ``parts``."""
+        return ["f.check(v)", "parts.append(_dumps(v))"]
+
 
 class UInt(Field):
     """An unsigned integer below ``2**bits``."""
@@ -75,6 +98,18 @@ class UInt(Field):
             raise self.reject(value)
         return value, head_size(value)
 
+    def decode_source(self) -> list[str]:
+        return [
+            f"if type(v) is not int or v < 0 or v >= {self.bound}: raise f.reject(v)",
+            f"size += {_INLINE_HEAD_SIZE.format('v')}",
+        ]
+
+    def encode_source(self) -> list[str]:
+        return [
+            f"if type(v) is not int or v < 0 or v >= {self.bound}: raise f.reject(v)",
+            "parts.append(_SMALL_UINTS[v] if v < 256 else _head(0, v))",
+        ]
+
 
 class Boolean(Field):
     """A CBOR true or false."""
@@ -86,6 +121,13 @@ class Boolean(Field):
         if type(value) is not bool:
             raise self.reject(value)
         return value, 1
+
+    def decode_source(self) -> list[str]:
+        return ["if type(v) is not bool: raise f.reject(v)", "size += 1"]
+
+    def encode_source(self) -> list[str]:
+        return ["if type(v) is not bool: raise f.reject(v)",
+                'parts.append(b"\\xf5" if v else b"\\xf4")']
 
 
 class Blob(Field):
@@ -109,6 +151,30 @@ class Blob(Field):
             raise ProtocolError(f"byte string of {size} exceeds {self.max_size}")
         return value, head_size(size) + size
 
+    def _length_check(self) -> list[str]:
+        if self.exact is not None:
+            return [f"if n != {self.exact}: raise f.bad_size(n)"]
+        if self.max_size is not None:
+            return [f"if n > {self.max_size}: raise f.bad_size(n)"]
+        return []
+
+    def decode_source(self) -> list[str]:
+        return [
+            "if type(v) is not bytes: raise f.reject(v)",
+            "n = len(v)",
+            *self._length_check(),
+            f"size += n + {_INLINE_HEAD_SIZE.format('n')}",
+        ]
+
+    def encode_source(self) -> list[str]:
+        return [
+            "if type(v) is not bytes: raise f.reject(v)",
+            "n = len(v)",
+            *self._length_check(),
+            "parts.append(_SMALL_HEADS[2][n] if n < 256 else _head(2, n))",
+            "parts.append(v)",
+        ]
+
 
 class Text(Field):
     """A UTF-8 text string of at most ``max_size`` encoded bytes."""
@@ -122,10 +188,31 @@ class Text(Field):
     def check(self, value: object) -> tuple[str, int]:
         if type(value) is not str:
             raise self.reject(value)
-        size = len(value.encode("utf-8", "surrogatepass"))
+        try:
+            size = len(value.encode("utf-8"))
+        except UnicodeEncodeError:
+            raise ProtocolError("text is not valid UTF-8") from None
         if size > self.max_size:
             raise ProtocolError(f"text of {size} bytes exceeds {self.max_size}")
         return value, head_size(size) + size
+
+    def decode_source(self) -> list[str]:
+        # cbor2 decodes text strictly, so a decoded str always encodes back.
+        return [
+            "if type(v) is not str: raise f.reject(v)",
+            "n = len(v) if v.isascii() else len(v.encode('utf-8'))",
+            f"if n > {self.max_size}: raise f.bad_size(n)",
+            f"size += n + {_INLINE_HEAD_SIZE.format('n')}",
+        ]
+
+    def encode_source(self) -> list[str]:
+        return [
+            "f.check(v)",
+            "b = v.encode('utf-8')",
+            "n = len(b)",
+            "parts.append(_SMALL_HEADS[3][n] if n < 256 else _head(3, n))",
+            "parts.append(b)",
+        ]
 
 
 class Optional(Field):

@@ -17,14 +17,15 @@ bridging. A kind can be registered once.
 from __future__ import annotations
 
 import dataclasses
-import operator
+import struct
 from collections.abc import Callable
 from typing import Any, ClassVar, Final, TypeVar
 
 import cbor2
 
 from ..errors import MessageTooLargeError, ProtocolError
-from .fields import Blob, Field, Text, UInt, head_size
+from ._codegen import compile_decoder, compile_encoder
+from .fields import Blob, Field, Text, UInt
 
 __all__ = [
     "DEFAULT_MAX_FRAME_SIZE",
@@ -57,8 +58,10 @@ class Frame:
 
 
 _REGISTRY: dict[int, type[Frame]] = {}
-#: Per class: a function returning the field values of a frame, in schema order.
-_FIELD_VALUES: dict[type[Frame], Callable[[Any], tuple[Any, ...]]] = {}
+#: Compiled per kind (see ``_codegen``): frame -> encoded parts, and list -> frame.
+_ENCODERS: dict[type[Frame], Callable[[Any], list[bytes]]] = {}
+_DECODERS: dict[int, Callable[[list[Any], int], Frame]] = {}
+_U32 = struct.Struct(">I")
 
 
 def frame_kind(kind: int, *schema: Field) -> Callable[[type[F]], type[F]]:
@@ -77,13 +80,8 @@ def frame_kind(kind: int, *schema: Field) -> Callable[[type[F]], type[F]]:
             raise TypeError(f"{cls.__name__}: {len(names)} fields but {len(schema)} validators")
         cls.KIND = kind
         cls.SCHEMA = schema
-        if not names:
-            _FIELD_VALUES[cls] = lambda _frame: ()
-        elif len(names) == 1:
-            getter = operator.attrgetter(names[0])
-            _FIELD_VALUES[cls] = lambda frame: (getter(frame),)
-        else:
-            _FIELD_VALUES[cls] = operator.attrgetter(*names)
+        _ENCODERS[cls] = compile_encoder(cls, WIRE_VERSION, kind, names, schema)
+        _DECODERS[kind] = compile_decoder(cls, WIRE_VERSION, kind, schema)
         _REGISTRY[kind] = cls
         return cls
 
@@ -99,31 +97,11 @@ def _reject_tag(*_: object) -> Any:
     raise ProtocolError("CBOR tags are not used by this protocol")
 
 
+_loads = cbor2.loads
+
 # cbor2 decodes these tags itself; route them to the rejection too.
-_BUILTIN_TAGS = (
-    0,
-    1,
-    2,
-    3,
-    4,
-    5,
-    25,
-    28,
-    29,
-    30,
-    35,
-    36,
-    37,
-    52,
-    54,
-    100,
-    256,
-    258,
-    260,
-    261,
-    1004,
-    55799,
-)
+_BUILTIN_TAGS = (0, 1, 2, 3, 4, 5, 25, 28, 29, 30, 35, 36, 37, 52, 54, 100, 256, 258, 260, 261)
+_BUILTIN_TAGS += (1004, 55799)
 _TAG_DECODERS: Final = dict.fromkeys(_BUILTIN_TAGS, _reject_tag)
 
 
@@ -141,6 +119,13 @@ class FrameCodec:
             raise ValueError("max_frame_size must be at least 64 bytes")
         self.max_frame_size = max_frame_size
 
+    def _parts(self, frame: Frame) -> list[bytes]:
+        try:
+            parts = _ENCODERS[type(frame)](frame)
+        except ProtocolError as exc:
+            raise ValueError(f"{type(frame).__name__}: {exc}") from None
+        return parts
+
     def encode(self, frame: Frame) -> bytes:
         """Encode ``frame``.
 
@@ -148,18 +133,27 @@ class FrameCodec:
             ValueError: a field value does not satisfy the frame's schema.
             MessageTooLargeError: the encoded frame exceeds ``max_frame_size``.
         """
-        values = _FIELD_VALUES[type(frame)](frame)
-        for field, value in zip(frame.SCHEMA, values, strict=True):
-            try:
-                field.check(value)
-            except ProtocolError as exc:
-                raise ValueError(f"{type(frame).__name__}: {exc}") from None
-        data: bytes = cbor2.dumps([WIRE_VERSION, frame.KIND, *values])
+        data = b"".join(self._parts(frame))
         if len(data) > self.max_frame_size:
-            raise MessageTooLargeError(
-                f"{type(frame).__name__} frame of {len(data)} bytes exceeds {self.max_frame_size}"
-            )
+            raise self._too_large(frame, len(data))
         return data
+
+    def encode_framed(self, frame: Frame) -> bytes:
+        """Encode ``frame`` behind its 4-byte length prefix, in one allocation.
+
+        Raises like :meth:`encode`.
+        """
+        parts = self._parts(frame)
+        size = sum(map(len, parts))
+        if size > self.max_frame_size:
+            raise self._too_large(frame, size)
+        parts[0] = _U32.pack(size)
+        return b"".join(parts)
+
+    def _too_large(self, frame: Frame, size: int) -> MessageTooLargeError:
+        return MessageTooLargeError(
+            f"{type(frame).__name__} frame of {size} bytes exceeds {self.max_frame_size}"
+        )
 
     def decode(self, data: bytes) -> Frame:
         """Decode one frame from exactly ``data``.
@@ -167,10 +161,11 @@ class FrameCodec:
         Raises:
             ProtocolError: for anything but one well-formed frame of a known kind.
         """
-        if len(data) > self.max_frame_size:
-            raise ProtocolError(f"frame of {len(data)} bytes exceeds {self.max_frame_size}")
+        size = len(data)
+        if size > self.max_frame_size:
+            raise ProtocolError(f"frame of {size} bytes exceeds {self.max_frame_size}")
         try:
-            items = cbor2.loads(
+            items = _loads(
                 data,
                 max_depth=MAX_NESTING,
                 allow_indefinite=False,
@@ -185,24 +180,12 @@ class FrameCodec:
         if type(items) is not list or len(items) < 2:
             raise ProtocolError("a frame is an array [version, kind, fields...]")
         version, kind = items[0], items[1]
-        if type(version) is not int or version != WIRE_VERSION:
+        if version != WIRE_VERSION or type(version) is not int:
             raise ProtocolError(f"unsupported wire version {version!r}")
-        cls = _REGISTRY.get(kind) if type(kind) is int else None
-        if cls is None:
+        decoder = _DECODERS.get(kind) if type(kind) is int else None
+        if decoder is None:
             raise ProtocolError(f"unknown frame kind {kind!r}")
-        schema = cls.SCHEMA
-        if len(items) != len(schema) + 2:
-            raise ProtocolError(f"{cls.__name__} takes {len(schema)} fields, got {len(items) - 2}")
-        # version and kind are small uints (one head each) inside the outer array head.
-        total = head_size(len(items)) + head_size(version) + head_size(kind)
-        values = []
-        for field, value in zip(schema, items[2:], strict=True):
-            checked, size = field.check(value)
-            values.append(checked)
-            total += size
-        if total != len(data):
-            raise ProtocolError("trailing bytes or non-canonical encoding")
-        return cls(*values)
+        return decoder(items, size)
 
 
 # --- link-level frames (kinds 0-15) -------------------------------------------------------------

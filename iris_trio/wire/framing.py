@@ -50,13 +50,18 @@ def frame_prefix(size: int) -> bytes:
 class LengthPrefixedReader:
     """Reassembles length-prefixed payloads from a byte stream, whatever the chunking.
 
+    Payloads are yielded as zero-copy :class:`memoryview` slices of the data fed
+    in (or of a join of a few chunks when a payload spans them); they stay valid
+    as long as the caller holds them. The reader takes ownership of what it is
+    fed: a ``bytearray`` must not be modified afterwards.
+
     Args:
         prefix_size: 2 (records) or 4 (frames).
         max_size: largest acceptable payload; a larger declared length raises
             :class:`ProtocolError` at once.
     """
 
-    __slots__ = ("_buffer", "_prefix", "max_size")
+    __slots__ = ("_held", "_needed", "_pending", "_prefix", "max_size")
 
     def __init__(self, prefix_size: int, max_size: int) -> None:
         if prefix_size == 2:
@@ -68,38 +73,60 @@ class LengthPrefixedReader:
             raise ValueError("prefix_size must be 2 or 4")
         #: Largest acceptable payload; may be lowered for a single message.
         self.max_size = max_size
-        self._buffer = bytearray()
+        # Unconsumed chunks, their total size, and how many bytes must be held
+        # before parsing can make progress: a payload spanning many chunks is
+        # joined once, not once per chunk.
+        self._pending: list[bytes | bytearray] = []
+        self._held = 0
+        self._needed = self._prefix.size
 
     @property
     def buffered(self) -> int:
         """Bytes held that do not yet form a complete payload."""
-        return len(self._buffer)
+        return self._held
 
-    def feed(self, data: bytes | bytearray | memoryview) -> Iterator[bytes]:
+    def feed(self, data: bytes | bytearray | memoryview) -> Iterator[memoryview]:
         """Add ``data`` and yield every payload it completes, in order.
 
         Payloads before a bad length prefix are yielded first; then
         :class:`ProtocolError` is raised (a declared length above ``max_size``),
         after which the reader must not be used.
         """
-        buffer = self._buffer
-        buffer += data
+        if type(data) is memoryview:
+            data = data.tobytes()
+        if self._pending:
+            self._pending.append(data)
+            self._held += len(data)
+            if self._held < self._needed:
+                return
+            buffer: bytes | bytearray = b"".join(self._pending)
+        else:
+            buffer = data  # type: ignore[assignment]
+        self._pending = []
+        self._held = 0
         prefix = self._prefix
         header = prefix.size
         limit = self.max_size
+        end = len(buffer)
+        view = memoryview(buffer)
         position = 0
+        needed = header
         try:
-            while len(buffer) - position >= header:
+            while end - position >= header:
                 (size,) = prefix.unpack_from(buffer, position)
                 if size > limit:
                     raise ProtocolError(
                         f"declared length {size} exceeds the limit of {limit} bytes"
                     )
                 start = position + header
-                if len(buffer) - start < size:
+                if end - start < size:
+                    needed = header + size
                     break
                 position = start + size
-                yield bytes(buffer[start:position])
+                yield view[start:position]
         finally:
-            if position:
-                del buffer[:position]
+            if position < end:
+                rest = buffer[position:] if position else buffer
+                self._pending = [rest]
+                self._held = len(rest)
+                self._needed = needed
