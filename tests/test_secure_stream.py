@@ -116,7 +116,7 @@ async def _deliver(receiver: SecureStream, wire: bytes) -> tuple[list[bytes], Ba
             data = await receiver.receive_some()
             if not data:
                 return out, None
-            out.append(data)
+            out.append(bytes(data))
     except trio.BrokenResourceError as exc:
         return out, exc
 

@@ -111,8 +111,9 @@ try:
         if offset < 0 or offset + size > len(out):
             raise ValueError("output buffer too small")
         target = _from_buffer("unsigned char[]", out, require_writable=True) + offset
-        _encrypt_c(target, _NULL, _from_buffer(plaintext), len(plaintext), ad, len(ad), _NULL,
-                   nonce, key)
+        _encrypt_c(
+            target, _NULL, _from_buffer(plaintext), len(plaintext), ad, len(ad), _NULL, nonce, key
+        )
         return size
 
     def _cffi_decrypt_into(
@@ -124,8 +125,9 @@ try:
         if offset < 0 or offset + size > len(out):
             raise ValueError("output buffer too small")
         target = _from_buffer("unsigned char[]", out, require_writable=True) + offset
-        status = _decrypt_c(target, _NULL, _NULL, _from_buffer(ciphertext), len(ciphertext), ad,
-                            len(ad), nonce, key)
+        status = _decrypt_c(
+            target, _NULL, _NULL, _from_buffer(ciphertext), len(ciphertext), ad, len(ad), nonce, key
+        )
         if status != 0:
             raise AuthenticationError("decryption failed")
         return size

@@ -178,8 +178,9 @@ class SecureStream(trio.abc.Stream):
         self._receive_error = ProtocolError(f"record {self.records_received} failed authentication")
         self._receive_error.__cause__ = exc
 
-    def _decrypt(self, cipher: CipherState, record: bytes | memoryview, out: bytearray,
-                 position: int) -> int:
+    def _decrypt(
+        self, cipher: CipherState, record: bytes | memoryview, out: bytearray, position: int
+    ) -> int:
         try:
             return cipher.decrypt_into(b"", record, out, position)
         except (AuthenticationError, NonceExhaustedError) as exc:

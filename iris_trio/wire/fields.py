@@ -1,17 +1,22 @@
-"""Field validators of the frame schema.
+"""Field types of the frame schema: validation, parsing and encoding.
 
-Each validator checks one decoded CBOR value for type, range and size and
-returns it (normalised: CBOR arrays become tuples) together with the size of
-its canonical CBOR encoding. The decoder adds those sizes up and rejects a
-frame whose length differs, which rejects trailing bytes and non-canonical
-(padded) encodings in one comparison: every frame has exactly one encoding.
+A frame is a canonical CBOR array, and its fields use a small subset of CBOR:
+unsigned integers, byte strings, text strings, booleans, null and arrays.
+Each field type knows how to
+
+* ``check`` a Python value before it is encoded (local misuse raises early),
+* ``parse`` its canonical encoding from a buffer, strictly: any other major
+  type, a non-shortest head, an indefinite length, a value out of range or a
+  size over the bound raises :class:`ProtocolError`,
+* and offer source snippets from which ``_codegen`` compiles straight-line
+  encoders and decoders per frame kind (fields without an inline form fall back
+  to ``check``/``parse`` and cbor2).
 
 Python's ``bool`` is an ``int``; the checks use ``type(x) is int`` on purpose.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, Final
 
 from ..errors import ProtocolError
@@ -24,64 +29,97 @@ __all__ = [
     "Sequence",
     "Text",
     "UInt",
-    "head_size",
+    "read_head",
 ]
 
-_U8: Final = 1 << 8
-_U16: Final = 1 << 16
-_U32: Final = 1 << 32
+Buffer = bytes | bytearray | memoryview
+
+_MINIMUM: Final = {24: 24, 25: 1 << 8, 26: 1 << 16, 27: 1 << 32}
+_WIDTH: Final = {24: 1, 25: 2, 26: 4, 27: 8}
+_MAJOR_NAMES: Final = ("uint", "negint", "bytes", "text", "array", "map", "tag", "simple/float")
 
 
-#: ``head_size`` as an inline expression over a variable name, for compiled codecs.
-_INLINE_HEAD_SIZE: Final = (
-    "(1 if {0} < 24 else 2 if {0} < 256 else 3 if {0} < 65536 else 5 if {0} < 4294967296 else 9)"
-)
+def read_head(data: Buffer, position: int, major: int) -> tuple[int, int]:
+    """Parse a canonical CBOR head of ``major`` type at ``position``.
+
+    Returns ``(argument, position after the head)``.
+
+    Raises:
+        ProtocolError: another major type, an indefinite or reserved length, a
+            head longer than needed, or a truncated buffer.
+    """
+    initial = data[position]
+    if initial >> 5 != major:
+        raise ProtocolError(
+            f"expected {_MAJOR_NAMES[major]}, got CBOR {_MAJOR_NAMES[initial >> 5]}"
+        )
+    info = initial & 31
+    if info < 24:
+        return info, position + 1
+    width = _WIDTH.get(info)
+    if width is None:
+        raise ProtocolError("indefinite or reserved CBOR length")
+    end = position + 1 + width
+    if end > len(data):
+        raise ProtocolError("truncated CBOR head")
+    argument = int.from_bytes(data[position + 1 : end], "big")
+    if argument < _MINIMUM[info]:
+        raise ProtocolError("non-canonical CBOR head")
+    return argument, end
 
 
-def head_size(argument: int) -> int:
-    """Size of the shortest CBOR head carrying ``argument`` (a length or a uint)."""
-    if argument < 24:
-        return 1
-    if argument < _U8:
-        return 2
-    if argument < _U16:
-        return 3
-    if argument < _U32:
-        return 5
-    return 9
+def _fast_head(major: int, name: str) -> list[str]:
+    """Inline form of :func:`read_head` into ``name``: heads of up to 3 bytes inline."""
+    return [
+        "b = data[p]",
+        f"if b < {major << 5 | 24} and b >= {major << 5}:",
+        f"    {name} = b - {major << 5}",
+        "    p += 1",
+        f"elif b == {major << 5 | 24}:",
+        f"    {name} = data[p + 1]",
+        "    p += 2",
+        f"    if {name} < 24: raise ProtocolError('non-canonical CBOR head')",
+        f"elif b == {major << 5 | 25}:",
+        f"    {name} = data[p + 1] << 8 | data[p + 2]",
+        "    p += 3",
+        f"    if {name} < 256: raise ProtocolError('non-canonical CBOR head')",
+        "else:",
+        f"    {name}, p = _read_head(data, p, {major})",
+    ]
 
 
 class Field:
-    """Base of the field validators."""
+    """Base of the field types."""
 
     __slots__ = ()
     description = "value"
 
-    def check(self, value: object) -> tuple[Any, int]:
-        """Return ``(value, canonical_size)`` or raise :class:`ProtocolError`."""
+    def check(self, value: object) -> Any:
+        """Validate a value for encoding; return it normalised or raise ProtocolError."""
+        raise NotImplementedError
+
+    def parse(self, data: Buffer, position: int) -> tuple[Any, int]:
+        """Parse one value at ``position``; return it and the next position."""
         raise NotImplementedError
 
     def reject(self, value: object) -> ProtocolError:
         """The error for a value that is not a valid ``description``."""
-        shown = type(value).__name__
-        return ProtocolError(f"expected {self.description}, got {shown}")
+        return ProtocolError(f"expected {self.description}, got {type(value).__name__}")
 
     def bad_size(self, size: int) -> ProtocolError:
         """The error for a value of the right type but a size out of bounds."""
-        return ProtocolError(f"expected {self.description}, got {size} bytes")
+        return ProtocolError(f"expected {self.description}, got size {size}")
 
-    # The frame codec compiles one encoder and one decoder per frame kind from
-    # these snippets (see ``_codegen``). In them, ``v`` is the value, ``f`` this
-    # field, ``size`` the running canonical size and ``parts`` the output list.
-    # The generic versions call :meth:`check` and cbor2; simple fields inline.
+    # Snippets for ``_codegen``: ``v`` is the value, ``f`` this field, ``data``
+    # and ``p`` the input and position, ``parts`` the output list.
 
-    def decode_source(self) -> list[str]:
-        """Statements that validate ``v`` (rebinding it) and add its size to ``size``."""
-        return ["v, n = f.check(v)", "size += n"]
+    def parse_source(self) -> list[str]:
+        """Statements that parse ``v`` at ``p`` from ``data`` and advance ``p``."""
+        return ["v, p = f.parse(data, p)"]
 
     def encode_source(self) -> list[str]:
         """Statements that validate ``v`` and append its canonical encoding to ``parts``."""
-        return ["f.check(v)", "parts.append(_dumps(v))"]
+        return ["v = f.check(v)", "parts.append(_dumps(v))"]
 
 
 class UInt(Field):
@@ -93,16 +131,19 @@ class UInt(Field):
         self.bound = 1 << bits
         self.description = f"uint{bits}"
 
-    def check(self, value: object) -> tuple[int, int]:
+    def check(self, value: object) -> int:
         if type(value) is not int or not 0 <= value < self.bound:
             raise self.reject(value)
-        return value, head_size(value)
+        return value
 
-    def decode_source(self) -> list[str]:
-        return [
-            f"if type(v) is not int or v < 0 or v >= {self.bound}: raise f.reject(v)",
-            f"size += {_INLINE_HEAD_SIZE.format('v')}",
-        ]
+    def parse(self, data: Buffer, position: int) -> tuple[int, int]:
+        value, position = read_head(data, position, 0)
+        if value >= self.bound:
+            raise ProtocolError(f"{value} does not fit {self.description}")
+        return value, position
+
+    def parse_source(self) -> list[str]:
+        return [*_fast_head(0, "v"), f"if v >= {self.bound}: raise f.bad_size(v)"]
 
     def encode_source(self) -> list[str]:
         return [
@@ -117,17 +158,21 @@ class Boolean(Field):
     __slots__ = ()
     description = "bool"
 
-    def check(self, value: object) -> tuple[bool, int]:
+    def check(self, value: object) -> bool:
         if type(value) is not bool:
             raise self.reject(value)
-        return value, 1
+        return value
 
-    def decode_source(self) -> list[str]:
-        return ["if type(v) is not bool: raise f.reject(v)", "size += 1"]
+    def parse(self, data: Buffer, position: int) -> tuple[bool, int]:
+        initial = data[position]
+        if initial == 0xF5:
+            return True, position + 1
+        if initial == 0xF4:
+            return False, position + 1
+        raise ProtocolError(f"expected bool, got CBOR initial byte {initial:#04x}")
 
     def encode_source(self) -> list[str]:
-        return ["if type(v) is not bool: raise f.reject(v)",
-                'parts.append(b"\\xf5" if v else b"\\xf4")']
+        return ["v = f.check(v)", "parts.append(b'\\xf5' if v else b'\\xf4')"]
 
 
 class Blob(Field):
@@ -140,37 +185,49 @@ class Blob(Field):
         self.exact = exact
         self.description = f"bytes[{exact}]" if exact is not None else f"bytes<={max_size}"
 
-    def check(self, value: object) -> tuple[bytes, int]:
+    def _size_ok(self, size: int) -> bool:
+        if self.exact is not None:
+            return size == self.exact
+        return self.max_size is None or size <= self.max_size
+
+    def check(self, value: object) -> bytes:
         if type(value) is not bytes:
             raise self.reject(value)
-        size = len(value)
-        if self.exact is not None:
-            if size != self.exact:
-                raise ProtocolError(f"expected {self.description}, got {size} bytes")
-        elif self.max_size is not None and size > self.max_size:
-            raise ProtocolError(f"byte string of {size} exceeds {self.max_size}")
-        return value, head_size(size) + size
+        if not self._size_ok(len(value)):
+            raise self.bad_size(len(value))
+        return value
 
-    def _length_check(self) -> list[str]:
+    def parse(self, data: Buffer, position: int) -> tuple[bytes, int]:
+        size, position = read_head(data, position, 2)
+        if not self._size_ok(size):
+            raise self.bad_size(size)
+        end = position + size
+        if end > len(data):
+            raise ProtocolError("truncated byte string")
+        return bytes(data[position:end]), end
+
+    def _size_source(self) -> list[str]:
         if self.exact is not None:
             return [f"if n != {self.exact}: raise f.bad_size(n)"]
         if self.max_size is not None:
             return [f"if n > {self.max_size}: raise f.bad_size(n)"]
         return []
 
-    def decode_source(self) -> list[str]:
+    def parse_source(self) -> list[str]:
         return [
-            "if type(v) is not bytes: raise f.reject(v)",
-            "n = len(v)",
-            *self._length_check(),
-            f"size += n + {_INLINE_HEAD_SIZE.format('n')}",
+            *_fast_head(2, "n"),
+            *self._size_source(),
+            "end = p + n",
+            "if end > len(data): raise ProtocolError('truncated byte string')",
+            "v = bytes(data[p:end])",
+            "p = end",
         ]
 
     def encode_source(self) -> list[str]:
         return [
             "if type(v) is not bytes: raise f.reject(v)",
             "n = len(v)",
-            *self._length_check(),
+            *self._size_source(),
             "parts.append(_SMALL_HEADS[2][n] if n < 256 else _head(2, n))",
             "parts.append(v)",
         ]
@@ -185,7 +242,7 @@ class Text(Field):
         self.max_size = max_size
         self.description = f"text<={max_size}"
 
-    def check(self, value: object) -> tuple[str, int]:
+    def check(self, value: object) -> str:
         if type(value) is not str:
             raise self.reject(value)
         try:
@@ -193,21 +250,24 @@ class Text(Field):
         except UnicodeEncodeError:
             raise ProtocolError("text is not valid UTF-8") from None
         if size > self.max_size:
-            raise ProtocolError(f"text of {size} bytes exceeds {self.max_size}")
-        return value, head_size(size) + size
+            raise self.bad_size(size)
+        return value
 
-    def decode_source(self) -> list[str]:
-        # cbor2 decodes text strictly, so a decoded str always encodes back.
-        return [
-            "if type(v) is not str: raise f.reject(v)",
-            "n = len(v) if v.isascii() else len(v.encode('utf-8'))",
-            f"if n > {self.max_size}: raise f.bad_size(n)",
-            f"size += n + {_INLINE_HEAD_SIZE.format('n')}",
-        ]
+    def parse(self, data: Buffer, position: int) -> tuple[str, int]:
+        size, position = read_head(data, position, 3)
+        if size > self.max_size:
+            raise self.bad_size(size)
+        end = position + size
+        if end > len(data):
+            raise ProtocolError("truncated text string")
+        try:
+            return str(data[position:end], "utf-8"), end
+        except UnicodeDecodeError:
+            raise ProtocolError("text is not valid UTF-8") from None
 
     def encode_source(self) -> list[str]:
         return [
-            "f.check(v)",
+            "v = f.check(v)",
             "b = v.encode('utf-8')",
             "n = len(b)",
             "parts.append(_SMALL_HEADS[3][n] if n < 256 else _head(3, n))",
@@ -224,14 +284,17 @@ class Optional(Field):
         self.inner = inner
         self.description = f"null or {inner.description}"
 
-    def check(self, value: object) -> tuple[Any, int]:
-        if value is None:
-            return None, 1
-        return self.inner.check(value)
+    def check(self, value: object) -> Any:
+        return None if value is None else self.inner.check(value)
+
+    def parse(self, data: Buffer, position: int) -> tuple[Any, int]:
+        if data[position] == 0xF6:
+            return None, position + 1
+        return self.inner.parse(data, position)
 
 
 class Sequence(Field):
-    """A CBOR array of at most ``max_items`` values of ``item``, decoded as a tuple."""
+    """A CBOR array of at most ``max_items`` values of ``item``, as a tuple."""
 
     __slots__ = ("description", "item", "max_items")
 
@@ -240,16 +303,20 @@ class Sequence(Field):
         self.max_items = max_items
         self.description = f"array<={max_items} of {item.description}"
 
-    def check(self, value: object) -> tuple[tuple[Any, ...], int]:
+    def check(self, value: object) -> tuple[Any, ...]:
         if type(value) is not list and type(value) is not tuple:
             raise self.reject(value)
         if len(value) > self.max_items:
-            raise ProtocolError(f"array of {len(value)} items exceeds {self.max_items}")
-        check: Callable[[object], tuple[Any, int]] = self.item.check
-        total = head_size(len(value))
+            raise self.bad_size(len(value))
+        return tuple(self.item.check(element) for element in value)
+
+    def parse(self, data: Buffer, position: int) -> tuple[tuple[Any, ...], int]:
+        count, position = read_head(data, position, 4)
+        if count > self.max_items:
+            raise self.bad_size(count)
+        parse = self.item.parse
         items = []
-        for element in value:
-            checked, size = check(element)
-            items.append(checked)
-            total += size
-        return tuple(items), total
+        for _ in range(count):
+            element, position = parse(data, position)
+            items.append(element)
+        return tuple(items), position

@@ -1,13 +1,18 @@
 """CBOR frames: one typed, immutable class per frame kind, and a strict codec.
 
 On the wire a frame is one CBOR array ``[version, kind, field...]`` encoded
-canonically (shortest heads, definite lengths, no tags, no maps, no floats).
-Decoding checks, in order: the byte size against the configured limit (before
-any parsing), the CBOR syntax with tags, indefinite lengths and deep nesting
-refused, the version, the kind, the exact field count, every field's type,
-range and size, and finally that the canonical size of what was decoded equals
-the input size (no trailing bytes, no padded encodings). Any failure raises
+canonically: shortest heads, definite lengths, and only the CBOR a schema
+allows (unsigned integers, byte and text strings, booleans, null, arrays; no
+tags, maps, floats or negative integers). Decoding checks the byte size against
+the configured limit before parsing, then the array head, the version, the
+kind, the exact field count, and parses every field strictly for its type,
+range and size (nesting is bounded by the schema, and no length is trusted
+before it is checked against its bound and the bytes present); trailing bytes
+are refused. So each frame has exactly one encoding, and any failure raises
 :class:`~iris_trio.errors.ProtocolError` and nothing else.
+
+Encoders and decoders are compiled per kind from the schema (see
+``_codegen``); a strict cbor2-based reference decoder in the tests checks them.
 
 Layers above define their own frame kinds with :func:`frame_kind`; kind numbers
 are allocated in ranges: 0-15 link, 16-63 overlay, 64-127 patterns, 128-191 relay
@@ -21,11 +26,9 @@ import struct
 from collections.abc import Callable
 from typing import Any, ClassVar, Final, TypeVar
 
-import cbor2
-
 from ..errors import MessageTooLargeError, ProtocolError
 from ._codegen import compile_decoder, compile_encoder
-from .fields import Blob, Field, Text, UInt
+from .fields import Blob, Field, Text, UInt, read_head
 
 __all__ = [
     "DEFAULT_MAX_FRAME_SIZE",
@@ -43,8 +46,6 @@ __all__ = [
 WIRE_VERSION: Final = 1
 #: Default frame limit: an 8 MiB message plus room for its headers.
 DEFAULT_MAX_FRAME_SIZE: Final = 8 * 1024 * 1024 + 64 * 1024
-#: Frames nest at most a few arrays deep; anything deeper is hostile.
-MAX_NESTING: Final = 6
 
 F = TypeVar("F", bound="Frame")
 
@@ -60,7 +61,7 @@ class Frame:
 _REGISTRY: dict[int, type[Frame]] = {}
 #: Compiled per kind (see ``_codegen``): frame -> encoded parts, and list -> frame.
 _ENCODERS: dict[type[Frame], Callable[[Any], list[bytes]]] = {}
-_DECODERS: dict[int, Callable[[list[Any], int], Frame]] = {}
+_DECODERS: dict[int, tuple[int, Callable[[Any, int], Frame]]] = {}
 _U32 = struct.Struct(">I")
 
 
@@ -81,7 +82,7 @@ def frame_kind(kind: int, *schema: Field) -> Callable[[type[F]], type[F]]:
         cls.KIND = kind
         cls.SCHEMA = schema
         _ENCODERS[cls] = compile_encoder(cls, WIRE_VERSION, kind, names, schema)
-        _DECODERS[kind] = compile_decoder(cls, WIRE_VERSION, kind, schema)
+        _DECODERS[kind] = (len(schema) + 2, compile_decoder(cls, schema))
         _REGISTRY[kind] = cls
         return cls
 
@@ -91,18 +92,6 @@ def frame_kind(kind: int, *schema: Field) -> Callable[[type[F]], type[F]]:
 def registered_kinds() -> dict[int, type[Frame]]:
     """A copy of the kind -> class registry (for tests and diagnostics)."""
     return dict(_REGISTRY)
-
-
-def _reject_tag(*_: object) -> Any:
-    raise ProtocolError("CBOR tags are not used by this protocol")
-
-
-_loads = cbor2.loads
-
-# cbor2 decodes these tags itself; route them to the rejection too.
-_BUILTIN_TAGS = (0, 1, 2, 3, 4, 5, 25, 28, 29, 30, 35, 36, 37, 52, 54, 100, 256, 258, 260, 261)
-_BUILTIN_TAGS += (1004, 55799)
-_TAG_DECODERS: Final = dict.fromkeys(_BUILTIN_TAGS, _reject_tag)
 
 
 class FrameCodec:
@@ -155,37 +144,32 @@ class FrameCodec:
             f"{type(frame).__name__} frame of {size} bytes exceeds {self.max_frame_size}"
         )
 
-    def decode(self, data: bytes) -> Frame:
+    def decode(self, data: bytes | bytearray | memoryview) -> Frame:
         """Decode one frame from exactly ``data``.
 
         Raises:
-            ProtocolError: for anything but one well-formed frame of a known kind.
+            ProtocolError: for anything but one canonical frame of a known kind.
         """
         size = len(data)
         if size > self.max_frame_size:
             raise ProtocolError(f"frame of {size} bytes exceeds {self.max_frame_size}")
         try:
-            items = _loads(
-                data,
-                max_depth=MAX_NESTING,
-                allow_indefinite=False,
-                allow_duplicate_keys=False,
-                semantic_decoders=_TAG_DECODERS,
-                tag_hook=_reject_tag,
-            )
-        except ProtocolError:
-            raise
-        except Exception as exc:  # cbor2 raises several types; all mean "malformed"
-            raise ProtocolError(f"malformed CBOR: {exc}") from exc
-        if type(items) is not list or len(items) < 2:
-            raise ProtocolError("a frame is an array [version, kind, fields...]")
-        version, kind = items[0], items[1]
-        if version != WIRE_VERSION or type(version) is not int:
-            raise ProtocolError(f"unsupported wire version {version!r}")
-        decoder = _DECODERS.get(kind) if type(kind) is int else None
-        if decoder is None:
-            raise ProtocolError(f"unknown frame kind {kind!r}")
-        return decoder(items, size)
+            initial = data[0]
+            if initial >> 5 != 4 or initial & 31 >= 24:
+                raise ProtocolError("a frame is an array [version, kind, fields...]")
+            if data[1] != WIRE_VERSION:
+                raise ProtocolError(f"unsupported wire version (initial byte {data[1]:#04x})")
+            kind, position = read_head(data, 2, 0)
+            entry = _DECODERS.get(kind)
+            if entry is None:
+                raise ProtocolError(f"unknown frame kind {kind}")
+            count, decoder = entry
+            if initial & 31 != count:
+                name = _REGISTRY[kind].__name__
+                raise ProtocolError(f"{name} takes {count - 2} fields, got {(initial & 31) - 2}")
+            return decoder(data, position)
+        except IndexError:
+            raise ProtocolError("truncated frame") from None
 
 
 # --- link-level frames (kinds 0-15) -------------------------------------------------------------

@@ -101,7 +101,7 @@ class LengthPrefixedReader:
                 return
             buffer: bytes | bytearray = b"".join(self._pending)
         else:
-            buffer = data  # type: ignore[assignment]
+            buffer = data
         self._pending = []
         self._held = 0
         prefix = self._prefix
