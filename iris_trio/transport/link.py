@@ -109,6 +109,8 @@ class Link:
         self._on_frame = on_frame
         self._frame_reader = LengthPrefixedReader(4, config.max_frame_size)
         self._queue: collections.deque[bytes] = collections.deque()
+        self._queue_frames_limit = config.send_queue_frames
+        self._queue_bytes_limit = config.send_queue_bytes
         self._queued_bytes = 0
         self._writer_lot = trio.lowlevel.ParkingLot()
         self._space_lot = trio.lowlevel.ParkingLot()
@@ -190,7 +192,8 @@ class Link:
             trio.BrokenResourceError: the link failed or the peer closed it.
             MessageTooLargeError / ValueError: the frame is invalid or too large.
         """
-        self._check_sendable()
+        if not self.is_open:
+            self._check_sendable()
         self._enqueue(self._codec.encode_framed(frame))
 
     def send_encoded_nowait(self, encoded: bytes) -> None:
@@ -206,8 +209,8 @@ class Link:
         queue = self._queue
         size = len(framed)
         if queue and (
-            len(queue) >= self.config.send_queue_frames
-            or self._queued_bytes + size > self.config.send_queue_bytes
+            len(queue) >= self._queue_frames_limit
+            or self._queued_bytes + size > self._queue_bytes_limit
         ):
             raise trio.WouldBlock
         queue.append(framed)

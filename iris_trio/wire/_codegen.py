@@ -10,15 +10,23 @@ reference decoder on arbitrary input.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 from typing import Any
 
 import cbor2
 
-from ..errors import ProtocolError
+from ..errors import MessageTooLargeError, ProtocolError
 from .fields import Field, read_head
 
-__all__ = ["compile_decoder", "compile_encoder", "head"]
+__all__ = ["Encoder", "compile_decoder", "compile_encoder", "head"]
+
+
+def _too_large(frame: object, size: int, limit: int) -> MessageTooLargeError:
+    return MessageTooLargeError(f"{type(frame).__name__} frame of {size} bytes exceeds {limit}")
+
+
+_HEAD16 = struct.Struct(">BH").pack
 
 
 def head(major: int, argument: int) -> bytes:
@@ -29,7 +37,7 @@ def head(major: int, argument: int) -> bytes:
     if argument < 1 << 8:
         return bytes([top | 24, argument])
     if argument < 1 << 16:
-        return bytes([top | 25]) + argument.to_bytes(2, "big")
+        return _HEAD16(top | 25, argument)
     if argument < 1 << 32:
         return bytes([top | 26]) + argument.to_bytes(4, "big")
     return bytes([top | 27]) + argument.to_bytes(8, "big")
@@ -58,21 +66,33 @@ def _compile(source: list[str], namespace: dict[str, Any], name: str) -> Any:
     return namespace[name]
 
 
+Encoder = Callable[[Any, int, bool], bytes]
+
+
 def compile_encoder(
     cls: type, version: int, kind: int, names: tuple[str, ...], schema: tuple[Field, ...]
-) -> Callable[[Any], list[bytes]]:
-    """A function returning the encoded parts of a frame.
+) -> Encoder:
+    """A function ``encode(frame, limit, framed)`` returning the encoded frame.
 
-    ``parts[0]`` is left empty for the caller's length prefix. An invalid field
-    value raises ProtocolError (the codec turns it into ValueError).
+    With ``framed`` the 4-byte length prefix comes first. An invalid field value
+    raises ProtocolError (the codec turns it into ValueError); a frame over
+    ``limit`` bytes raises MessageTooLargeError.
     """
     header = head(4, len(names) + 2) + head(0, version) + head(0, kind)
-    lines = ["def encode(frame):", f"    parts = [b'', {header!r}]"]
+    lines = ["def encode(frame, limit, framed):", f"    parts = [b'', {header!r}]"]
     for index, name in enumerate(names):
         lines += [f"    v = frame.{name}", f"    f = f{index}"]
         lines += [f"    {line}" for line in schema[index].encode_source()]
-    lines.append("    return parts")
-    encoder: Callable[[Any], list[bytes]] = _compile(lines, _namespace(schema), "encode")
+    lines += [
+        "    size = sum(map(len, parts))",
+        "    if size > limit: raise _too_large(frame, size, limit)",
+        "    if framed: parts[0] = _U32(size)",
+        "    return b''.join(parts)",
+    ]
+    namespace = _namespace(schema)
+    namespace["_too_large"] = _too_large
+    namespace["_U32"] = struct.Struct(">I").pack
+    encoder: Encoder = _compile(lines, namespace, "encode")
     encoder.__qualname__ = f"{cls.__name__}.encode"
     return encoder
 

@@ -22,12 +22,11 @@ bridging. A kind can be registered once.
 from __future__ import annotations
 
 import dataclasses
-import struct
 from collections.abc import Callable
 from typing import Any, ClassVar, Final, TypeVar
 
-from ..errors import MessageTooLargeError, ProtocolError
-from ._codegen import compile_decoder, compile_encoder
+from ..errors import ProtocolError
+from ._codegen import Encoder, compile_decoder, compile_encoder
 from .fields import Blob, Field, Text, UInt, read_head
 
 __all__ = [
@@ -60,9 +59,8 @@ class Frame:
 
 _REGISTRY: dict[int, type[Frame]] = {}
 #: Compiled per kind (see ``_codegen``): frame -> encoded parts, and list -> frame.
-_ENCODERS: dict[type[Frame], Callable[[Any], list[bytes]]] = {}
+_ENCODERS: dict[type[Frame], Encoder] = {}
 _DECODERS: dict[int, tuple[int, Callable[[Any, int], Frame]]] = {}
-_U32 = struct.Struct(">I")
 
 
 def frame_kind(kind: int, *schema: Field) -> Callable[[type[F]], type[F]]:
@@ -108,13 +106,6 @@ class FrameCodec:
             raise ValueError("max_frame_size must be at least 64 bytes")
         self.max_frame_size = max_frame_size
 
-    def _parts(self, frame: Frame) -> list[bytes]:
-        try:
-            parts = _ENCODERS[type(frame)](frame)
-        except ProtocolError as exc:
-            raise ValueError(f"{type(frame).__name__}: {exc}") from None
-        return parts
-
     def encode(self, frame: Frame) -> bytes:
         """Encode ``frame``.
 
@@ -122,27 +113,20 @@ class FrameCodec:
             ValueError: a field value does not satisfy the frame's schema.
             MessageTooLargeError: the encoded frame exceeds ``max_frame_size``.
         """
-        data = b"".join(self._parts(frame))
-        if len(data) > self.max_frame_size:
-            raise self._too_large(frame, len(data))
-        return data
+        try:
+            return _ENCODERS[type(frame)](frame, self.max_frame_size, False)
+        except ProtocolError as exc:
+            raise ValueError(f"{type(frame).__name__}: {exc}") from None
 
     def encode_framed(self, frame: Frame) -> bytes:
         """Encode ``frame`` behind its 4-byte length prefix, in one allocation.
 
         Raises like :meth:`encode`.
         """
-        parts = self._parts(frame)
-        size = sum(map(len, parts))
-        if size > self.max_frame_size:
-            raise self._too_large(frame, size)
-        parts[0] = _U32.pack(size)
-        return b"".join(parts)
-
-    def _too_large(self, frame: Frame, size: int) -> MessageTooLargeError:
-        return MessageTooLargeError(
-            f"{type(frame).__name__} frame of {size} bytes exceeds {self.max_frame_size}"
-        )
+        try:
+            return _ENCODERS[type(frame)](frame, self.max_frame_size, True)
+        except ProtocolError as exc:
+            raise ValueError(f"{type(frame).__name__}: {exc}") from None
 
     def decode(self, data: bytes | bytearray | memoryview) -> Frame:
         """Decode one frame from exactly ``data``.
