@@ -322,3 +322,63 @@ async def test_user_exceptions_leave_the_link_unwrapped() -> None:
         async with memory_link_pair() as (left, _):
             await left.send(Payload(1, b""))
             raise BoomError
+
+
+class _Tamperer(trio.abc.Stream):
+    """Forwards a stream but flips one bit at a chosen byte offset of what it sends."""
+
+    def __init__(self, inner: trio.abc.Stream, flip_at: int) -> None:
+        self.inner = inner
+        self.flip_at = flip_at
+        self.sent = 0
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        chunk = bytearray(data)
+        if self.sent <= self.flip_at < self.sent + len(chunk):
+            chunk[self.flip_at - self.sent] ^= 0x01
+        self.sent += len(chunk)
+        await self.inner.send_all(chunk)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_a_tampered_record_closes_the_link_and_nothing_after_it_arrives() -> None:
+    left, right = trio.testing.memory_stream_pair()
+    # The handshake is 48 + 2 bytes then 2 + 150-ish; flip a byte well inside the records.
+    tampered = _Tamperer(left, flip_at=5_000)
+    received: list[int] = []
+
+    async def sender() -> None:
+        async with open_link(tampered, initiator=True, identity=NodeIdentity.generate(),
+                             network=DEV_NETWORK) as link:
+            with pytest.raises(trio.BrokenResourceError):
+                for i in range(100):
+                    await link.send(Payload(i, bytes(200)))
+                    await trio.sleep(0.001)  # one record per frame
+                await link.receive()
+            # The receiver aborted: this side sees a broken link, not a clean end.
+            assert link.close_reason is not None
+
+    async def receiver() -> None:
+        async with open_link(right, initiator=False, identity=NodeIdentity.generate(),
+                             network=DEV_NETWORK) as link:
+            with pytest.raises(trio.BrokenResourceError):
+                while True:
+                    frame = await link.receive()
+                    assert isinstance(frame, Payload)
+                    received.append(frame.channel)
+            assert isinstance(link.close_reason, ProtocolError)
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sender)
+            nursery.start_soon(receiver)
+    assert received == list(range(len(received)))  # an unbroken prefix, in order
+    assert 0 < len(received) < 100

@@ -41,7 +41,10 @@ def emit(figures: dict[str, Any], *, as_json: bool, title: str) -> None:
     print(title)
     width = max(len(k) for k in figures)
     for key, value in figures.items():
-        shown = f"{value:,.1f}" if isinstance(value, float) else str(value)
+        if isinstance(value, float):
+            shown = f"{value:,.3f}" if abs(value) < 10 else f"{value:,.1f}"
+        else:
+            shown = str(value)
         print(f"  {key:<{width}}  {shown}")
     if as_json:
         print(json.dumps(figures, sort_keys=True))

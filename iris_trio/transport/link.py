@@ -383,9 +383,13 @@ class Link:
             self._queue.clear()
             self._queued_bytes = 0
             self._space_lot.unpark_all()
-            # Sends the authenticated end when the stream is still healthy, then
-            # closes the transport, which also ends the reader.
-            await secure.aclose()
+            # A clean end (the authenticated end record) only for a clean close: a
+            # broken link aborts, so the peer sees an error too, never a clean end.
+            # Either way the transport closes, which also ends the reader.
+            if self._close_reason is None:
+                await secure.aclose()
+            else:
+                await secure.abort()
             self._task_done()
 
 

@@ -243,6 +243,11 @@ class SecureStream(trio.abc.Stream):
 
     # ---------------------------------------------------------------- closing
 
+    async def abort(self) -> None:
+        """Close without the end record: the peer sees a broken stream, not a clean end."""
+        self._closed = True
+        await trio.aclose_forcefully(self.transport_stream)
+
     async def aclose(self) -> None:
         """Send the authenticated end-of-stream record (best effort) and close.
 
