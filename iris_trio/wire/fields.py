@@ -26,6 +26,7 @@ __all__ = [
     "Boolean",
     "Field",
     "Optional",
+    "Record",
     "Sequence",
     "Text",
     "UInt",
@@ -319,4 +320,31 @@ class Sequence(Field):
         for _ in range(count):
             element, position = parse(data, position)
             items.append(element)
+        return tuple(items), position
+
+
+class Record(Field):
+    """A fixed-length CBOR array of the given field types, as a tuple."""
+
+    __slots__ = ("description", "fields")
+
+    def __init__(self, *fields: Field) -> None:
+        self.fields = fields
+        self.description = "[" + ", ".join(field.description for field in fields) + "]"
+
+    def check(self, value: object) -> tuple[Any, ...]:
+        if type(value) is not list and type(value) is not tuple:
+            raise self.reject(value)
+        if len(value) != len(self.fields):
+            raise self.bad_size(len(value))
+        return tuple(field.check(item) for field, item in zip(self.fields, value, strict=True))
+
+    def parse(self, data: Buffer, position: int) -> tuple[tuple[Any, ...], int]:
+        count, position = read_head(data, position, 4)
+        if count != len(self.fields):
+            raise self.bad_size(count)
+        items = []
+        for field in self.fields:
+            item, position = field.parse(data, position)
+            items.append(item)
         return tuple(items), position

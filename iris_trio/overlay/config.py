@@ -1,0 +1,60 @@
+"""Overlay configuration."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ..errors import ConfigError
+
+__all__ = ["OverlayConfig"]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class OverlayConfig:
+    """Timing and sizing of the overlay (times in seconds).
+
+    Attributes:
+        leaf_size: leaf set members kept on each side.
+        heartbeat_interval: an idle connection carries a heartbeat this often.
+        suspect_after: a peer silent this long is avoided when routing.
+        dead_after: a peer silent this long is declared dead and dropped (a
+            silent failure is gone everywhere within about this plus one
+            heartbeat interval). Merely slow peers keep talking and stay.
+        exchange_interval: each node pushes its state to one random neighbour
+            this often (anti-entropy: repairs tables, merges healed partitions).
+        ack_timeout: a routed hop not acknowledged in this time is resent,
+            through another next hop if the first is suspected or gone.
+        route_attempts: sends of one hop before the message is dropped.
+        dedupe_window: message ids remembered for duplicate suppression.
+        max_hops: a routed message travelling further is dropped (loop guard).
+        dial_backoff: an address that failed to connect is not redialled from
+            gossip for this long.
+        idle_connection_grace: a connection to a node in neither table is
+            closed after this long (connections stay bounded).
+        tick_interval: how often the driver should call ``tick`` at least.
+    """
+
+    leaf_size: int = 8
+    heartbeat_interval: float = 1.0
+    suspect_after: float = 2.5
+    dead_after: float = 4.0
+    exchange_interval: float = 5.0
+    ack_timeout: float = 0.5
+    route_attempts: int = 4
+    dedupe_window: float = 30.0
+    max_hops: int = 48
+    dial_backoff: float = 15.0
+    idle_connection_grace: float = 20.0
+    tick_interval: float = 0.25
+
+    def __post_init__(self) -> None:
+        if self.leaf_size < 1:
+            raise ConfigError("leaf_size must be at least 1")
+        if not 0 < self.heartbeat_interval < self.suspect_after < self.dead_after:
+            raise ConfigError("need 0 < heartbeat_interval < suspect_after < dead_after")
+        for name in ("exchange_interval", "ack_timeout", "dedupe_window", "dial_backoff",
+                     "idle_connection_grace", "tick_interval"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be positive")
+        if self.route_attempts < 1 or self.max_hops < 1:
+            raise ConfigError("route_attempts and max_hops must be at least 1")

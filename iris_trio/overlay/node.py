@@ -1,0 +1,484 @@
+"""The overlay state machine: Pastry membership, liveness and routing, sans-IO.
+
+Inputs are method calls carrying ``now`` (seconds, any monotonic clock);
+outputs are effects collected in an outbox the driver drains with
+:meth:`OverlayNode.take_effects`: dial an address, send a frame to a connected
+peer, close a connection, deliver a routed message here. Nothing here does I/O
+or reads a clock, so a simulator can run thousands of nodes deterministically.
+
+Membership works the way Iris's overlay does: a node connects to any known
+node, both exchange their state (leaf set and routing table, with addresses),
+and each dials the nodes it learns of that belong in its own tables, until no
+new candidate improves them. Only nodes reached over a live connection enter
+the tables, so gossip about dead nodes (old or replayed state) changes nothing.
+Every connection carries heartbeats; a closed connection removes the peer at
+once, a silent one is avoided after ``suspect_after`` and dropped after
+``dead_after``. Leaf set changes are pushed to the leaf set, whose answers
+refill it; a periodic state exchange with a random neighbour repairs the
+routing table and merges rings after a partition heals.
+
+Routed messages are acknowledged hop by hop; an unacknowledged hop is resent,
+through another next hop when the first is suspected or gone, and duplicates
+are suppressed by message id.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Callable
+from itertools import chain
+
+from ..wire.frames import Frame
+from .config import OverlayConfig
+from .frames import Heartbeat, Leave, NodeRef, OverlayState, Route, RouteAck
+from .ids import from_bytes, ring_distance, shared_prefix, short, to_bytes
+from .leafset import LeafSet
+from .routing_table import RoutingTable
+
+__all__ = [
+    "Connect",
+    "Deliver",
+    "Disconnect",
+    "Effect",
+    "ForwardHook",
+    "OverlayNode",
+    "OverlayStatistics",
+    "Send",
+]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Connect:
+    """Dial ``address`` (believed to be node ``node``, if known)."""
+
+    address: str
+    node: int | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Send:
+    """Send ``frame`` over the connection to ``node``."""
+
+    node: int
+    frame: Frame
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Disconnect:
+    """Close the connection to ``node``."""
+
+    node: int
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Deliver:
+    """A routed message arrived at the node closest to its key: this one."""
+
+    route: Route
+
+
+Effect = Connect | Send | Disconnect | Deliver
+#: Called before a routed message is forwarded to ``next_hop``; returning False
+#: consumes it here (Scribe joins stop at the first tree member on the path).
+ForwardHook = Callable[[Route, int], bool]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class OverlayStatistics:
+    """A snapshot of a node's overlay state and counters."""
+
+    node_id: str
+    peers: int
+    leaf_set: int
+    table_entries: int
+    table_rows: int
+    routed: int
+    forwarded: int
+    delivered: int
+    duplicates: int
+    rerouted: int
+    dropped: int
+    peers_declared_dead: int
+    maintenance_sent: int
+
+
+class _Peer:
+    __slots__ = ("address", "connected_at", "last_heard", "last_sent", "outbound", "ref",
+                 "suspected")
+
+    def __init__(self, node: int, address: str, now: float, *, outbound: bool) -> None:
+        self.address = address
+        self.ref: NodeRef = (to_bytes(node), address)
+        self.outbound = outbound
+        self.connected_at = now
+        self.last_heard = now
+        self.last_sent = now
+        self.suspected = False
+
+
+class _Pending:
+    """A forwarded hop awaiting its acknowledgement."""
+
+    __slots__ = ("attempts", "deadline", "frame", "key", "next_hop", "tried")
+
+    def __init__(self, frame: Route, key: int, next_hop: int, deadline: float) -> None:
+        self.frame = frame
+        self.key = key
+        self.next_hop = next_hop
+        self.deadline = deadline
+        self.attempts = 1
+        self.tried = {next_hop}
+
+
+class OverlayNode:
+    """One node's Pastry state.
+
+    Args:
+        node_id: this node's 128-bit id.
+        address: the address others dial to reach this node.
+        config: timing and sizing.
+        rng: randomness (message ids, neighbour choice); seed it to replay.
+        forward: optional upcall before each forward (see :data:`ForwardHook`).
+    """
+
+    def __init__(
+        self,
+        node_id: int,
+        address: str,
+        *,
+        config: OverlayConfig | None = None,
+        rng: random.Random | None = None,
+        forward: ForwardHook | None = None,
+    ) -> None:
+        self.id = node_id
+        self.address = address
+        self.config = config or OverlayConfig()
+        self.rng = rng or random.Random()
+        self.forward_hook = forward
+        self.leaves = LeafSet(node_id, self.config.leaf_size)
+        self.table = RoutingTable(node_id)
+        #: Peers the layers above keep connected (tree links), whatever the tables say.
+        self.pinned: set[int] = set()
+        self._peers: dict[int, _Peer] = {}
+        self._own_ref: NodeRef = (to_bytes(node_id), address)
+        self._peer_ids: set[bytes] = set()  # wire ids of peers, to skip gossip cheaply
+        self._dialing: dict[str, float] = {}
+        self._backoff: dict[str, float] = {}
+        self._pending: dict[bytes, _Pending] = {}
+        self._seen: dict[bytes, float] = {}
+        self._outbox: list[Effect] = []
+        self._now = 0.0
+        self._repair_leaves = False
+        self._next_exchange = 0.0
+        self._routed = self._forwarded = self._delivered = self._duplicates = 0
+        self._rerouted = self._dropped = self._dead = self._maintenance = 0
+
+    def __repr__(self) -> str:
+        return f"<OverlayNode {short(self.id)} peers={len(self._peers)}>"
+
+    # ---------------------------------------------------------------- queries
+
+    @property
+    def peers(self) -> dict[int, str]:
+        """Connected peers and their addresses."""
+        return {node: peer.address for node, peer in self._peers.items()}
+
+    def is_connected(self, node: int) -> bool:
+        """True if a connection to ``node`` is up."""
+        return node in self._peers
+
+    def statistics(self) -> OverlayStatistics:
+        """A snapshot of the node's state and counters."""
+        return OverlayStatistics(
+            node_id=f"{self.id:032x}",
+            peers=len(self._peers),
+            leaf_set=len(self.leaves),
+            table_entries=len(self.table),
+            table_rows=self.table.filled_rows(),
+            routed=self._routed,
+            forwarded=self._forwarded,
+            delivered=self._delivered,
+            duplicates=self._duplicates,
+            rerouted=self._rerouted,
+            dropped=self._dropped,
+            peers_declared_dead=self._dead,
+            maintenance_sent=self._maintenance,
+        )
+
+    def take_effects(self) -> list[Effect]:
+        """Remove and return the effects produced so far, in order."""
+        effects, self._outbox = self._outbox, []
+        return effects
+
+    def next_deadline(self) -> float:
+        """When :meth:`tick` should run next at the latest."""
+        return self._now + self.config.tick_interval
+
+    # ----------------------------------------------------------------- inputs
+
+    def start(self, now: float, seeds: list[str]) -> None:
+        """Join through ``seeds`` (addresses); with none, wait to be found."""
+        self._now = now
+        self._next_exchange = now + self.config.exchange_interval * self.rng.uniform(0.5, 1.0)
+        for address in seeds:
+            if address != self.address and address not in self._dialing:
+                self._dialing[address] = now
+                self._outbox.append(Connect(address, None))
+
+    def discovered(self, now: float, node: int, address: str) -> None:
+        """A discovery beacon announced ``node`` at ``address``."""
+        self._now = now
+        self._consider(node, address, now)
+
+    def connected(self, now: float, node: int, address: str) -> None:
+        """A connection to ``node`` is up (dialled by us or accepted).
+
+        ``address`` is where the node accepts connections (what others dial).
+        """
+        self._now = now
+        outbound = self._dialing.pop(address, None) is not None
+        if node == self.id:
+            self._outbox.append(Disconnect(node, "connected to self"))
+            return
+        if node in self._peers:
+            return
+        peer = self._peers[node] = _Peer(node, address, now, outbound=outbound)
+        self._peer_ids.add(peer.ref[0])
+        self.leaves.add(node)
+        self.table.add(node)
+        self._send_state(node, reply=True)
+
+    def connect_failed(self, now: float, address: str) -> None:
+        """Dialling ``address`` failed."""
+        self._now = now
+        self._dialing.pop(address, None)
+        self._backoff[address] = now + self.config.dial_backoff
+
+    def disconnected(self, now: float, node: int) -> None:
+        """The connection to ``node`` closed (the peer died or closed it)."""
+        self._now = now
+        self._drop(node, now, reason=None)
+
+    def received(self, now: float, node: int, frame: Frame) -> None:
+        """``frame`` arrived from the connected peer ``node``."""
+        self._now = now
+        peer = self._peers.get(node)
+        if peer is None:
+            return
+        peer.last_heard = now
+        peer.suspected = False
+        kind = type(frame)
+        if kind is Route:
+            assert isinstance(frame, Route)
+            self._send(node, RouteAck(frame.message_id))
+            if frame.message_id in self._seen:
+                self._duplicates += 1
+                return
+            self._seen[frame.message_id] = now
+            self._forward_or_deliver(frame, from_bytes(frame.key), now)
+        elif kind is RouteAck:
+            assert isinstance(frame, RouteAck)
+            self._pending.pop(frame.message_id, None)
+        elif kind is OverlayState:
+            assert isinstance(frame, OverlayState)
+            known, own = self._peer_ids, self._own_ref[0]
+            for raw, address in chain(frame.leaves, frame.table):
+                if raw not in known and raw != own:
+                    self._consider(from_bytes(raw), address, now)
+            if frame.reply:
+                self._send_state(node, reply=False)
+        elif kind is Leave:
+            self._drop(node, now, reason="peer left")
+
+    def route(self, now: float, key: int, payload: bytes) -> bytes:
+        """Route ``payload`` to the live node closest to ``key``; returns the message id."""
+        self._now = now
+        message_id = self.rng.randbytes(16)
+        self._seen[message_id] = now
+        self._routed += 1
+        frame = Route(message_id, to_bytes(key), to_bytes(self.id), 0, payload)
+        self._forward_or_deliver(frame, key, now)
+        return message_id
+
+    def send_direct(self, now: float, node: int, frame: Frame) -> bool:
+        """Send ``frame`` to the connected peer ``node``; False if not connected."""
+        self._now = now
+        if node not in self._peers:
+            return False
+        self._send(node, frame)
+        return True
+
+    def leave(self, now: float) -> None:
+        """Leave gracefully: tell every peer, then close every connection."""
+        self._now = now
+        for node in list(self._peers):
+            self._send(node, Leave())
+            self._outbox.append(Disconnect(node, "leaving"))
+        self._peers.clear()
+        self._peer_ids.clear()
+        self.leaves = LeafSet(self.id, self.config.leaf_size)
+        self.table = RoutingTable(self.id)
+        self._pending.clear()
+
+    def tick(self, now: float) -> None:
+        """Run timers: heartbeats, failure detection, retransmission, gossip."""
+        self._now = now
+        config = self.config
+        for node, peer in list(self._peers.items()):
+            silent = now - peer.last_heard
+            if silent > config.dead_after:
+                self._drop(node, now, reason=f"silent for {silent:.1f} s")
+                continue
+            peer.suspected = silent > config.suspect_after
+            if now - peer.last_sent >= config.heartbeat_interval:
+                self._maintenance += 1
+                self._send(node, Heartbeat())
+            # Connections stay bounded: the dialling side closes a connection
+            # neither of its tables needs (the other side keeps what it dialled).
+            if (
+                peer.outbound
+                and now - peer.connected_at > config.idle_connection_grace
+                and node not in self.leaves
+                and node not in self.table
+                and node not in self.pinned
+            ):
+                self._drop(node, now, reason="not needed by the tables")
+        self._retransmit(now)
+        self._expire(now)
+        if self._repair_leaves:
+            # A leaf went away: the outermost leaf on each side knows the nodes
+            # beyond our range; its answer brings the replacement.
+            self._repair_leaves = False
+            for node in {*self.leaves.right[-1:], *self.leaves.left[-1:]}:
+                self._send_state(node, reply=True)
+        if now >= self._next_exchange:
+            self._next_exchange = now + config.exchange_interval * self.rng.uniform(0.75, 1.25)
+            neighbours = list(chain(self.leaves, self.table))
+            if neighbours:
+                self._send_state(self.rng.choice(neighbours), reply=True)
+
+    # --------------------------------------------------------------- internals
+
+    def _send(self, node: int, frame: Frame) -> None:
+        peer = self._peers.get(node)
+        if peer is not None:
+            peer.last_sent = self._now
+            self._outbox.append(Send(node, frame))
+
+    def _send_state(self, node: int, *, reply: bool) -> None:
+        peers = self._peers
+        leaves = (self._own_ref, *[peers[n].ref for n in self.leaves])
+        table = tuple([peers[n].ref for n in self.table])
+        self._maintenance += 1
+        self._send(node, OverlayState(leaves, table, reply))
+
+    def _consider(self, node: int, address: str, now: float) -> None:
+        if node == self.id or node in self._peers or address in self._dialing:
+            return
+        if self._backoff.get(address, 0.0) > now:
+            return
+        if self.leaves.would_admit(node) or self.table.would_admit(node):
+            self._dialing[address] = now
+            self._outbox.append(Connect(address, node))
+
+    def _drop(self, node: int, now: float, *, reason: str | None) -> None:
+        peer = self._peers.pop(node, None)
+        if peer is None:
+            return
+        self._peer_ids.discard(peer.ref[0])
+        if reason is not None:  # we decided: close the connection
+            self._dead += reason.startswith("silent")
+            self._outbox.append(Disconnect(node, reason))
+        if self.leaves.remove(node):
+            self._repair_leaves = True
+        self.table.remove(node)
+        for pending in [p for p in self._pending.values() if p.next_hop == node]:
+            self._resend(pending, now, avoid=node)
+
+    def _usable(self, node: int, exclude: set[int] | tuple[()]) -> bool:
+        peer = self._peers.get(node)
+        return peer is not None and not peer.suspected and node not in exclude
+
+    def _next_hop(self, key: int, exclude: set[int] | tuple[()] = ()) -> int | None:
+        """The peer to forward to, or None when this node is the closest it knows."""
+        own = self.id
+        if self.leaves.covers(key):
+            best, best_rank = own, (ring_distance(own, key), own)
+            for node in self.leaves:
+                if self._usable(node, exclude):
+                    rank = (ring_distance(node, key), node)
+                    if rank < best_rank:
+                        best, best_rank = node, rank
+            return None if best == own else best
+        entry = self.table.lookup(key)
+        if entry is not None and self._usable(entry, exclude):
+            return entry
+        # The rare case: any known node sharing as long a prefix and closer.
+        found: int | None = None
+        found_rank = (shared_prefix(own, key), -ring_distance(own, key))
+        for node in chain(self.leaves, self.table):
+            if self._usable(node, exclude):
+                rank = (shared_prefix(node, key), -ring_distance(node, key))
+                if rank > found_rank:
+                    found, found_rank = node, rank
+        return found
+
+    def _forward_or_deliver(self, frame: Route, key: int, now: float) -> None:
+        next_hop = self._next_hop(key)
+        if next_hop is None:
+            self._delivered += 1
+            self._outbox.append(Deliver(frame))
+            return
+        if self.forward_hook is not None and not self.forward_hook(frame, next_hop):
+            return
+        if frame.hops >= self.config.max_hops:
+            self._dropped += 1
+            return
+        forwarded = dataclasses.replace(frame, hops=frame.hops + 1)
+        self._forwarded += 1
+        self._send(next_hop, forwarded)
+        self._pending[frame.message_id] = _Pending(
+            forwarded, key, next_hop, now + self.config.ack_timeout
+        )
+
+    def _resend(self, pending: _Pending, now: float, *, avoid: int | None = None) -> None:
+        """Send an unacknowledged hop again, elsewhere if its next hop is unusable."""
+        message_id = pending.frame.message_id
+        if pending.attempts >= self.config.route_attempts:
+            del self._pending[message_id]
+            self._dropped += 1
+            return
+        next_hop: int | None = pending.next_hop
+        if avoid == next_hop or next_hop is None or not self._usable(next_hop, ()):
+            next_hop = self._next_hop(pending.key, exclude=pending.tried)
+        if next_hop is None:
+            # Nobody closer is reachable: this node is now the closest live one.
+            del self._pending[message_id]
+            self._delivered += 1
+            self._outbox.append(Deliver(pending.frame))
+            return
+        self._rerouted += 1
+        pending.attempts += 1
+        pending.next_hop = next_hop
+        pending.tried.add(next_hop)
+        pending.deadline = now + self.config.ack_timeout
+        self._send(next_hop, pending.frame)
+
+    def _retransmit(self, now: float) -> None:
+        for pending in [p for p in self._pending.values() if p.deadline <= now]:
+            self._resend(pending, now)
+
+    def _expire(self, now: float) -> None:
+        horizon = now - self.config.dedupe_window
+        seen = self._seen
+        while seen:
+            oldest = next(iter(seen))
+            if seen[oldest] > horizon:
+                break
+            del seen[oldest]
+        for address in [a for a, since in self._dialing.items() if now - since > 30.0]:
+            del self._dialing[address]
+        for address in [a for a, until in self._backoff.items() if until <= now]:
+            del self._backoff[address]
