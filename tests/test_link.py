@@ -356,8 +356,9 @@ async def test_a_tampered_record_closes_the_link_and_nothing_after_it_arrives() 
     received: list[int] = []
 
     async def sender() -> None:
-        async with open_link(tampered, initiator=True, identity=NodeIdentity.generate(),
-                             network=DEV_NETWORK) as link:
+        async with open_link(
+            tampered, initiator=True, identity=NodeIdentity.generate(), network=DEV_NETWORK
+        ) as link:
             with pytest.raises(trio.BrokenResourceError):
                 for i in range(100):
                     await link.send(Payload(i, bytes(200)))
@@ -367,8 +368,9 @@ async def test_a_tampered_record_closes_the_link_and_nothing_after_it_arrives() 
             assert link.close_reason is not None
 
     async def receiver() -> None:
-        async with open_link(right, initiator=False, identity=NodeIdentity.generate(),
-                             network=DEV_NETWORK) as link:
+        async with open_link(
+            right, initiator=False, identity=NodeIdentity.generate(), network=DEV_NETWORK
+        ) as link:
             with pytest.raises(trio.BrokenResourceError):
                 while True:
                     frame = await link.receive()

@@ -22,9 +22,10 @@ class OverlayConfig:
             heartbeat interval). Merely slow peers keep talking and stay.
         exchange_interval: each node pushes its state to one random neighbour
             this often (anti-entropy: repairs tables, merges healed partitions).
-        ack_timeout: a routed hop not acknowledged in this time is resent,
-            through another next hop if the first is suspected or gone.
-        route_attempts: sends of one hop before the message is dropped.
+        ack_timeout: a routed hop not acknowledged in this time is resent to the
+            same next hop while it is connected, through another once it is gone.
+        route_attempts: sends to one next hop before trying another, and other
+            next hops tried before the message is dropped.
         dedupe_window: message ids remembered for duplicate suppression.
         max_hops: a routed message travelling further is dropped (loop guard).
         dial_backoff: an address that failed to connect is not redialled from
@@ -52,8 +53,14 @@ class OverlayConfig:
             raise ConfigError("leaf_size must be at least 1")
         if not 0 < self.heartbeat_interval < self.suspect_after < self.dead_after:
             raise ConfigError("need 0 < heartbeat_interval < suspect_after < dead_after")
-        for name in ("exchange_interval", "ack_timeout", "dedupe_window", "dial_backoff",
-                     "idle_connection_grace", "tick_interval"):
+        for name in (
+            "exchange_interval",
+            "ack_timeout",
+            "dedupe_window",
+            "dial_backoff",
+            "idle_connection_grace",
+            "tick_interval",
+        ):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive")
         if self.route_attempts < 1 or self.max_hops < 1:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-from .ids import clockwise, ring_distance
+from .ids import clockwise
 
 __all__ = ["LeafSet"]
 
@@ -75,13 +75,3 @@ class LeafSet:
             return True
         low, high = self.left[-1], self.right[-1]
         return clockwise(low, key) <= clockwise(low, high)
-
-    def closest(self, key: int) -> int:
-        """The member or owner numerically closest to ``key`` (lower id on ties)."""
-        return min((self.owner, *self), key=lambda n: (ring_distance(n, key), n))
-
-    def is_complete_for(self, live: int) -> bool:
-        """True when each side holds ``min(size, live - 1)`` nodes."""
-        expected = min(self.size, max(live - 1, 0))
-        return len(self.right) == expected and len(self.left) == expected
-

@@ -32,7 +32,7 @@ from itertools import chain
 from ..wire.frames import Frame
 from .config import OverlayConfig
 from .frames import Heartbeat, Leave, NodeRef, OverlayState, Route, RouteAck
-from .ids import from_bytes, ring_distance, shared_prefix, short, to_bytes
+from .ids import clockwise, from_bytes, ring_distance, shared_prefix, short, to_bytes
 from .leafset import LeafSet
 from .routing_table import RoutingTable
 
@@ -105,8 +105,15 @@ class OverlayStatistics:
 
 
 class _Peer:
-    __slots__ = ("address", "connected_at", "last_heard", "last_sent", "outbound", "ref",
-                 "suspected")
+    __slots__ = (
+        "address",
+        "connected_at",
+        "last_heard",
+        "last_sent",
+        "outbound",
+        "ref",
+        "suspected",
+    )
 
     def __init__(self, node: int, address: str, now: float, *, outbound: bool) -> None:
         self.address = address
@@ -118,10 +125,29 @@ class _Peer:
         self.suspected = False
 
 
+class _Dial:
+    """A connection attempt and what it is for."""
+
+    __slots__ = ("leaf", "node", "since", "slot")
+
+    def __init__(
+        self,
+        since: float,
+        node: int | None,
+        *,
+        leaf: bool = False,
+        slot: tuple[int, int] | None = None,
+    ) -> None:
+        self.since = since
+        self.node = node
+        self.leaf = leaf
+        self.slot = slot
+
+
 class _Pending:
     """A forwarded hop awaiting its acknowledgement."""
 
-    __slots__ = ("attempts", "deadline", "frame", "key", "next_hop", "tried")
+    __slots__ = ("attempts", "deadline", "frame", "key", "next_hop", "reroutes", "tried")
 
     def __init__(self, frame: Route, key: int, next_hop: int, deadline: float) -> None:
         self.frame = frame
@@ -129,6 +155,7 @@ class _Pending:
         self.next_hop = next_hop
         self.deadline = deadline
         self.attempts = 1
+        self.reroutes = 0
         self.tried = {next_hop}
 
 
@@ -164,7 +191,13 @@ class OverlayNode:
         self._peers: dict[int, _Peer] = {}
         self._own_ref: NodeRef = (to_bytes(node_id), address)
         self._peer_ids: set[bytes] = set()  # wire ids of peers, to skip gossip cheaply
-        self._dialing: dict[str, float] = {}
+        self._upgrades: dict[tuple[int, int], tuple[int, str]] = {}
+        # Gossiped nodes that improve neither table: skipped until an entry is
+        # removed (only a removal can make one of them useful).
+        self._useless: set[bytes] = set()
+        self._dialing: dict[str, _Dial] = {}
+        self._leaf_dials: set[int] = set()  # nodes dialled for the leaf set
+        self._filling: set[tuple[int, int]] = set()  # vacant slots being dialled
         self._backoff: dict[str, float] = {}
         self._pending: dict[bytes, _Pending] = {}
         self._seen: dict[bytes, float] = {}
@@ -188,6 +221,10 @@ class OverlayNode:
     def is_connected(self, node: int) -> bool:
         """True if a connection to ``node`` is up."""
         return node in self._peers
+
+    def connected_since(self, node: int) -> float:
+        """When the connection to ``node`` came up (KeyError if it is not up)."""
+        return self._peers[node].connected_at
 
     def statistics(self) -> OverlayStatistics:
         """A snapshot of the node's state and counters."""
@@ -224,8 +261,7 @@ class OverlayNode:
         self._next_exchange = now + self.config.exchange_interval * self.rng.uniform(0.5, 1.0)
         for address in seeds:
             if address != self.address and address not in self._dialing:
-                self._dialing[address] = now
-                self._outbox.append(Connect(address, None))
+                self._dial(address, _Dial(now, None))
 
     def discovered(self, now: float, node: int, address: str) -> None:
         """A discovery beacon announced ``node`` at ``address``."""
@@ -238,7 +274,7 @@ class OverlayNode:
         ``address`` is where the node accepts connections (what others dial).
         """
         self._now = now
-        outbound = self._dialing.pop(address, None) is not None
+        outbound = self._end_dial(address) is not None
         if node == self.id:
             self._outbox.append(Disconnect(node, "connected to self"))
             return
@@ -248,12 +284,12 @@ class OverlayNode:
         self._peer_ids.add(peer.ref[0])
         self.leaves.add(node)
         self.table.add(node)
-        self._send_state(node, reply=True)
+        self._send_state(node, reply=False)  # both ends do: one state each way
 
     def connect_failed(self, now: float, address: str) -> None:
         """Dialling ``address`` failed."""
         self._now = now
-        self._dialing.pop(address, None)
+        self._end_dial(address)
         self._backoff[address] = now + self.config.dial_backoff
 
     def disconnected(self, now: float, node: int) -> None:
@@ -283,10 +319,15 @@ class OverlayNode:
             self._pending.pop(frame.message_id, None)
         elif kind is OverlayState:
             assert isinstance(frame, OverlayState)
-            known, own = self._peer_ids, self._own_ref[0]
+            known, useless, own = self._peer_ids, self._useless, self._own_ref[0]
             for raw, address in chain(frame.leaves, frame.table):
-                if raw not in known and raw != own:
-                    self._consider(from_bytes(raw), address, now)
+                if (
+                    raw not in known
+                    and raw not in useless
+                    and raw != own
+                    and not self._consider(from_bytes(raw), address, now)
+                ):
+                    useless.add(raw)
             if frame.reply:
                 self._send_state(node, reply=False)
         elif kind is Leave:
@@ -347,6 +388,12 @@ class OverlayNode:
                 self._drop(node, now, reason="not needed by the tables")
         self._retransmit(now)
         self._expire(now)
+        while self._upgrades:
+            slot = next(iter(self._upgrades))
+            candidate, address = self._upgrades.pop(slot)
+            if candidate not in self._peers and self.table.would_admit(candidate):
+                self._consider_now(candidate, address, now)
+                break
         if self._repair_leaves:
             # A leaf went away: the outermost leaf on each side knows the nodes
             # beyond our range; its answer brings the replacement.
@@ -374,14 +421,61 @@ class OverlayNode:
         self._maintenance += 1
         self._send(node, OverlayState(leaves, table, reply))
 
-    def _consider(self, node: int, address: str, now: float) -> None:
+    def _dial(self, address: str, dial: _Dial) -> None:
+        self._dialing[address] = dial
+        if dial.leaf and dial.node is not None:
+            self._leaf_dials.add(dial.node)
+        if dial.slot is not None:
+            self._filling.add(dial.slot)
+        self._outbox.append(Connect(address, dial.node))
+
+    def _end_dial(self, address: str) -> _Dial | None:
+        dial = self._dialing.pop(address, None)
+        if dial is not None:
+            if dial.node is not None:
+                self._leaf_dials.discard(dial.node)
+            if dial.slot is not None:
+                self._filling.discard(dial.slot)
+        return dial
+
+    def _joins_leaves(self, node: int) -> bool:
+        """True if ``node`` would be a leaf even counting the leaves being dialled."""
+        if not self.leaves.would_admit(node):
+            return False
+        owner, size = self.id, self.leaves.size
+        pool = [*self.leaves, *self._leaf_dials]
+        after = clockwise(owner, node)
+        before = clockwise(node, owner)
+        return (
+            sum(1 for p in pool if clockwise(owner, p) < after) < size
+            or sum(1 for p in pool if clockwise(p, owner) < before) < size
+        )
+
+    def _consider(self, node: int, address: str, now: float) -> bool:
+        """Dial ``node`` if it improves a table; False if it is of no use now."""
         if node == self.id or node in self._peers or address in self._dialing:
-            return
+            return True
         if self._backoff.get(address, 0.0) > now:
-            return
-        if self.leaves.would_admit(node) or self.table.would_admit(node):
-            self._dialing[address] = now
-            self._outbox.append(Connect(address, node))
+            return True
+        if self._joins_leaves(node):
+            self._dial(address, _Dial(now, node, leaf=True))
+            return True
+        slot = self.table.slot(node)
+        if self.table.is_vacant(node) and slot not in self._filling:
+            self._dial(address, _Dial(now, node, slot=slot))
+            return True
+        if not self.table.would_admit(node):
+            return False
+        # A better entry for an occupied slot: dialled later, one per tick, so
+        # that routing tables improve without a storm of connections.
+        best = self._upgrades.get(slot)
+        if best is None or self.table.prefers(node, best[0]):
+            self._upgrades[slot] = (node, address)
+        return True
+
+    def _consider_now(self, node: int, address: str, now: float) -> None:
+        if address not in self._dialing and self._backoff.get(address, 0.0) <= now:
+            self._dial(address, _Dial(now, node, slot=self.table.slot(node)))
 
     def _drop(self, node: int, now: float, *, reason: str | None) -> None:
         peer = self._peers.pop(node, None)
@@ -392,10 +486,15 @@ class OverlayNode:
             self._dead += reason.startswith("silent")
             self._outbox.append(Disconnect(node, reason))
         if self.leaves.remove(node):
+            # Connected peers that were beyond the leaf set may belong in it now.
+            for peer_id in self._peers:
+                self.leaves.add(peer_id)
             self._repair_leaves = True
-        self.table.remove(node)
+            self._useless.clear()
+        if self.table.remove(node):
+            self._useless.clear()
         for pending in [p for p in self._pending.values() if p.next_hop == node]:
-            self._resend(pending, now, avoid=node)
+            self._resend(pending, now, gone=True)
 
     def _usable(self, node: int, exclude: set[int] | tuple[()]) -> bool:
         peer = self._peers.get(node)
@@ -443,16 +542,29 @@ class OverlayNode:
             forwarded, key, next_hop, now + self.config.ack_timeout
         )
 
-    def _resend(self, pending: _Pending, now: float, *, avoid: int | None = None) -> None:
-        """Send an unacknowledged hop again, elsewhere if its next hop is unusable."""
+    def _resend(self, pending: _Pending, now: float, *, gone: bool = False) -> None:
+        """Send an unacknowledged hop again.
+
+        While its next hop is connected the same hop is retried (a lost frame or
+        a slow peer; another path could deliver twice); once the hop is gone, or
+        after ``route_attempts`` tries, the message goes through another next hop.
+        """
         message_id = pending.frame.message_id
-        if pending.attempts >= self.config.route_attempts:
+        config = self.config
+        if (
+            not gone
+            and pending.next_hop in self._peers
+            and pending.attempts < config.route_attempts
+        ):
+            pending.attempts += 1
+            pending.deadline = now + config.ack_timeout
+            self._send(pending.next_hop, pending.frame)
+            return
+        if pending.reroutes >= config.route_attempts:
             del self._pending[message_id]
             self._dropped += 1
             return
-        next_hop: int | None = pending.next_hop
-        if avoid == next_hop or next_hop is None or not self._usable(next_hop, ()):
-            next_hop = self._next_hop(pending.key, exclude=pending.tried)
+        next_hop = self._next_hop(pending.key, exclude=pending.tried)
         if next_hop is None:
             # Nobody closer is reachable: this node is now the closest live one.
             del self._pending[message_id]
@@ -460,10 +572,11 @@ class OverlayNode:
             self._outbox.append(Deliver(pending.frame))
             return
         self._rerouted += 1
-        pending.attempts += 1
+        pending.reroutes += 1
+        pending.attempts = 1
         pending.next_hop = next_hop
         pending.tried.add(next_hop)
-        pending.deadline = now + self.config.ack_timeout
+        pending.deadline = now + config.ack_timeout
         self._send(next_hop, pending.frame)
 
     def _retransmit(self, now: float) -> None:
@@ -478,7 +591,7 @@ class OverlayNode:
             if seen[oldest] > horizon:
                 break
             del seen[oldest]
-        for address in [a for a, since in self._dialing.items() if now - since > 30.0]:
-            del self._dialing[address]
+        for address in [a for a, d in self._dialing.items() if now - d.since > 30.0]:
+            self._end_dial(address)
         for address in [a for a, until in self._backoff.items() if until <= now]:
             del self._backoff[address]

@@ -60,10 +60,22 @@ class RoutingTable:
             return True
         if current == node:
             return False
-        node_central, current_central = self._central(node, row), self._central(current, row)
-        if node_central != current_central:
+        return self.prefers(node, current)
+
+    def is_vacant(self, node: int) -> bool:
+        """True if the slot ``node`` belongs in is empty."""
+        if node == self.owner:
+            return False
+        row, column = self.slot(node)
+        return self.rows[row][column] is None
+
+    def prefers(self, node: int, other: int) -> bool:
+        """True if ``node`` is a better entry than ``other`` for their common slot."""
+        row = shared_prefix(self.owner, node)
+        node_central, other_central = self._central(node, row), self._central(other, row)
+        if node_central != other_central:
             return node_central
-        return self._preference(node) < self._preference(current)
+        return self._preference(node) < self._preference(other)
 
     def add(self, node: int) -> bool:
         """Put ``node`` in its slot if :meth:`would_admit` (replacing a worse

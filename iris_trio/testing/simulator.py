@@ -25,7 +25,7 @@ from ..overlay.ids import RING, digit, ring_distance, shared_prefix, short
 from ..overlay.node import Connect, Deliver, Disconnect, OverlayNode, Send
 from ..wire.frames import Frame
 
-__all__ = ["FaultPlan", "LookupResult", "SimNode", "Simulation"]
+__all__ = ["Delivery", "FaultPlan", "LookupResult", "SimNode", "Simulation"]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -57,6 +57,18 @@ class SimNode:
     group: int = 0
     stalled_until: float = 0.0
     incarnation: int = 0
+    started_at: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Delivery:
+    """One delivery of a lookup: where, when, after how many hops, and whether the
+    oracle agreed at that moment."""
+
+    node: int
+    time: float
+    hops: int
+    correct: bool
 
 
 @dataclasses.dataclass(slots=True)
@@ -66,7 +78,7 @@ class LookupResult:
     origin: int
     key: int
     sent_at: float
-    deliveries: list[tuple[int, float, int]] = dataclasses.field(default_factory=list)
+    deliveries: list[Delivery] = dataclasses.field(default_factory=list)
 
 
 class Simulation:
@@ -102,6 +114,8 @@ class Simulation:
         self._queue: list[tuple[float, int, Callable[..., None], tuple[Any, ...]]] = []
         self._sequence = 0
         self.lookups: dict[bytes, LookupResult] = {}
+        #: Seconds after its start before a node counts as joined for the oracle.
+        self.join_settle = 1.0
         self.frames_sent = 0
         self.frames_dropped = 0
 
@@ -149,18 +163,23 @@ class Simulation:
         return node_id
 
     def _new_overlay(self, node_id: int, address: str) -> OverlayNode:
-        return OverlayNode(node_id, address, config=self.config,
-                           rng=random.Random(self.rng.getrandbits(64)))
+        return OverlayNode(
+            node_id, address, config=self.config, rng=random.Random(self.rng.getrandbits(64))
+        )
 
     def _boot(self, sim: SimNode, seeds: int) -> None:
-        candidates = [n.address for n in self.live_nodes() if n.id != sim.id and n.group == sim.group]
+        sim.started_at = self.now
+        candidates = [
+            n.address for n in self.live_nodes() if n.id != sim.id and n.group == sim.group
+        ]
         chosen = self.rng.sample(candidates, min(seeds, len(candidates)))
         incarnation = sim.incarnation
         self._at(self.now, self._call, sim, incarnation, "start", chosen)
         self._schedule_tick(sim, incarnation, first=True)
         if self.beacon_interval is not None:
-            self._at(self.now + self.rng.uniform(0, self.beacon_interval), self._beacon, sim,
-                     incarnation)
+            self._at(
+                self.now + self.rng.uniform(0, self.beacon_interval), self._beacon, sim, incarnation
+            )
 
     def _schedule_tick(self, sim: SimNode, incarnation: int, *, first: bool = False) -> None:
         interval = self.config.tick_interval
@@ -179,8 +198,15 @@ class Simulation:
         if not sim.frozen:
             hearers = [n for n in self.live_nodes() if n.id != sim.id and n.group == sim.group]
             for hearer in self.rng.sample(hearers, min(self.beacon_fanout, len(hearers))):
-                self._at(self.now + self._latency(), self._call, hearer, hearer.incarnation,
-                         "discovered", sim.id, sim.address)
+                self._at(
+                    self.now + self._latency(),
+                    self._call,
+                    hearer,
+                    hearer.incarnation,
+                    "discovered",
+                    sim.id,
+                    sim.address,
+                )
         assert self.beacon_interval is not None
         self._at(self.now + self.beacon_interval, self._beacon, sim, incarnation)
 
@@ -226,8 +252,9 @@ class Simulation:
             return
         copies = 2 if self.rng.random() < self.faults.duplicate else 1
         for _ in range(copies):
-            self._at(self.now + self._latency(), self._receive, sim.id, target, target.incarnation,
-                     frame)
+            self._at(
+                self.now + self._latency(), self._receive, sim.id, target, target.incarnation, frame
+            )
 
     def _receive(self, source: int, target: SimNode, incarnation: int, frame: Frame) -> None:
         if self._pair(source, target.id) in self._connections:
@@ -239,18 +266,38 @@ class Simulation:
         incarnation = sim.incarnation
         if target is None or not target.alive:
             # Nothing listens there: refused after a round trip.
-            self._at(self.now + 2 * self._latency(), self._call, sim, incarnation,
-                     "connect_failed", address)
+            self._at(
+                self.now + 2 * self._latency(),
+                self._call,
+                sim,
+                incarnation,
+                "connect_failed",
+                address,
+            )
             return
         if not self._reachable(sim, target):
-            self._at(self.now + self.faults.connect_timeout, self._call, sim, incarnation,
-                     "connect_failed", address)
+            self._at(
+                self.now + self.faults.connect_timeout,
+                self._call,
+                sim,
+                incarnation,
+                "connect_failed",
+                address,
+            )
             return
-        self._at(self.now + 3 * self._latency(), self._establish, sim, incarnation, target,
-                 target.incarnation, address)
+        self._at(
+            self.now + 3 * self._latency(),
+            self._establish,
+            sim,
+            incarnation,
+            target,
+            target.incarnation,
+            address,
+        )
 
-    def _establish(self, sim: SimNode, incarnation: int, target: SimNode,
-                   target_incarnation: int, address: str) -> None:
+    def _establish(
+        self, sim: SimNode, incarnation: int, target: SimNode, target_incarnation: int, address: str
+    ) -> None:
         if sim.incarnation != incarnation or target.incarnation != target_incarnation:
             return
         if not (sim.alive and not sim.frozen and self._reachable(sim, target)):
@@ -269,13 +316,33 @@ class Simulation:
         self._connections.discard(pair)
         target = self.nodes[other]
         if target.alive and not target.frozen and target.group == self.nodes[closer].group:
-            self._at(self.now + self._latency(), self._call, target, target.incarnation,
-                     "disconnected", closer)
+            self._at(
+                self.now + self._latency(),
+                self._call,
+                target,
+                target.incarnation,
+                "disconnected",
+                closer,
+            )
 
     def _delivered(self, sim: SimNode, route: Route) -> None:
         result = self.lookups.get(route.message_id)
         if result is not None:
-            result.deliveries.append((sim.id, self.now, route.hops))
+            correct = sim.id == self.expected_owner(result.key, sim)
+            result.deliveries.append(Delivery(sim.id, self.now, route.hops, correct))
+
+    def expected_owner(self, key: int, receiver: SimNode | None = None) -> int:
+        """The node a delivery of ``key`` should reach now: the closest live node of
+        the receiver's partition among those that finished joining (up for
+        ``join_settle`` seconds), or the receiver itself if it is closer still."""
+        group = receiver.group if receiver is not None else 0
+        horizon = self.now - self.join_settle
+        candidates = [
+            n.id
+            for n in self.live_nodes()
+            if n.group == group and (n.started_at <= horizon or n is receiver)
+        ]
+        return min(candidates, key=lambda n: (ring_distance(n, key), n))
 
     # ------------------------------------------------------------------ faults
 
@@ -287,8 +354,14 @@ class Simulation:
             self._connections.discard(pair)
             other = self.nodes[pair[0] if pair[1] == node_id else pair[1]]
             if other.alive and other.group == sim.group:
-                self._at(self.now + self._latency(), self._call, other, other.incarnation,
-                         "disconnected", node_id)
+                self._at(
+                    self.now + self._latency(),
+                    self._call,
+                    other,
+                    other.incarnation,
+                    "disconnected",
+                    node_id,
+                )
 
     def freeze(self, node_id: int) -> None:
         """Silent failure: the process stops answering but no connection closes."""
@@ -337,8 +410,10 @@ class Simulation:
 
     def closest_live(self, key: int, group: int = 0) -> int:
         """The oracle's answer: the live node of ``group`` closest to ``key``."""
-        return min((n.id for n in self.live_nodes() if n.group == group),
-                   key=lambda n: (ring_distance(n, key), n))
+        return min(
+            (n.id for n in self.live_nodes() if n.group == group),
+            key=lambda n: (ring_distance(n, key), n),
+        )
 
     # ------------------------------------------------------------------- oracle
 
@@ -366,14 +441,16 @@ class Simulation:
                         continue
                     if entry not in live or live[entry].group != sim.group:
                         problems.append(f"{short(sim.id)}: dead entry {short(entry)}")
-                    elif shared_prefix(sim.id, entry) != row_index or digit(entry, row_index) != column:
+                    elif (
+                        shared_prefix(sim.id, entry) != row_index
+                        or digit(entry, row_index) != column
+                    ):
                         problems.append(f"{short(sim.id)}: {short(entry)} in the wrong slot")
         return problems
 
     def describe(self) -> str:
         """A line for failure messages (the seed replays the run)."""
-        return (f"seed={self.seed} t={self.now:.1f}s nodes={len(self.live_nodes())} "
-                f"frames={self.frames_sent} dropped={self.frames_dropped}")
-
-
-
+        return (
+            f"seed={self.seed} t={self.now:.1f}s nodes={len(self.live_nodes())} "
+            f"frames={self.frames_sent} dropped={self.frames_dropped}"
+        )
