@@ -67,6 +67,10 @@ def test_leaf_set_covers_the_range_between_its_extremes() -> None:
     assert leaves.covers(owner + 15) and leaves.covers(owner - 20)
     assert not leaves.covers(owner + 21) and not leaves.covers(owner - 21)
     assert LeafSet(owner, 2).covers(0)  # an incomplete leaf set covers the whole ring
+    small = LeafSet(0, 4)  # 6 nodes on the ring: both sides overlap
+    for node in range(1, 6):
+        small.add(node * (RING // 6))
+    assert all(small.covers(key) for key in range(0, RING, RING // 97))
 
 
 @given(st.lists(ids, max_size=200, unique=True), ids)

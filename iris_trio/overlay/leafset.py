@@ -70,8 +70,9 @@ class LeafSet:
         return True
 
     def covers(self, key: int) -> bool:
-        """True if ``key`` lies within the leaf set's range (the whole ring if not full)."""
-        if len(self.right) < self.size or len(self.left) < self.size:
-            return True
+        """True if ``key`` lies within the leaf set's range (the whole ring when the
+        leaf set holds every node)."""
+        if len(self) < 2 * self.size:
+            return True  # both sides overlap or are short: we know the whole ring
         low, high = self.left[-1], self.right[-1]
         return clockwise(low, key) <= clockwise(low, high)

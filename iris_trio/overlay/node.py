@@ -504,9 +504,12 @@ class OverlayNode:
         """The peer to forward to, or None when this node is the closest it knows."""
         own = self.id
         if self.leaves.covers(key):
+            # The last hop goes to the closest node even when it is merely
+            # suspected: delivering elsewhere would be wrong, and if it really
+            # is dead its connection closes and the message is rerouted.
             best, best_rank = own, (ring_distance(own, key), own)
             for node in self.leaves:
-                if self._usable(node, exclude):
+                if node in self._peers and node not in exclude:
                     rank = (ring_distance(node, key), node)
                     if rank < best_rank:
                         best, best_rank = node, rank

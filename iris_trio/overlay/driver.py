@@ -1,0 +1,315 @@
+"""The trio shell around the overlay state machine.
+
+:class:`OverlayDriver` owns a link listener, one task per link (dialled or
+accepted), a timer task and the discovery task, all children of one nursery.
+It feeds the sans-IO :class:`~iris_trio.overlay.node.OverlayNode` with link
+events and frames and carries out its effects. Frames of other layers arriving
+on overlay links go to ``on_other_frame``; messages routed to this node go to
+``on_deliver``.
+
+Between two nodes at most one link is kept: when both dial at once, the link
+initiated by the lower node id wins on both ends.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import random
+from collections.abc import Callable
+
+import trio
+
+from ..crypto.identity import NodeIdentity
+from ..crypto.keys import Network
+from ..errors import HandshakeError
+from ..transport.config import LinkConfig
+from ..transport.link import Link
+from ..transport.listener import LinkListener, serve_tcp_links
+from ..transport.tcp import connect_tcp_link
+from ..wire.frames import Frame
+from .beacon import Beacon, BeaconCodec
+from .config import OverlayConfig
+from .discovery import DiscoveryConfig, run_discovery
+from .frames import Heartbeat, Leave, OverlayState, Route, RouteAck
+from .ids import from_bytes
+from .node import Connect, Deliver, Disconnect, OverlayNode, Send
+
+__all__ = ["OverlayDriver"]
+
+log = logging.getLogger("iris_trio.overlay")
+
+_OVERLAY_FRAMES = (OverlayState, Route, RouteAck, Heartbeat, Leave)
+
+
+def _split(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DriverStatistics:
+    """Link-level counters of the driver."""
+
+    links: int
+    dials: int
+    dials_failed: int
+    frames_dropped_full_queue: int
+
+
+class OverlayDriver:
+    """Runs one overlay node over secure links (see the module docstring).
+
+    Args:
+        identity: the node's key pair (its id is the overlay id).
+        network: the network to join.
+        host / port: where to accept links (port 0 picks one).
+        seeds: addresses to join through.
+        discovery: beacon settings (mode ``off`` for seeds only).
+        config / link_config: overlay and link settings.
+        on_deliver: called with each message routed to this node.
+        on_other_frame: called with frames of other layers, per link.
+        rng: randomness for the state machine.
+    """
+
+    def __init__(
+        self,
+        identity: NodeIdentity,
+        network: Network,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        seeds: list[str] | None = None,
+        discovery: DiscoveryConfig | None = None,
+        config: OverlayConfig | None = None,
+        link_config: LinkConfig | None = None,
+        on_deliver: Callable[[Route], None] | None = None,
+        on_other_frame: Callable[[Link, Frame], None] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.identity = identity
+        self.network = network
+        self.host = host
+        self.port = port
+        self.seeds = list(seeds or [])
+        self.discovery = discovery or DiscoveryConfig(mode="off")
+        self.config = config or OverlayConfig()
+        self.link_config = link_config or LinkConfig()
+        self.on_deliver = on_deliver
+        self.on_other_frame = on_other_frame
+        self.id = from_bytes(identity.node_id)
+        self._rng = rng or random.Random()
+        self.overlay: OverlayNode | None = None
+        self.address = ""
+        self._links: dict[int, Link] = {}
+        self._initiators: dict[Link, int] = {}
+        self._nursery: trio.Nursery | None = None
+        self._changed = trio.Event()
+        self._dials = self._dials_failed = self._dropped = 0
+        self._last_leaves: tuple[int, ...] = ()
+        self._leaves_changed_at = 0.0
+
+    # ------------------------------------------------------------------ running
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[OverlayDriver] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Run until cancelled; then leave the overlay gracefully."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            listener: LinkListener = await nursery.start(self._serve)
+            self.address = listener.listen
+            self.overlay = OverlayNode(self.id, self.address, config=self.config, rng=self._rng)
+            self._leaves_changed_at = trio.current_time()
+            if self.discovery.mode != "off":
+                codec = BeaconCodec(self.network)
+                await nursery.start(
+                    run_discovery,
+                    self.discovery,
+                    codec,
+                    self.identity.node_id,
+                    self.address,
+                    self._found,
+                    self.is_settled,
+                )
+            self.overlay.start(trio.current_time(), self.seeds)
+            self._flush()
+            nursery.start_soon(self._ticker)
+            task_status.started(self)
+            try:
+                await trio.sleep_forever()
+            finally:
+                self._leave()
+
+    async def _serve(self, *, task_status: trio.TaskStatus[LinkListener]) -> None:
+        await serve_tcp_links(
+            self._accepted,
+            self.port,
+            identity=self.identity,
+            network=self.network,
+            host=self.host,
+            config=self.link_config,
+            on_frame=self._on_frame,
+            task_status=task_status,
+        )
+
+    def _leave(self) -> None:
+        if self.overlay is None:
+            return
+        self.overlay.leave(trio.current_time())
+        for effect in self.overlay.take_effects():
+            if isinstance(effect, Send):
+                link = self._links.get(effect.node)
+                if link is not None:
+                    _send_or_drop(link, effect.frame)
+
+    async def _ticker(self) -> None:
+        assert self.overlay is not None
+        while True:
+            await trio.sleep_until(self.overlay.next_deadline())
+            self.overlay.tick(trio.current_time())
+            self._flush()
+
+    # ------------------------------------------------------------------- links
+
+    async def _accepted(self, link: Link) -> None:
+        await self._hold(link, initiator=from_bytes(link.peer_id), address=link.peer_hello.listen)
+
+    async def _dial(self, address: str) -> None:
+        self._dials += 1
+        try:
+            host, port = _split(address)
+            async with connect_tcp_link(
+                host,
+                port,
+                identity=self.identity,
+                network=self.network,
+                config=self.link_config,
+                listen=self.address,
+                on_frame=self._on_frame,
+            ) as link:
+                await self._hold(link, initiator=self.id, address=address)
+        except (OSError, ValueError, HandshakeError):
+            self._dial_failed(address)
+
+    def _dial_failed(self, address: str) -> None:
+        self._dials_failed += 1
+        if self.overlay is not None:
+            self.overlay.connect_failed(trio.current_time(), address)
+            self._flush()
+
+    async def _hold(self, link: Link, *, initiator: int, address: str) -> None:
+        """Adopt ``link`` for its peer and keep it until it closes."""
+        assert self.overlay is not None
+        node = from_bytes(link.peer_id)
+        if node == self.id:
+            self.overlay.connect_failed(trio.current_time(), address)
+            self._flush()
+            return
+        existing = self._links.get(node)
+        if existing is not None and existing.is_open:
+            if self._initiators[existing] <= initiator:
+                return  # keep the link initiated by the lower id; this one closes
+            self._links[node] = link
+            self._initiators[link] = initiator
+            self._nursery_start(existing.aclose)
+        else:
+            self._links[node] = link
+            self._initiators[link] = initiator
+            self.overlay.connected(trio.current_time(), node, address)
+            self._flush()
+        try:
+            await link.wait_closed()
+        finally:
+            self._initiators.pop(link, None)
+            if self._links.get(node) is link:
+                del self._links[node]
+                self.overlay.disconnected(trio.current_time(), node)
+                self._flush()
+
+    def _nursery_start(self, function: Callable[[], object]) -> None:
+        if self._nursery is not None:
+            self._nursery.start_soon(function)  # type: ignore[arg-type]
+
+    # ------------------------------------------------------------------ frames
+
+    def _on_frame(self, link: Link, frame: Frame) -> None:
+        if isinstance(frame, _OVERLAY_FRAMES):
+            if self.overlay is not None:
+                self.overlay.received(trio.current_time(), from_bytes(link.peer_id), frame)
+                self._flush()
+        elif self.on_other_frame is not None:
+            self.on_other_frame(link, frame)
+
+    def _found(self, beacon: Beacon) -> None:
+        if self.overlay is not None:
+            self.overlay.discovered(trio.current_time(), from_bytes(beacon.node_id), beacon.address)
+            self._flush()
+
+    def _flush(self) -> None:
+        overlay = self.overlay
+        assert overlay is not None
+        for effect in overlay.take_effects():
+            if isinstance(effect, Send):
+                link = self._links.get(effect.node)
+                if link is None or not _send_or_drop(link, effect.frame):
+                    self._dropped += 1
+            elif isinstance(effect, Connect):
+                self._nursery_start(functools.partial(self._dial, effect.address))
+            elif isinstance(effect, Disconnect):
+                link = self._links.get(effect.node)
+                if link is not None:
+                    self._nursery_start(link.aclose)
+            elif isinstance(effect, Deliver) and self.on_deliver is not None:
+                self.on_deliver(effect.route)
+        leaves = tuple(overlay.leaves)
+        if leaves != self._last_leaves:
+            self._last_leaves = leaves
+            self._leaves_changed_at = trio.current_time()
+        self._changed.set()
+        self._changed = trio.Event()
+
+    # ------------------------------------------------------------------ queries
+
+    def is_settled(self, quiet: float = 3.0) -> bool:
+        """True when the leaf set has not changed for ``quiet`` seconds."""
+        return (
+            self.overlay is not None
+            and len(self.overlay.leaves) > 0
+            and trio.current_time() - self._leaves_changed_at >= quiet
+        )
+
+    async def wait_joined(self) -> None:
+        """Wait until this node has at least one leaf (it is part of a ring)."""
+        while self.overlay is None or len(self.overlay.leaves) == 0:
+            await self._changed.wait()
+
+    async def wait_converged(self, quiet: float = 3.0) -> None:
+        """Wait until the leaf set has been stable for ``quiet`` seconds."""
+        await self.wait_joined()
+        while not self.is_settled(quiet):
+            with trio.move_on_after(quiet):
+                await self._changed.wait()
+
+    def statistics(self) -> DriverStatistics:
+        """Link-level counters (see ``overlay.statistics()`` for the overlay's)."""
+        return DriverStatistics(
+            links=len(self._links),
+            dials=self._dials,
+            dials_failed=self._dials_failed,
+            frames_dropped_full_queue=self._dropped,
+        )
+
+
+def _send_or_drop(link: Link, frame: Frame) -> bool:
+    """Queue ``frame`` on ``link`` without waiting; False if it could not be queued.
+
+    Overlay frames tolerate loss (retransmission, heartbeats, gossip), so a full
+    or closing link drops instead of blocking the state machine.
+    """
+    try:
+        link.send_nowait(frame)
+    except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+        return False
+    return True
