@@ -55,7 +55,13 @@ def _demo(argv: list[str]) -> int:
     return demo(argv)
 
 
+def _node(argv: list[str]) -> int:
+    node: Callable[[list[str]], int] = importlib.import_module("iris_trio.daemon").main
+    return node(argv)
+
+
 _COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
+    "node": (_node, "run an overlay node (--dev, --net/--key, --seed, --discovery)"),
     "demo": (_demo, "show two nodes' secure link on loopback, with live figures"),
     "bench": (_bench, "run a benchmark scenario (link)"),
     "keygen": (_keygen, "create a network key file"),

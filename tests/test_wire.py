@@ -11,9 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import iris_trio.overlay.frames  # noqa: F401 - registers the overlay frame kinds too
 from iris_trio.errors import MessageTooLargeError, ProtocolError
 from iris_trio.wire import FrameCodec, Hello, Keepalive, LengthPrefixedReader, Payload
-from iris_trio.wire.fields import Blob, Boolean, Field, Optional, Sequence, Text, UInt
+from iris_trio.wire.fields import Blob, Boolean, Field, Optional, Record, Sequence, Text, UInt
 from iris_trio.wire.frames import WIRE_VERSION, Frame, frame_kind, registered_kinds
 from iris_trio.wire.framing import frame_prefix, record_prefix
 
@@ -98,6 +99,8 @@ def values_for(field: Field) -> st.SearchStrategy[object]:
         return st.none() | values_for(field.inner)
     if isinstance(field, Sequence):
         return st.lists(values_for(field.item), max_size=min(field.max_items, 8)).map(tuple)
+    if isinstance(field, Record):
+        return st.tuples(*[values_for(inner) for inner in field.fields])
     raise AssertionError(f"no strategy for {field!r}")
 
 

@@ -24,12 +24,17 @@ from ..crypto.noise import CipherState, NonceExhaustedError
 from ..errors import ProtocolError
 from ..wire.framing import MAX_RECORD_SIZE, LengthPrefixedReader
 
-__all__ = ["MAX_RECORD_PLAINTEXT", "SecureStream"]
+__all__ = ["MAX_RECORD_PLAINTEXT", "SecureStream", "StreamTruncatedError"]
 
 #: Largest plaintext one record carries.
 MAX_RECORD_PLAINTEXT: Final = MAX_RECORD_SIZE - TAG_SIZE
 _RECEIVE_SIZE: Final = 256 * 1024
 _U16 = struct.Struct(">H")
+
+
+class StreamTruncatedError(Exception):
+    """The connection ended without the authenticated end record: the peer died,
+    the path broke, or someone cut the stream. Not a protocol violation as such."""
 
 
 class SecureStream(trio.abc.Stream):
@@ -232,7 +237,7 @@ class SecureStream(trio.abc.Stream):
                     return b""
                 data = await self.transport_stream.receive_some(_RECEIVE_SIZE)
                 if not data:
-                    self._receive_error = ProtocolError(
+                    self._receive_error = StreamTruncatedError(
                         "connection ended without an authenticated close (truncated)"
                     )
                     continue

@@ -1,0 +1,170 @@
+"""``iris-trio node``: run an overlay node as a process.
+
+This first version runs the overlay only (the relay for client libraries comes
+with the relay issue). It prints one JSON line when ready and, with
+``--status-interval``, a JSON status line periodically; SIGINT or SIGTERM make
+it leave the overlay gracefully and exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+from typing import Any
+
+import trio
+
+from .crypto.identity import NodeIdentity
+from .crypto.keys import DEV_NETWORK, Network, NetworkKey
+from .errors import IrisError
+from .overlay.config import OverlayConfig
+from .overlay.discovery import DiscoveryConfig, DiscoveryMode
+from .overlay.driver import OverlayDriver
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    env = os.environ.get
+    parser = argparse.ArgumentParser(prog="iris-trio node", description=__doc__)
+    parser.add_argument(
+        "--dev",
+        action="store_true",
+        help="the loopback-only dev network (the default without --net)",
+    )
+    parser.add_argument("--net", default=env("IRIS_TRIO_NET"), help="network name")
+    parser.add_argument(
+        "--key", default=env("IRIS_TRIO_KEY"), help="network key file (raw, hex or base64)"
+    )
+    parser.add_argument("--rsa", default=env("IRIS_TRIO_RSA"), help="Iris RSA key file")
+    parser.add_argument(
+        "--listen",
+        default=env("IRIS_TRIO_LISTEN"),
+        help="host:port to accept links on (dev: 127.0.0.1:0, else 0.0.0.0:0)",
+    )
+    parser.add_argument("--seed", action="append", default=[], help="host:port (repeatable)")
+    parser.add_argument(
+        "--discovery",
+        choices=["lan", "loopback", "off"],
+        default=env("IRIS_TRIO_DISCOVERY"),
+        help="dev default: loopback; real network default: lan",
+    )
+    parser.add_argument(
+        "--identity",
+        default=env("IRIS_TRIO_IDENTITY"),
+        help="node identity file (created if missing)",
+    )
+    parser.add_argument(
+        "--status-interval",
+        type=float,
+        default=0.0,
+        help="print a JSON status line this often (seconds)",
+    )
+    parser.add_argument("--log-level", default=env("IRIS_TRIO_LOG_LEVEL", "WARNING"))
+    return parser
+
+
+def _network(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Network:
+    if args.dev or not args.net:
+        if args.key or args.rsa:
+            parser.error("--key/--rsa need --net")
+        return DEV_NETWORK
+    if bool(args.key) == bool(args.rsa):
+        parser.error("a real network needs exactly one of --key or --rsa")
+    key = NetworkKey.from_file(args.key) if args.key else NetworkKey.from_rsa_file(args.rsa)
+    return Network(args.net, key)
+
+
+def _identity(path: str | None) -> NodeIdentity:
+    if path is None:
+        return NodeIdentity.generate()
+    if os.path.exists(path):
+        return NodeIdentity.load(path)
+    identity = NodeIdentity.generate()
+    identity.save(path)
+    return identity
+
+
+def _emit(record: dict[str, Any]) -> None:
+    print(json.dumps(record, sort_keys=True), flush=True)
+
+
+def _status(driver: OverlayDriver) -> dict[str, Any]:
+    overlay = driver.overlay
+    assert overlay is not None
+    stats = overlay.statistics()
+    return {
+        "event": "status",
+        "node_id": f"{driver.id:032x}",
+        "address": driver.address,
+        "leaves_right": [f"{n:032x}" for n in overlay.leaves.right],
+        "leaves_left": [f"{n:032x}" for n in overlay.leaves.left],
+        "peers": stats.peers,
+        "table_entries": stats.table_entries,
+        "peers_declared_dead": stats.peers_declared_dead,
+    }
+
+
+async def _run(args: argparse.Namespace, network: Network, identity: NodeIdentity) -> None:
+    dev = network.is_dev
+    listen = args.listen or ("127.0.0.1:0" if dev else "0.0.0.0:0")
+    host, _, port = listen.rpartition(":")
+    mode: DiscoveryMode = args.discovery or ("loopback" if dev else "lan")
+    if dev and mode == "lan":
+        raise IrisError("the dev network discovers on loopback only")
+    driver = OverlayDriver(
+        identity,
+        network,
+        host=host.strip("[]"),
+        port=int(port),
+        seeds=args.seed,
+        discovery=DiscoveryConfig(mode=mode),
+        config=OverlayConfig(),
+    )
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(driver.run)
+            _emit(
+                {
+                    "event": "ready",
+                    "node_id": f"{driver.id:032x}",
+                    "address": driver.address,
+                    "network": network.name,
+                    "discovery": mode,
+                }
+            )
+            if args.status_interval > 0:
+                nursery.start_soon(_report, driver, args.status_interval)
+            async for _ in signals:
+                break
+            nursery.cancel_scope.cancel()  # leaves the overlay gracefully
+    _emit({"event": "stopped", "node_id": f"{driver.id:032x}"})
+
+
+async def _report(driver: OverlayDriver, interval: float) -> None:
+    while True:
+        _emit(_status(driver))
+        await trio.sleep(interval)
+
+
+def main(argv: list[str]) -> int:
+    """Entry point of ``iris-trio node``; returns the exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        network = _network(args, parser)
+        identity = _identity(args.identity)
+        trio.run(_run, args, network, identity)
+    except (IrisError, OSError) as exc:
+        print(f"iris-trio node: {exc}", file=sys.stderr)
+        return 1
+    return 0
