@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import logging
 import socket
+import struct
 import time
 from collections.abc import Callable
 from typing import Literal
@@ -79,12 +80,43 @@ async def _bind_lan(config: DiscoveryConfig) -> trio.socket.SocketType:
     return sock
 
 
+_SIOCGIFFLAGS = 0x8913
+_SIOCGIFBRDADDR = 0x8919
+_IFF_UP, _IFF_BROADCAST, _IFF_LOOPBACK = 0x1, 0x2, 0x8
+
+
+def broadcast_addresses() -> list[str]:
+    """The IPv4 broadcast address of every up, non-loopback interface (Linux).
+
+    Read fresh for each beacon round, so interfaces that come and go are followed.
+    """
+    addresses: list[str] = []
+    try:
+        import fcntl  # noqa: PLC0415 - POSIX only
+
+        names = socket.if_nameindex()
+    except (ImportError, OSError):
+        return ["255.255.255.255"]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        for _, name in names:
+            request = struct.pack("256s", name.encode()[:15])
+            try:
+                flags = struct.unpack_from("H", fcntl.ioctl(probe, _SIOCGIFFLAGS, request), 16)[0]
+                if flags & _IFF_LOOPBACK or not flags & _IFF_UP or not flags & _IFF_BROADCAST:
+                    continue
+                reply = fcntl.ioctl(probe, _SIOCGIFBRDADDR, request)
+            except OSError:  # no IPv4 address on this interface
+                continue
+            addresses.append(socket.inet_ntoa(reply[20:24]))
+    return addresses
+
+
 async def run_discovery(
     config: DiscoveryConfig,
     codec: BeaconCodec,
     node_id: bytes,
     address: str,
-    on_found: Callable[[Beacon], None],
+    on_found: Callable[[Beacon, str], None],
     settled: Callable[[], bool],
     *,
     task_status: trio.TaskStatus[int | None] = trio.TASK_STATUS_IGNORED,
@@ -96,18 +128,19 @@ async def run_discovery(
     sock = await (_bind_loopback(config) if config.mode == "loopback" else _bind_lan(config))
     with sock:
         port = sock.getsockname()[1]
-        if config.mode == "loopback":
-            targets = [
-                ("127.0.0.1", p)
-                for p in range(config.loopback_port, config.loopback_port + config.loopback_ports)
-                if p != port
-            ]
-        else:
-            targets = [("255.255.255.255", config.lan_port)]
+        loopback = [
+            ("127.0.0.1", p)
+            for p in range(config.loopback_port, config.loopback_port + config.loopback_ports)
+            if p != port
+        ]
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_listen, sock, codec, node_id, on_found)
             task_status.started(port)
             while True:
+                if config.mode == "loopback":
+                    targets = loopback
+                else:
+                    targets = [(host, config.lan_port) for host in broadcast_addresses()]
                 beacon = codec.seal(node_id, address, time.time())
                 for target in targets:
                     # OSError: nobody bound there (loopback) or no route (lan).
@@ -120,13 +153,13 @@ async def _listen(
     sock: trio.socket.SocketType,
     codec: BeaconCodec,
     node_id: bytes,
-    on_found: Callable[[Beacon], None],
+    on_found: Callable[[Beacon, str], None],
 ) -> None:
     while True:
         try:
-            data, _ = await sock.recvfrom(MAX_BEACON + 1)
+            data, source = await sock.recvfrom(MAX_BEACON + 1)
         except OSError:  # e.g. ICMP errors surfacing on a UDP socket
             continue
         beacon = codec.open(data, time.time(), trio.current_time())
         if beacon is not None and beacon.node_id != node_id:
-            on_found(beacon)
+            on_found(beacon, source[0])

@@ -48,6 +48,15 @@ def _split(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def advertised(address: str, observed_host: str | None) -> str:
+    """A peer's listen address, with an unspecified host (it listens on all
+    interfaces) replaced by the host we saw it connect or beacon from."""
+    host, port = _split(address)
+    if host in ("", "0.0.0.0", "::") and observed_host:
+        host = observed_host
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class DriverStatistics:
     """Link-level counters of the driver."""
@@ -174,7 +183,12 @@ class OverlayDriver:
     # ------------------------------------------------------------------- links
 
     async def _accepted(self, link: Link) -> None:
-        await self._hold(link, initiator=from_bytes(link.peer_id), address=link.peer_hello.listen)
+        observed = _split(link.remote_address)[0] if link.remote_address else None
+        try:
+            address = advertised(link.peer_hello.listen, observed)
+        except ValueError:  # the peer told no usable address: it cannot be gossiped
+            address = link.remote_address or ""
+        await self._hold(link, initiator=from_bytes(link.peer_id), address=address)
 
     async def _dial(self, address: str) -> None:
         self._dials += 1
@@ -242,9 +256,13 @@ class OverlayDriver:
         elif self.on_other_frame is not None:
             self.on_other_frame(link, frame)
 
-    def _found(self, beacon: Beacon) -> None:
+    def _found(self, beacon: Beacon, source_host: str) -> None:
         if self.overlay is not None:
-            self.overlay.discovered(trio.current_time(), from_bytes(beacon.node_id), beacon.address)
+            try:
+                address = advertised(beacon.address, source_host)
+            except ValueError:
+                return
+            self.overlay.discovered(trio.current_time(), from_bytes(beacon.node_id), address)
             self._flush()
 
     def _flush(self) -> None:
