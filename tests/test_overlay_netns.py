@@ -79,7 +79,9 @@ def lan() -> Iterator[list[str]]:
         yield hosts
     finally:
         for name in reversed(created):
-            subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=10)
+            subprocess.run(
+                ["ip", "netns", "del", name], capture_output=True, timeout=10, check=False
+            )
 
 
 def _key_file(directory: Path, name: str) -> Path:
