@@ -19,8 +19,7 @@ import pytest
 import trio
 
 from iris_trio.crypto import NetworkKey
-
-from .test_overlay_processes import NodeProcess, leaves_match, wait_for
+from iris_trio.testing.processes import NodeProcess, leaves_match, wait_for
 
 PREFIX = f"itr{os.getpid() % 100000}"
 BRIDGE_NS = f"{PREFIX}br"
@@ -142,8 +141,7 @@ async def test_lan_discovery_cut_and_merge(lan: list[str], tmp_path: Path) -> No
             assert all(n.status["peers"] == 2 for n in nodes)
         finally:
             for node in started:  # by pid: only what this test started
-                if node.process.returncode is None:
-                    node.process.kill()
+                node.kill()
             with trio.move_on_after(5):
                 for node in started:
                     await node.process.wait()
