@@ -16,6 +16,7 @@ __all__ = ["console_main", "main"]
 
 _BENCHMARKS: dict[str, str] = {
     "link": "iris_trio.bench.link",
+    "overlay": "iris_trio.bench.overlay",
 }
 
 
@@ -63,7 +64,7 @@ def _node(argv: list[str]) -> int:
 _COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "node": (_node, "run an overlay node (--dev, --net/--key, --seed, --discovery)"),
     "demo": (_demo, "show two nodes' secure link on loopback, with live figures"),
-    "bench": (_bench, "run a benchmark scenario (link)"),
+    "bench": (_bench, "run a benchmark scenario (link, overlay)"),
     "keygen": (_keygen, "create a network key file"),
 }
 

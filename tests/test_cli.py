@@ -23,7 +23,7 @@ def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
 def test_help_lists_the_commands() -> None:
     result = run("--help")
     assert result.returncode == 0
-    for command in ("demo", "bench", "keygen"):
+    for command in ("node", "demo", "bench", "keygen"):
         assert command in result.stdout
     assert run("no-such-command").returncode == 2
 
@@ -53,3 +53,18 @@ def test_link_benchmark_quick_run_reports_its_figures() -> None:
     for field in ("frames_per_s", "mb_per_s", "raw_frames_per_s", "raw_mb_per_s"):
         assert figures[field] > 0
     assert figures["frames"] == 3000
+
+
+def test_overlay_benchmark_quick_run_reports_its_figures() -> None:
+    result = run("bench", "overlay", "--nodes", "30", "--json")
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert figures["nodes"] == 30 and figures["correct"] == 1.0
+    for field in (
+        "hops_mean",
+        "hops_p99",
+        "converge_s",
+        "bytes_per_node",
+        "maintenance_msgs_per_node_s",
+    ):
+        assert field in figures
