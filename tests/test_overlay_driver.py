@@ -11,7 +11,8 @@ from iris_trio.crypto import DEV_NETWORK, Network, NetworkKey, NodeIdentity
 from iris_trio.overlay.config import OverlayConfig
 from iris_trio.overlay.discovery import DiscoveryConfig
 from iris_trio.overlay.driver import OverlayDriver
-from iris_trio.overlay.ids import RING, ring_distance
+from iris_trio.overlay.ids import ring_distance
+from iris_trio.testing.processes import expected_leaves
 
 FAST = OverlayConfig(
     heartbeat_interval=0.25,
@@ -20,13 +21,6 @@ FAST = OverlayConfig(
     exchange_interval=1.0,
     tick_interval=0.1,
 )
-
-
-def expected_leaves(node: int, others: list[int], size: int) -> tuple[list[int], list[int]]:
-    rest = [o for o in others if o != node]
-    right = sorted(rest, key=lambda n: (n - node) % RING)[:size]
-    left = sorted(rest, key=lambda n: (node - n) % RING)[:size]
-    return right, left
 
 
 def consistent(drivers: list[OverlayDriver]) -> bool:

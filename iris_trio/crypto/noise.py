@@ -141,14 +141,9 @@ class CipherState:
 
         Returns the ciphertext size.
         """
-        key = self._key
-        nonce = self.nonce
-        if key is None:
-            raise ValueError("no key set")
-        if nonce >= MAX_NONCE:
-            raise NonceExhaustedError("nonce space exhausted")
-        size = aead.encrypt_into(key, _NONCE.pack(nonce), ad, plaintext, out, offset)
-        self.nonce = nonce + 1
+        key, nonce = self._key_and_nonce()
+        size = aead.encrypt_into(key, nonce, ad, plaintext, out, offset)
+        self.nonce += 1
         return size
 
     def decrypt_into(self, ad: bytes, ciphertext: aead.Buffer, out: bytearray, offset: int) -> int:
@@ -156,15 +151,17 @@ class CipherState:
 
         Returns the plaintext size; the nonce advances only on success.
         """
-        key = self._key
-        nonce = self.nonce
-        if key is None:
-            raise ValueError("no key set")
-        if nonce >= MAX_NONCE:
-            raise NonceExhaustedError("nonce space exhausted")
-        size = aead.decrypt_into(key, _NONCE.pack(nonce), ad, ciphertext, out, offset)
-        self.nonce = nonce + 1
+        key, nonce = self._key_and_nonce()
+        size = aead.decrypt_into(key, nonce, ad, ciphertext, out, offset)
+        self.nonce += 1
         return size
+
+    def _key_and_nonce(self) -> tuple[bytes, bytes]:
+        if self._key is None:
+            raise ValueError("no key set")
+        if self.nonce >= MAX_NONCE:
+            raise NonceExhaustedError("nonce space exhausted")
+        return self._key, _NONCE.pack(self.nonce)
 
     def decrypt_with_ad(self, ad: bytes, ciphertext: bytes) -> bytes:
         """Authenticate and decrypt under the next nonce; the nonce advances only on success.

@@ -80,6 +80,7 @@ class Deliver:
 
 
 Effect = Connect | Send | Disconnect | Deliver
+_USELESS_CAP = 2048
 #: Called before a routed message is forwarded to ``next_hop``; returning False
 #: consumes it here (Scribe joins stop at the first tree member on the path).
 ForwardHook = Callable[[Route, int], bool]
@@ -327,6 +328,8 @@ class OverlayNode:
                     and raw != own
                     and not self._consider(from_bytes(raw), address, now)
                 ):
+                    if len(useless) >= _USELESS_CAP:
+                        useless.clear()  # a cache: bounded memory, at worst rechecked
                     useless.add(raw)
             if frame.reply:
                 self._send_state(node, reply=False)

@@ -264,26 +264,11 @@ class Simulation:
         target_id = self._by_address.get(address)
         target = self.nodes.get(target_id) if target_id is not None else None
         incarnation = sim.incarnation
-        if target is None or not target.alive:
-            # Nothing listens there: refused after a round trip.
-            self._at(
-                self.now + 2 * self._latency(),
-                self._call,
-                sim,
-                incarnation,
-                "connect_failed",
-                address,
-            )
-            return
-        if not self._reachable(sim, target):
-            self._at(
-                self.now + self.faults.connect_timeout,
-                self._call,
-                sim,
-                incarnation,
-                "connect_failed",
-                address,
-            )
+        if target is None or not target.alive or not self._reachable(sim, target):
+            # Nothing listens there: refused after a round trip; unreachable: timeout.
+            refused = target is None or not target.alive
+            delay = 2 * self._latency() if refused else self.faults.connect_timeout
+            self._at(self.now + delay, self._call, sim, incarnation, "connect_failed", address)
             return
         self._at(
             self.now + 3 * self._latency(),
