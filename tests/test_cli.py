@@ -68,18 +68,3 @@ def test_overlay_benchmark_quick_run_reports_its_figures() -> None:
         "maintenance_msgs_per_node_s",
     ):
         assert field in figures
-
-
-def test_overlay_benchmark_quick_run_reports_its_figures() -> None:
-    result = run("bench", "overlay", "--nodes", "30", "--json")
-    assert result.returncode == 0, result.stderr
-    figures = json.loads(result.stdout.strip().splitlines()[-1])
-    assert figures["nodes"] == 30 and figures["correct"] == 1.0
-    for field in (
-        "hops_mean",
-        "hops_p99",
-        "converge_s",
-        "bytes_per_node",
-        "maintenance_msgs_per_node_s",
-    ):
-        assert field in figures
