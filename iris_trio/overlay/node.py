@@ -74,16 +74,21 @@ class Disconnect:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Deliver:
-    """A routed message arrived at the node closest to its key: this one."""
+    """A routed message arrived at the node closest to its key: this one.
+
+    ``previous`` is the peer it came from (None when it started here).
+    """
 
     route: Route
+    previous: int | None
 
 
 Effect = Connect | Send | Disconnect | Deliver
 _USELESS_CAP = 2048
-#: Called before a routed message is forwarded to ``next_hop``; returning False
-#: consumes it here (Scribe joins stop at the first tree member on the path).
-ForwardHook = Callable[[Route, int], bool]
+#: Called as ``hook(route, previous, next_hop)`` before a routed message is
+#: forwarded (``previous`` is None where it starts); returning False consumes it
+#: here (tree joins stop at the first tree member on the path).
+ForwardHook = Callable[[Route, int | None, int], bool]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -148,9 +153,21 @@ class _Dial:
 class _Pending:
     """A forwarded hop awaiting its acknowledgement."""
 
-    __slots__ = ("attempts", "deadline", "frame", "key", "next_hop", "reroutes", "tried")
+    __slots__ = (
+        "attempts",
+        "deadline",
+        "frame",
+        "key",
+        "next_hop",
+        "previous",
+        "reroutes",
+        "tried",
+    )
 
-    def __init__(self, frame: Route, key: int, next_hop: int, deadline: float) -> None:
+    def __init__(
+        self, frame: Route, key: int, next_hop: int, deadline: float, previous: int | None
+    ) -> None:
+        self.previous = previous
         self.frame = frame
         self.key = key
         self.next_hop = next_hop
@@ -314,7 +331,7 @@ class OverlayNode:
                 self._duplicates += 1
                 return
             self._seen[frame.message_id] = now
-            self._forward_or_deliver(frame, from_bytes(frame.key), now)
+            self._forward_or_deliver(frame, from_bytes(frame.key), now, previous=node)
         elif kind is RouteAck:
             assert isinstance(frame, RouteAck)
             self._pending.pop(frame.message_id, None)
@@ -343,7 +360,7 @@ class OverlayNode:
         self._seen[message_id] = now
         self._routed += 1
         frame = Route(message_id, to_bytes(key), to_bytes(self.id), 0, payload)
-        self._forward_or_deliver(frame, key, now)
+        self._forward_or_deliver(frame, key, now, previous=None)
         return message_id
 
     def send_direct(self, now: float, node: int, frame: Frame) -> bool:
@@ -499,6 +516,10 @@ class OverlayNode:
         for pending in [p for p in self._pending.values() if p.next_hop == node]:
             self._resend(pending, now, gone=True)
 
+    def next_hop(self, key: int) -> int | None:
+        """Where a message for ``key`` would go now; None if it would be delivered here."""
+        return self._next_hop(key)
+
     def _usable(self, node: int, exclude: set[int] | tuple[()]) -> bool:
         peer = self._peers.get(node)
         return peer is not None and not peer.suspected and node not in exclude
@@ -530,13 +551,15 @@ class OverlayNode:
                     found, found_rank = node, rank
         return found
 
-    def _forward_or_deliver(self, frame: Route, key: int, now: float) -> None:
+    def _forward_or_deliver(
+        self, frame: Route, key: int, now: float, *, previous: int | None
+    ) -> None:
         next_hop = self._next_hop(key)
         if next_hop is None:
             self._delivered += 1
-            self._outbox.append(Deliver(frame))
+            self._outbox.append(Deliver(frame, previous))
             return
-        if self.forward_hook is not None and not self.forward_hook(frame, next_hop):
+        if self.forward_hook is not None and not self.forward_hook(frame, previous, next_hop):
             return
         if frame.hops >= self.config.max_hops:
             self._dropped += 1
@@ -545,7 +568,7 @@ class OverlayNode:
         self._forwarded += 1
         self._send(next_hop, forwarded)
         self._pending[frame.message_id] = _Pending(
-            forwarded, key, next_hop, now + self.config.ack_timeout
+            forwarded, key, next_hop, now + self.config.ack_timeout, previous
         )
 
     def _resend(self, pending: _Pending, now: float, *, gone: bool = False) -> None:
@@ -575,7 +598,7 @@ class OverlayNode:
             # Nobody closer is reachable: this node is now the closest live one.
             del self._pending[message_id]
             self._delivered += 1
-            self._outbox.append(Deliver(pending.frame))
+            self._outbox.append(Deliver(pending.frame, pending.previous))
             return
         self._rerouted += 1
         pending.reroutes += 1

@@ -23,6 +23,7 @@ from ..overlay.config import OverlayConfig
 from ..overlay.frames import Route
 from ..overlay.ids import RING, digit, ring_distance, shared_prefix, short
 from ..overlay.node import Connect, Deliver, Disconnect, OverlayNode, Send
+from ..overlay.trees import TreeConfig, TreeNode
 from ..wire.frames import Frame
 
 __all__ = ["Delivery", "FaultPlan", "LookupResult", "SimNode", "Simulation"]
@@ -58,6 +59,7 @@ class SimNode:
     stalled_until: float = 0.0
     incarnation: int = 0
     started_at: float = 0.0
+    trees: TreeNode | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -100,12 +102,14 @@ class Simulation:
         faults: FaultPlan | None = None,
         beacon_interval: float | None = 2.0,
         beacon_fanout: int = 2,
+        trees: TreeConfig | None = None,
     ) -> None:
         self.seed = seed
         self.rng = random.Random(seed)
         self.config = config or OverlayConfig()
         self.faults = faults or FaultPlan()
         self.beacon_interval = beacon_interval
+        self.tree_config = trees
         self.beacon_fanout = beacon_fanout
         self.now = 0.0
         self.nodes: dict[int, SimNode] = {}
@@ -158,6 +162,7 @@ class Simulation:
         address = f"sim-{len(self._by_address)}:{node_id % 65536}"
         self._by_address[address] = node_id
         sim = SimNode(node_id, address, self._new_overlay(node_id, address))
+        self._install_trees(sim)
         self.nodes[node_id] = sim
         self._boot(sim, seeds)
         return node_id
@@ -166,6 +171,10 @@ class Simulation:
         return OverlayNode(
             node_id, address, config=self.config, rng=random.Random(self.rng.getrandbits(64))
         )
+
+    def _install_trees(self, sim: SimNode) -> None:
+        if self.tree_config is not None:
+            sim.trees = TreeNode(sim.overlay, self.tree_config)
 
     def _boot(self, sim: SimNode, seeds: int) -> None:
         sim.started_at = self.now
@@ -220,8 +229,16 @@ class Simulation:
         if self.now < sim.stalled_until:  # the process is paused: run it later
             self._at(sim.stalled_until, self._call, sim, incarnation, method, *args)
             return
-        getattr(sim.overlay, method)(self.now, *args)
-        self._apply(sim, sim.overlay.take_effects())
+        if sim.trees is not None and method in ("received", "tick"):
+            getattr(sim.trees, method)(self.now, *args)
+        else:
+            getattr(sim.overlay, method)(self.now, *args)
+        self._apply(sim, self._effects(sim))
+
+    def _effects(self, sim: SimNode) -> list[object]:
+        if sim.trees is not None:
+            return list(sim.trees.take_effects())
+        return list(sim.overlay.take_effects())
 
     # ----------------------------------------------------------------- effects
 
@@ -360,6 +377,7 @@ class Simulation:
         sim.alive, sim.frozen = True, False
         sim.incarnation += 1
         sim.overlay = self._new_overlay(sim.id, sim.address)
+        self._install_trees(sim)
         self._boot(sim, seeds)
 
     def stall(self, node_id: int, duration: float) -> None:
@@ -390,8 +408,60 @@ class Simulation:
         sim = self.nodes[origin]
         message_id = sim.overlay.route(self.now, key, b"")
         self.lookups[message_id] = LookupResult(origin, key, self.now)
-        self._apply(sim, sim.overlay.take_effects())
+        self._apply(sim, self._effects(sim))
         return message_id
+
+    def join_tree(self, node_id: int, tree: int) -> None:
+        """Make ``node_id`` a member of ``tree`` (needs ``trees=`` at construction)."""
+        sim = self.nodes[node_id]
+        assert sim.trees is not None, "construct the Simulation with trees=TreeConfig()"
+        sim.trees.join(self.now, tree)
+        self._apply(sim, self._effects(sim))
+
+    def leave_tree(self, node_id: int, tree: int) -> None:
+        """Stop ``node_id``'s membership of ``tree``."""
+        sim = self.nodes[node_id]
+        assert sim.trees is not None
+        sim.trees.leave(self.now, tree)
+        self._apply(sim, self._effects(sim))
+
+    def tree_problems(self, tree: int, members: set[int]) -> list[str]:
+        """Oracle of one tree: one root (the closest live node), every member linked
+        to it through consistent parent/child pairs, and no state where none belongs."""
+        live = {n.id: n for n in self.live_nodes() if n.trees is not None}
+        states = {
+            i: n.trees.trees[tree]
+            for i, n in live.items()
+            if n.trees is not None and tree in n.trees.trees
+        }
+        problems: list[str] = []
+        if not members:
+            return [f"{short(i)} keeps tree state" for i in states]
+        roots = [i for i, state in states.items() if state.root]
+        if roots != [self.closest_live(tree)]:
+            problems.append(f"roots {[short(r) for r in roots]}, expected one: the closest")
+        for node, state in states.items():
+            if state.parent is not None:
+                parent = states.get(state.parent)
+                if parent is None or node not in parent.children:
+                    problems.append(f"{short(node)}: parent {short(state.parent)} disowns it")
+            for child in state.children:
+                if child not in states or states[child].parent != node:
+                    problems.append(f"{short(node)}: child {short(child)} has another parent")
+            if not state.member and not state.children:
+                problems.append(f"{short(node)}: useless tree state")
+        for member in members:
+            seen: set[int] = set()
+            cursor: int | None = member
+            while cursor is not None and cursor in states and not states[cursor].root:
+                if cursor in seen:
+                    problems.append(f"{short(member)}: cycle")
+                    break
+                seen.add(cursor)
+                cursor = states[cursor].parent
+            if cursor is None or cursor not in states:
+                problems.append(f"{short(member)}: not linked to the root")
+        return problems
 
     def closest_live(self, key: int, group: int = 0) -> int:
         """The oracle's answer: the live node of ``group`` closest to ``key``."""

@@ -1,0 +1,221 @@
+"""Scribe-like trees over the overlay, sans-IO.
+
+One tree per cluster or topic id, rooted at the live node numerically closest
+to the id. A node joins by routing a :class:`TreeJoin` towards the id: every
+node on the way adopts the previous hop as a child and, unless it was in the
+tree already, makes the next hop its parent and lets the join travel on; the
+node where it is delivered is the root. Children send heartbeats to their
+parent; a parent whose connection drops is replaced by joining again; a root
+that is no longer the closest node joins the true root; a node with no member
+interest and no children prunes itself from its parent, so leaving removes
+the tree completely. Tree links are pinned in the overlay so they stay up.
+
+:class:`TreeNode` wraps an :class:`~iris_trio.overlay.node.OverlayNode`: feed
+it the inputs, and drain effects from :meth:`TreeNode.take_effects`, which
+handles tree traffic itself and passes everything else through.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ..errors import ProtocolError
+from ..wire.frames import Frame, FrameCodec
+from .frames import Route
+from .ids import from_bytes, to_bytes
+from .node import Deliver, Effect, OverlayNode
+from .tree_frames import TreeHeartbeat, TreeJoin, TreePrune
+
+__all__ = ["TreeConfig", "TreeNode", "TreeState"]
+
+_TREE_FRAMES = (TreeHeartbeat, TreePrune)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TreeConfig:
+    """Tree timing (seconds).
+
+    Attributes:
+        heartbeat_interval: a child tells its parent it is alive this often.
+        child_timeout: a child not heard from for this long is dropped.
+        join_retry: a join not answered by a parent in this time is sent again.
+    """
+
+    heartbeat_interval: float = 1.0
+    child_timeout: float = 4.0
+    join_retry: float = 2.0
+
+
+@dataclasses.dataclass(slots=True)
+class TreeState:
+    """One tree as this node sees it."""
+
+    member: bool = False
+    parent: int | None = None
+    root: bool = False
+    children: dict[int, float] = dataclasses.field(default_factory=dict)
+    join_sent_at: float | None = None
+    heartbeat_due: float = 0.0
+
+    @property
+    def attached(self) -> bool:
+        """True when this node has a parent or is the root."""
+        return self.root or self.parent is not None
+
+    @property
+    def needed(self) -> bool:
+        """True while a member or a child depends on this node's place in the tree."""
+        return self.member or bool(self.children)
+
+
+class TreeNode:
+    """Trees over one overlay node (see the module docstring)."""
+
+    def __init__(self, overlay: OverlayNode, config: TreeConfig | None = None) -> None:
+        self.overlay = overlay
+        self.config = config or TreeConfig()
+        self.trees: dict[int, TreeState] = {}
+        self._codec = FrameCodec()
+        self._now = 0.0
+        overlay.forward_hook = self._forwarding
+
+    # ----------------------------------------------------------------- inputs
+
+    def join(self, now: float, tree: int) -> None:
+        """Become a member of ``tree`` (subscribe, or join a cluster)."""
+        self._now = now
+        state = self.trees.setdefault(tree, TreeState())
+        state.member = True
+        if not state.attached and state.join_sent_at is None:
+            self._send_join(tree, state)
+        self._pin()
+
+    def leave(self, now: float, tree: int) -> None:
+        """Stop being a member of ``tree``; the branch prunes itself if unused."""
+        self._now = now
+        state = self.trees.get(tree)
+        if state is not None:
+            state.member = False
+            self._prune_if_unneeded(tree, state)
+        self._pin()
+
+    def received(self, now: float, node: int, frame: Frame) -> None:
+        """A frame from peer ``node``: tree frames here, the rest to the overlay."""
+        self._now = now
+        if isinstance(frame, TreeHeartbeat):
+            self._child_alive(from_bytes(frame.tree), node, now)
+        elif isinstance(frame, TreePrune):
+            tree = from_bytes(frame.tree)
+            state = self.trees.get(tree)
+            if state is not None and state.children.pop(node, None) is not None:
+                self._prune_if_unneeded(tree, state)
+                self._pin()
+        else:
+            self.overlay.received(now, node, frame)
+
+    def tick(self, now: float) -> None:
+        """Timers of the overlay and of every tree."""
+        self._now = now
+        self.overlay.tick(now)
+        config = self.config
+        for tree, state in list(self.trees.items()):
+            for child, heard in list(state.children.items()):
+                if now - heard > config.child_timeout or not self.overlay.is_connected(child):
+                    del state.children[child]
+            if state.parent is not None and not self.overlay.is_connected(state.parent):
+                state.parent = None  # the parent died: find another
+            if state.root and self.overlay.next_hop(tree) is not None:
+                state.root = False  # someone closer appeared: join the true root
+            if not state.needed:
+                self._prune_if_unneeded(tree, state)
+                continue
+            if not state.attached and (
+                state.join_sent_at is None or now - state.join_sent_at > config.join_retry
+            ):
+                self._send_join(tree, state)
+            if state.parent is not None and now >= state.heartbeat_due:
+                state.heartbeat_due = now + config.heartbeat_interval
+                self.overlay.send_direct(now, state.parent, TreeHeartbeat(to_bytes(tree)))
+        self._pin()
+
+    def take_effects(self) -> list[Effect]:
+        """The overlay's effects, with deliveries of tree joins handled here."""
+        passed: list[Effect] = []
+        while True:
+            effects = self.overlay.take_effects()
+            if not effects:
+                return passed
+            for effect in effects:
+                if isinstance(effect, Deliver) and self._delivered(effect):
+                    continue
+                passed.append(effect)
+
+    # -------------------------------------------------------------- internals
+
+    def _join_frame(self, route: Route) -> TreeJoin | None:
+        try:
+            frame = self._codec.decode(route.payload)
+        except ProtocolError:
+            return None
+        return frame if isinstance(frame, TreeJoin) else None
+
+    def _send_join(self, tree: int, state: TreeState) -> None:
+        state.join_sent_at = self._now
+        payload = self._codec.encode(TreeJoin(to_bytes(tree)))
+        self.overlay.route(self._now, tree, payload)
+
+    def _forwarding(self, route: Route, previous: int | None, next_hop: int) -> bool:
+        join = self._join_frame(route)
+        if join is None:
+            return True
+        tree = from_bytes(join.tree)
+        state = self.trees.setdefault(tree, TreeState())
+        if previous is None:  # our own join sets off towards the root
+            state.root = False
+            state.parent = next_hop
+            self._pin()
+            return True
+        state.children[previous] = self._now
+        if state.attached:
+            self._pin()
+            return False  # already in the tree: the join stops here
+        state.parent = next_hop
+        state.join_sent_at = self._now
+        self._pin()
+        return True
+
+    def _delivered(self, effect: Deliver) -> bool:
+        join = self._join_frame(effect.route)
+        if join is None:
+            return False
+        tree = from_bytes(join.tree)
+        state = self.trees.setdefault(tree, TreeState())
+        state.root = True
+        state.parent = None
+        state.join_sent_at = None
+        if effect.previous is not None:
+            state.children[effect.previous] = self._now
+        self._pin()
+        return True
+
+    def _child_alive(self, tree: int, child: int, now: float) -> None:
+        state = self.trees.setdefault(tree, TreeState())
+        state.children[child] = now
+        if not state.attached and state.join_sent_at is None:
+            self._send_join(tree, state)  # e.g. this node restarted and lost its place
+        self._pin()
+
+    def _prune_if_unneeded(self, tree: int, state: TreeState) -> None:
+        if state.needed:
+            return
+        if state.parent is not None:
+            self.overlay.send_direct(self._now, state.parent, TreePrune(to_bytes(tree)))
+        del self.trees[tree]
+
+    def _pin(self) -> None:
+        pinned: set[int] = set()
+        for state in self.trees.values():
+            pinned.update(state.children)
+            if state.parent is not None:
+                pinned.add(state.parent)
+        self.overlay.pinned = pinned
