@@ -11,7 +11,8 @@ from iris_trio.crypto import DEV_NETWORK, Network, NetworkKey, NodeIdentity
 from iris_trio.overlay.config import OverlayConfig
 from iris_trio.overlay.discovery import DiscoveryConfig
 from iris_trio.overlay.driver import OverlayDriver
-from iris_trio.overlay.ids import ring_distance
+from iris_trio.overlay.ids import name_id, ring_distance
+from iris_trio.overlay.trees import tree_problems
 from iris_trio.testing.processes import expected_leaves
 
 FAST = OverlayConfig(
@@ -130,3 +131,31 @@ async def test_a_node_of_another_network_never_enters_the_tables() -> None:
             assert not driver.overlay.is_connected(stranger.id)
             assert stranger.id not in driver.overlay.leaves
         assert stranger.overlay is not None and len(stranger.overlay.leaves) == 0
+
+
+async def test_trees_over_real_links() -> None:
+    tree = name_id("topic", "driver-news")
+    async with overlay_network(10) as (_, drivers):
+        await wait_consistent(drivers)
+        members = {d.id for d in drivers[::2]}
+        for driver in drivers[::2]:
+            driver.join_tree(tree)
+        closest = min((d.id for d in drivers), key=lambda n: (ring_distance(n, tree), n))
+
+        def problems() -> list[str]:
+            states = {
+                d.id: d.trees.trees[tree]
+                for d in drivers
+                if d.trees is not None and tree in d.trees.trees
+            }
+            return tree_problems(states, members, closest)
+
+        with trio.fail_after(10):
+            while problems():  # noqa: ASYNC110 - polls the oracle
+                await trio.sleep(0.05)
+        for driver in drivers[::2]:
+            driver.leave_tree(tree)
+        members = set()
+        with trio.fail_after(10):
+            while problems():  # noqa: ASYNC110
+                await trio.sleep(0.05)

@@ -34,13 +34,15 @@ from .config import OverlayConfig
 from .discovery import DiscoveryConfig, run_discovery
 from .frames import Heartbeat, Leave, OverlayState, Route, RouteAck
 from .ids import from_bytes
-from .node import Connect, Deliver, Disconnect, OverlayNode, Send
+from .node import Connect, Deliver, Disconnect, Effect, OverlayNode, Send
+from .tree_frames import TreeHeartbeat, TreePrune
+from .trees import TreeConfig, TreeNode
 
 __all__ = ["OverlayDriver"]
 
 log = logging.getLogger("iris_trio.overlay")
 
-_OVERLAY_FRAMES = (OverlayState, Route, RouteAck, Heartbeat, Leave)
+_OVERLAY_FRAMES = (OverlayState, Route, RouteAck, Heartbeat, Leave, TreeHeartbeat, TreePrune)
 
 
 def _split(address: str) -> tuple[str, int]:
@@ -80,6 +82,7 @@ class OverlayDriver:
         on_deliver: called with each message routed to this node.
         on_other_frame: called with frames of other layers, per link.
         rng: randomness for the state machine.
+        trees: tree timing (trees are always available; see :meth:`join_tree`).
     """
 
     def __init__(
@@ -96,6 +99,7 @@ class OverlayDriver:
         on_deliver: Callable[[Route], None] | None = None,
         on_other_frame: Callable[[Link, Frame], None] | None = None,
         rng: random.Random | None = None,
+        trees: TreeConfig | None = None,
     ) -> None:
         self.identity = identity
         self.network = network
@@ -110,6 +114,9 @@ class OverlayDriver:
         self.id = from_bytes(identity.node_id)
         self._rng = rng or random.Random()
         self.overlay: OverlayNode | None = None
+        #: The trees this node takes part in (set once running).
+        self.trees: TreeNode | None = None
+        self.tree_config = trees or TreeConfig()
         self.address = ""
         self._links: dict[int, Link] = {}
         self._initiators: dict[Link, int] = {}
@@ -130,6 +137,7 @@ class OverlayDriver:
             listener: LinkListener = await nursery.start(self._serve)
             self.address = listener.listen
             self.overlay = OverlayNode(self.id, self.address, config=self.config, rng=self._rng)
+            self.trees = TreeNode(self.overlay, self.tree_config)
             self._leaves_changed_at = trio.current_time()
             if self.discovery.mode != "off":
                 codec = BeaconCodec(self.network)
@@ -174,10 +182,10 @@ class OverlayDriver:
                     _send_or_drop(link, effect.frame)
 
     async def _ticker(self) -> None:
-        assert self.overlay is not None
+        assert self.overlay is not None and self.trees is not None
         while True:
             await trio.sleep_until(self.overlay.next_deadline())
-            self.overlay.tick(trio.current_time())
+            self.trees.tick(trio.current_time())
             self._flush()
 
     # ------------------------------------------------------------------- links
@@ -250,8 +258,8 @@ class OverlayDriver:
 
     def _on_frame(self, link: Link, frame: Frame) -> None:
         if isinstance(frame, _OVERLAY_FRAMES):
-            if self.overlay is not None:
-                self.overlay.received(trio.current_time(), from_bytes(link.peer_id), frame)
+            if self.trees is not None:
+                self.trees.received(trio.current_time(), from_bytes(link.peer_id), frame)
                 self._flush()
         elif self.on_other_frame is not None:
             self.on_other_frame(link, frame)
@@ -266,9 +274,10 @@ class OverlayDriver:
             self._flush()
 
     def _flush(self) -> None:
-        overlay = self.overlay
-        assert overlay is not None
-        for effect in overlay.take_effects():
+        overlay, trees = self.overlay, self.trees
+        assert overlay is not None and trees is not None
+        effects: list[Effect] = trees.take_effects()
+        for effect in effects:
             if isinstance(effect, Send):
                 link = self._links.get(effect.node)
                 if link is None or not _send_or_drop(link, effect.frame):
@@ -309,6 +318,18 @@ class OverlayDriver:
         while not self.is_settled(quiet):
             with trio.move_on_after(quiet):
                 await self._changed.wait()
+
+    def join_tree(self, tree: int) -> None:
+        """Become a member of the tree of id ``tree`` (a cluster or a topic)."""
+        assert self.trees is not None, "the driver is not running"
+        self.trees.join(trio.current_time(), tree)
+        self._flush()
+
+    def leave_tree(self, tree: int) -> None:
+        """Stop being a member of ``tree``."""
+        if self.trees is not None:
+            self.trees.leave(trio.current_time(), tree)
+            self._flush()
 
     def statistics(self) -> DriverStatistics:
         """Link-level counters (see ``overlay.statistics()`` for the overlay's)."""

@@ -22,11 +22,11 @@ import dataclasses
 from ..errors import ProtocolError
 from ..wire.frames import Frame, FrameCodec
 from .frames import Route
-from .ids import from_bytes, to_bytes
+from .ids import from_bytes, short, to_bytes
 from .node import Deliver, Effect, OverlayNode
 from .tree_frames import TreeHeartbeat, TreeJoin, TreePrune
 
-__all__ = ["TreeConfig", "TreeNode", "TreeState"]
+__all__ = ["TreeConfig", "TreeNode", "TreeState", "tree_problems"]
 
 _TREE_FRAMES = (TreeHeartbeat, TreePrune)
 
@@ -219,3 +219,41 @@ class TreeNode:
             if state.parent is not None:
                 pinned.add(state.parent)
         self.overlay.pinned = pinned
+
+
+def tree_problems(states: dict[int, TreeState], members: set[int], closest: int) -> list[str]:
+    """Everything wrong with one tree, given every live node's state for it.
+
+    A right tree has exactly one root, the live node ``closest`` to the tree's
+    id; parent and child links that agree at both ends; every member linked to
+    the root without cycles; and no state on nodes with neither members nor
+    children (none at all once ``members`` is empty).
+    """
+    if not members:
+        return [f"{short(node)} keeps tree state" for node in states]
+    problems: list[str] = []
+    roots = [node for node, state in states.items() if state.root]
+    if roots != [closest]:
+        problems.append(f"roots {[short(r) for r in roots]}, expected {short(closest)} only")
+    for node, state in states.items():
+        if state.parent is not None:
+            parent = states.get(state.parent)
+            if parent is None or node not in parent.children:
+                problems.append(f"{short(node)}: parent {short(state.parent)} disowns it")
+        for child in state.children:
+            if child not in states or states[child].parent != node:
+                problems.append(f"{short(node)}: child {short(child)} has another parent")
+        if not state.needed:
+            problems.append(f"{short(node)}: useless tree state")
+    for member in members:
+        seen: set[int] = set()
+        cursor: int | None = member
+        while cursor is not None and cursor in states and not states[cursor].root:
+            if cursor in seen:
+                problems.append(f"{short(member)}: cycle")
+                break
+            seen.add(cursor)
+            cursor = states[cursor].parent
+        if cursor is None or cursor not in states:
+            problems.append(f"{short(member)}: not linked to the root")
+    return problems

@@ -23,7 +23,7 @@ from ..overlay.config import OverlayConfig
 from ..overlay.frames import Route
 from ..overlay.ids import RING, digit, ring_distance, shared_prefix, short
 from ..overlay.node import Connect, Deliver, Disconnect, OverlayNode, Send
-from ..overlay.trees import TreeConfig, TreeNode
+from ..overlay.trees import TreeConfig, TreeNode, tree_problems
 from ..wire.frames import Frame
 
 __all__ = ["Delivery", "FaultPlan", "LookupResult", "SimNode", "Simulation"]
@@ -426,42 +426,13 @@ class Simulation:
         self._apply(sim, self._effects(sim))
 
     def tree_problems(self, tree: int, members: set[int]) -> list[str]:
-        """Oracle of one tree: one root (the closest live node), every member linked
-        to it through consistent parent/child pairs, and no state where none belongs."""
-        live = {n.id: n for n in self.live_nodes() if n.trees is not None}
+        """The tree oracle (see :func:`~iris_trio.overlay.trees.tree_problems`)."""
         states = {
-            i: n.trees.trees[tree]
-            for i, n in live.items()
+            n.id: n.trees.trees[tree]
+            for n in self.live_nodes()
             if n.trees is not None and tree in n.trees.trees
         }
-        problems: list[str] = []
-        if not members:
-            return [f"{short(i)} keeps tree state" for i in states]
-        roots = [i for i, state in states.items() if state.root]
-        if roots != [self.closest_live(tree)]:
-            problems.append(f"roots {[short(r) for r in roots]}, expected one: the closest")
-        for node, state in states.items():
-            if state.parent is not None:
-                parent = states.get(state.parent)
-                if parent is None or node not in parent.children:
-                    problems.append(f"{short(node)}: parent {short(state.parent)} disowns it")
-            for child in state.children:
-                if child not in states or states[child].parent != node:
-                    problems.append(f"{short(node)}: child {short(child)} has another parent")
-            if not state.member and not state.children:
-                problems.append(f"{short(node)}: useless tree state")
-        for member in members:
-            seen: set[int] = set()
-            cursor: int | None = member
-            while cursor is not None and cursor in states and not states[cursor].root:
-                if cursor in seen:
-                    problems.append(f"{short(member)}: cycle")
-                    break
-                seen.add(cursor)
-                cursor = states[cursor].parent
-            if cursor is None or cursor not in states:
-                problems.append(f"{short(member)}: not linked to the root")
-        return problems
+        return tree_problems(states, members, self.closest_live(tree))
 
     def closest_live(self, key: int, group: int = 0) -> int:
         """The oracle's answer: the live node of ``group`` closest to ``key``."""
