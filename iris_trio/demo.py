@@ -1,19 +1,28 @@
 """``iris-trio demo``: a live look at what exists so far.
 
-Two nodes on the loopback-only dev network: one listens, one dials; they run
-the Noise handshake, then stream frames over the encrypted link while a
-summary line per second shows throughput, records and round-trip time.
+1. A secure link: two nodes on the loopback-only dev network run the Noise
+   handshake, then stream frames while a line per second shows throughput,
+   records and round-trip time.
+2. The overlay: eight nodes join through a seed and form one ring; random keys
+   are routed to the node closest to them; a tree forms for a topic; a node
+   leaves and the ring repairs.
 """
 
 from __future__ import annotations
 
 import argparse
+import random
 import time
+from collections.abc import Callable
 
 import trio
 
 from .crypto.identity import NodeIdentity
 from .crypto.keys import DEV_NETWORK
+from .overlay.driver import OverlayDriver
+from .overlay.ids import name_id, ring_distance, short
+from .overlay.trees import tree_problems
+from .testing.processes import expected_leaves
 from .transport.link import Link
 from .transport.listener import LinkListener, serve_tcp_links
 from .transport.tcp import connect_tcp_link
@@ -86,11 +95,108 @@ async def _run(seconds: float, size: int) -> None:
     print(f"{received:,} frames of {size} bytes delivered, encrypted, in order.")
 
 
+def _ring_right(drivers: list[OverlayDriver]) -> bool:
+    ids = [d.id for d in drivers]
+    for driver in drivers:
+        assert driver.overlay is not None
+        if (driver.overlay.leaves.right, driver.overlay.leaves.left) != expected_leaves(
+            driver.id, ids
+        ):
+            return False
+    return True
+
+
+async def _until(condition: Callable[[], bool], timeout: float) -> float:
+    start = trio.current_time()
+    with trio.fail_after(timeout):
+        while not condition():  # noqa: ASYNC110 - polls an outside view of all nodes
+            await trio.sleep(0.02)
+    return trio.current_time() - start
+
+
+async def _overlay(count: int) -> None:
+    print(f"\noverlay: {count} nodes join through a seed")
+    delivered: dict[bytes, tuple[int, int]] = {}
+    async with trio.open_nursery() as nursery:
+        drivers: list[OverlayDriver] = []
+        scopes: list[trio.CancelScope] = []
+        for _ in range(count):
+            driver = OverlayDriver(
+                NodeIdentity.generate(), DEV_NETWORK, seeds=[drivers[0].address] if drivers else []
+            )
+            driver.on_deliver = lambda route, d=driver: delivered.__setitem__(
+                route.message_id, (d.id, route.hops)
+            )
+            scope = trio.CancelScope()
+            scopes.append(scope)
+
+            async def run(
+                d: OverlayDriver = driver,
+                c: trio.CancelScope = scope,
+                *,
+                task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+            ) -> None:
+                with c:
+                    await d.run(task_status=task_status)
+
+            await nursery.start(run)
+            drivers.append(driver)
+        took = await _until(lambda: _ring_right(drivers), 30)
+        print(f"  one ring, every leaf set right, {took:.2f} s after the last start")
+        rng = random.Random()
+        keys: dict[bytes, int] = {}
+        for _ in range(1000):
+            origin = rng.choice(drivers)
+            key = rng.getrandbits(128)
+            assert origin.overlay is not None
+            keys[origin.overlay.route(trio.current_time(), key, b"")] = key
+            origin._flush()
+        await _until(lambda: len(delivered) >= len(keys), 10)
+        ids = [d.id for d in drivers]
+        right = sum(
+            1
+            for m, key in keys.items()
+            if delivered[m][0] == min(ids, key=lambda n: (ring_distance(n, key), n))
+        )
+        hops = sum(delivered[m][1] for m in keys) / len(keys)
+        print(f"  1000 random keys: {right} reached the closest node, {hops:.2f} hops on average")
+        topic = name_id("topic", "demo")
+        for driver in drivers[::2]:
+            driver.join_tree(topic)
+
+        def tree_right() -> bool:
+            states = {
+                d.id: d.trees.trees[topic]
+                for d in drivers
+                if d.trees is not None and _in_tree(d, topic)
+            }
+            closest = min(ids, key=lambda n: (ring_distance(n, topic), n))
+            return not tree_problems(states, {d.id for d in drivers[::2]}, closest)
+
+        took = await _until(tree_right, 10)
+        print(
+            f"  topic 'demo': {len(drivers[::2])} members, one tree rooted at the closest"
+            f" node, {took:.2f} s"
+        )
+        leaver = drivers.pop(3)
+        scopes.pop(3).cancel()
+        took = await _until(lambda: _ring_right(drivers), 30)
+        print(f"  node {short(leaver.id)} left: ring repaired in {took:.2f} s")
+        nursery.cancel_scope.cancel()
+
+
+def _in_tree(driver: OverlayDriver, tree: int) -> bool:
+    """True if ``driver`` holds state for ``tree``."""
+    return driver.trees is not None and tree in driver.trees.trees
+
+
 def main(argv: list[str]) -> int:
     """Entry point of ``iris-trio demo``."""
     parser = argparse.ArgumentParser(prog="iris-trio demo", description=__doc__)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--size", type=int, default=1024)
+    parser.add_argument("--nodes", type=int, default=8)
     args = parser.parse_args(argv)
     trio.run(_run, args.seconds, args.size)
+    trio.run(_overlay, max(args.nodes, 4))
     return 0

@@ -39,11 +39,15 @@ def test_keygen_writes_a_loadable_key_and_never_overwrites(tmp_path: Path) -> No
     assert NetworkKey.from_file(path) == key
 
 
-def test_demo_streams_frames_over_a_secure_link() -> None:
+def test_demo_shows_a_secure_link_and_the_overlay() -> None:
     result = run("demo", "--seconds", "1", "--size", "512")
     assert result.returncode == 0, result.stderr
     assert "handshake done" in result.stdout
     assert "frames of 512 bytes delivered" in result.stdout
+    assert "every leaf set right" in result.stdout
+    assert "1000 random keys: 1000 reached the closest node" in result.stdout
+    assert "one tree rooted at the closest node" in result.stdout
+    assert "ring repaired" in result.stdout
 
 
 def test_link_benchmark_quick_run_reports_its_figures() -> None:
