@@ -134,7 +134,7 @@ async def _overlay(count: int) -> None:
                 d: OverlayDriver = driver,
                 c: trio.CancelScope = scope,
                 *,
-                task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+                task_status: trio.TaskStatus[OverlayDriver] = trio.TASK_STATUS_IGNORED,
             ) -> None:
                 with c:
                     await d.run(task_status=task_status)
