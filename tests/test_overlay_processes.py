@@ -39,7 +39,7 @@ async def test_five_processes_find_each_other_and_notice_a_kill() -> None:
         victim.process.send_signal(signal.SIGKILL)
         took = await wait_for(nodes, leaves_match, timeout=10)
         # A killed process closes its connections: noticed at once, not after timeouts.
-        assert took < 2.0, took
+        assert took < 3.0, took  # well under the 4 s bound for silent peers
         assert all(n.status["peers_declared_dead"] == 0 for n in nodes)
 
 
