@@ -2,11 +2,23 @@
 
 Nodes join a peer-to-peer overlay with no broker and no configuration and
 address *clusters by name*; the overlay does discovery, routing, load balancing
-and encryption. This package currently provides the foundation: the strict
-wire codec, the Noise handshake, network keys and node identities, and
-encrypted links (see ``iris_trio.transport``).
+and encryption::
+
+    async with iris_trio.join("echo") as node:
+        async with node.subscribe("news") as events:
+            await node.publish("news", b"hello")
+            print(await events.receive())
+
+Available so far: the overlay (Pastry routing, discovery, Scribe-like trees),
+cluster membership and publish/subscribe; request/reply, broadcast and tunnels
+are being built on the same trees.
 """
 
+from ._node import MAX_MESSAGE_SIZE as MAX_MESSAGE_SIZE
+from ._node import Node as Node
+from ._node import Subscription as Subscription
+from ._node import join as join
+from ._node import serve_node as serve_node
 from .crypto.identity import NodeIdentity as NodeIdentity
 from .crypto.keys import DEV_NETWORK as DEV_NETWORK
 from .crypto.keys import Network as Network

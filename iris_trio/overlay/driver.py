@@ -35,14 +35,23 @@ from .discovery import DiscoveryConfig, run_discovery
 from .frames import Heartbeat, Leave, OverlayState, Route, RouteAck
 from .ids import from_bytes
 from .node import Connect, Deliver, Disconnect, Effect, OverlayNode, Send
-from .tree_frames import TreeHeartbeat, TreePrune
-from .trees import TreeConfig, TreeNode
+from .tree_frames import TreeHeartbeat, TreePrune, TreePublish
+from .trees import TreeConfig, TreeDelivery, TreeNode
 
 __all__ = ["OverlayDriver"]
 
 log = logging.getLogger("iris_trio.overlay")
 
-_OVERLAY_FRAMES = (OverlayState, Route, RouteAck, Heartbeat, Leave, TreeHeartbeat, TreePrune)
+_OVERLAY_FRAMES = (
+    OverlayState,
+    Route,
+    RouteAck,
+    Heartbeat,
+    Leave,
+    TreeHeartbeat,
+    TreePrune,
+    TreePublish,
+)
 
 
 def _split(address: str) -> tuple[str, int]:
@@ -83,6 +92,7 @@ class OverlayDriver:
         on_other_frame: called with frames of other layers, per link.
         rng: randomness for the state machine.
         trees: tree timing (trees are always available; see :meth:`join_tree`).
+        on_tree_event: called with each event published on a tree we are a member of.
     """
 
     def __init__(
@@ -100,6 +110,7 @@ class OverlayDriver:
         on_other_frame: Callable[[Link, Frame], None] | None = None,
         rng: random.Random | None = None,
         trees: TreeConfig | None = None,
+        on_tree_event: Callable[[TreeDelivery], None] | None = None,
     ) -> None:
         self.identity = identity
         self.network = network
@@ -111,6 +122,7 @@ class OverlayDriver:
         self.link_config = link_config or LinkConfig()
         self.on_deliver = on_deliver
         self.on_other_frame = on_other_frame
+        self.on_tree_event = on_tree_event
         self.id = from_bytes(identity.node_id)
         self._rng = rng or random.Random()
         self.overlay: OverlayNode | None = None
@@ -276,7 +288,7 @@ class OverlayDriver:
     def _flush(self) -> None:
         overlay, trees = self.overlay, self.trees
         assert overlay is not None and trees is not None
-        effects: list[Effect] = trees.take_effects()
+        effects: list[Effect | TreeDelivery] = trees.take_effects()
         for effect in effects:
             if isinstance(effect, Send):
                 link = self._links.get(effect.node)
@@ -290,6 +302,8 @@ class OverlayDriver:
                     self._nursery_start(link.aclose)
             elif isinstance(effect, Deliver) and self.on_deliver is not None:
                 self.on_deliver(effect.route)
+            elif isinstance(effect, TreeDelivery) and self.on_tree_event is not None:
+                self.on_tree_event(effect)
         leaves = tuple(overlay.leaves)
         if leaves != self._last_leaves:
             self._last_leaves = leaves
@@ -324,6 +338,20 @@ class OverlayDriver:
         assert self.trees is not None, "the driver is not running"
         self.trees.join(trio.current_time(), tree)
         self._flush()
+
+    def publish(self, tree: int, data: bytes) -> int:
+        """Send ``data`` to every member of ``tree``; returns its sequence number."""
+        assert self.trees is not None, "the driver is not running"
+        sequence = self.trees.publish(trio.current_time(), tree, data)
+        self._flush()
+        return sequence
+
+    def next_hop_link(self, key: int) -> Link | None:
+        """The link a message for ``key`` leaves on (None if delivered here)."""
+        if self.overlay is None:
+            return None
+        node = self.overlay.next_hop(key)
+        return None if node is None else self._links.get(node)
 
     def leave_tree(self, tree: int) -> None:
         """Stop being a member of ``tree``."""

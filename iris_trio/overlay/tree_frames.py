@@ -1,13 +1,13 @@
-"""Tree frames (kinds 21-23)."""
+"""Tree frames (kinds 21-24)."""
 
 from __future__ import annotations
 
 import dataclasses
 
-from ..wire.fields import Blob
+from ..wire.fields import Blob, UInt
 from ..wire.frames import Frame, frame_kind
 
-__all__ = ["TreeHeartbeat", "TreeJoin", "TreePrune"]
+__all__ = ["TreeHeartbeat", "TreeJoin", "TreePrune", "TreePublish"]
 
 
 @frame_kind(21, Blob(exact=16))
@@ -32,3 +32,21 @@ class TreePrune(Frame):
     """Child to parent: "forget me" (I have no members or children left)."""
 
     tree: bytes
+
+
+@frame_kind(24, Blob(exact=16), Blob(exact=16), UInt(64), Blob())
+@dataclasses.dataclass(frozen=True, slots=True)
+class TreePublish(Frame):
+    """An event for every member of a tree: routed to the root, then sent down.
+
+    Attributes:
+        tree: the tree's id.
+        publisher: the publishing node's id.
+        sequence: the publisher's sequence number on this tree (from 1).
+        data: the event.
+    """
+
+    tree: bytes
+    publisher: bytes
+    sequence: int
+    data: bytes

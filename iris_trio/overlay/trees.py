@@ -24,9 +24,20 @@ from ..wire.frames import Frame, FrameCodec
 from .frames import Route
 from .ids import from_bytes, short, to_bytes
 from .node import Deliver, Effect, OverlayNode
-from .tree_frames import TreeHeartbeat, TreeJoin, TreePrune
+from .tree_frames import TreeHeartbeat, TreeJoin, TreePrune, TreePublish
 
-__all__ = ["TreeConfig", "TreeNode", "TreeState", "tree_problems"]
+__all__ = ["TreeConfig", "TreeDelivery", "TreeNode", "TreeState", "tree_problems"]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TreeDelivery:
+    """An event published on a tree this node is a member of."""
+
+    tree: int
+    publisher: int
+    sequence: int
+    data: bytes
+
 
 _TREE_FRAMES = (TreeHeartbeat, TreePrune)
 
@@ -77,6 +88,14 @@ class TreeNode:
         self.trees: dict[int, TreeState] = {}
         self._codec = FrameCodec()
         self._now = 0.0
+        self._sequences: dict[int, int] = {}  # tree -> our last published sequence
+        # (tree, publisher) -> last sequence delivered or forwarded: duplicates and
+        # late (reordered) events are dropped, so each publisher's events stay in order.
+        self._last_seen: dict[tuple[int, int], int] = {}
+        self._deliveries: list[TreeDelivery] = []
+        #: Events dropped as duplicates or out of order, and with no tree to go to.
+        self.events_duplicate = 0
+        self.events_orphaned = 0
         overlay.forward_hook = self._forwarding
 
     # ----------------------------------------------------------------- inputs
@@ -99,10 +118,21 @@ class TreeNode:
             self._prune_if_unneeded(tree, state)
         self._pin()
 
+    def publish(self, now: float, tree: int, data: bytes) -> int:
+        """Send ``data`` to every member of ``tree``; returns its sequence number."""
+        self._now = now
+        sequence = self._sequences.get(tree, 0) + 1
+        self._sequences[tree] = sequence
+        frame = TreePublish(to_bytes(tree), to_bytes(self.overlay.id), sequence, data)
+        self.overlay.route(now, tree, self._codec.encode(frame))
+        return sequence
+
     def received(self, now: float, node: int, frame: Frame) -> None:
         """A frame from peer ``node``: tree frames here, the rest to the overlay."""
         self._now = now
-        if isinstance(frame, TreeHeartbeat):
+        if isinstance(frame, TreePublish):
+            self._disseminate(frame, came_from=node)
+        elif isinstance(frame, TreeHeartbeat):
             self._child_alive(from_bytes(frame.tree), node, now)
         elif isinstance(frame, TreePrune):
             tree = from_bytes(frame.tree)
@@ -138,26 +168,51 @@ class TreeNode:
                 self.overlay.send_direct(now, state.parent, TreeHeartbeat(to_bytes(tree)))
         self._pin()
 
-    def take_effects(self) -> list[Effect]:
-        """The overlay's effects, with deliveries of tree joins handled here."""
-        passed: list[Effect] = []
+    def take_effects(self) -> list[Effect | TreeDelivery]:
+        """The overlay's effects, with tree traffic handled here, then the events
+        delivered to this node as a member."""
+        passed: list[Effect | TreeDelivery] = []
         while True:
             effects = self.overlay.take_effects()
             if not effects:
-                return passed
+                break
             for effect in effects:
                 if isinstance(effect, Deliver) and self._delivered(effect):
                     continue
                 passed.append(effect)
+        passed.extend(self._deliveries)
+        self._deliveries.clear()
+        return passed
 
     # -------------------------------------------------------------- internals
 
-    def _join_frame(self, route: Route) -> TreeJoin | None:
+    def _tree_frame(self, route: Route) -> Frame | None:
         try:
             frame = self._codec.decode(route.payload)
         except ProtocolError:
             return None
+        return frame if isinstance(frame, (TreeJoin, TreePublish)) else None
+
+    def _join_frame(self, route: Route) -> TreeJoin | None:
+        frame = self._tree_frame(route)
         return frame if isinstance(frame, TreeJoin) else None
+
+    def _disseminate(self, frame: TreePublish, *, came_from: int | None) -> None:
+        """Pass an event down the tree (from the root, or from our parent)."""
+        tree, publisher = from_bytes(frame.tree), from_bytes(frame.publisher)
+        state = self.trees.get(tree)
+        if state is None or (came_from is not None and came_from != state.parent):
+            self.events_orphaned += 1  # not ours (any more): e.g. a stale parent link
+            return
+        key = (tree, publisher)
+        if frame.sequence <= self._last_seen.get(key, 0):
+            self.events_duplicate += 1
+            return
+        self._last_seen[key] = frame.sequence
+        for child in state.children:
+            self.overlay.send_direct(self._now, child, frame)
+        if state.member:
+            self._deliveries.append(TreeDelivery(tree, publisher, frame.sequence, frame.data))
 
     def _send_join(self, tree: int, state: TreeState) -> None:
         state.join_sent_at = self._now
@@ -185,9 +240,14 @@ class TreeNode:
         return True
 
     def _delivered(self, effect: Deliver) -> bool:
-        join = self._join_frame(effect.route)
-        if join is None:
+        frame = self._tree_frame(effect.route)
+        if frame is None:
             return False
+        if isinstance(frame, TreePublish):  # we are the root: send it down
+            self._disseminate(frame, came_from=None)
+            return True
+        assert isinstance(frame, TreeJoin)
+        join = frame
         tree = from_bytes(join.tree)
         state = self.trees.setdefault(tree, TreeState())
         state.root = True
@@ -211,6 +271,8 @@ class TreeNode:
         if state.parent is not None:
             self.overlay.send_direct(self._now, state.parent, TreePrune(to_bytes(tree)))
         del self.trees[tree]
+        for key in [k for k in self._last_seen if k[0] == tree]:
+            del self._last_seen[key]
 
     def _pin(self) -> None:
         pinned: set[int] = set()

@@ -236,6 +236,20 @@ class Link:
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 return
 
+    async def wait_send_capacity(self) -> None:
+        """Wait until the send queue is at most half full (for pacing producers).
+
+        Raises like :meth:`send_nowait` if the link closes or breaks meanwhile.
+        """
+        while (
+            len(self._queue) * 2 >= self._queue_frames_limit
+            or self._queued_bytes * 2 >= self._queue_bytes_limit
+        ):
+            self._check_sendable()
+            await self._space_lot.park()
+        self._check_sendable()
+        await trio.lowlevel.checkpoint()
+
     async def wait_send_queue_empty(self) -> None:
         """Wait until every queued frame was handed to the transport."""
         while self._queue:

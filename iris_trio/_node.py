@@ -1,0 +1,304 @@
+"""``join()`` / ``serve_node()`` / :class:`Node`: the I/O shell root.
+
+A node owns one nursery: the overlay driver (links, timers, discovery, trees)
+runs in it, and leaving the ``async with`` leaves the overlay gracefully.
+This module currently offers publish/subscribe and cluster membership; the
+other patterns (request/reply, broadcast, tunnels) build on the same trees.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Final
+
+import trio
+
+from ._util import open_unwrapped_nursery
+from .crypto.identity import NodeIdentity
+from .crypto.keys import DEV_NETWORK, Network, NetworkKey
+from .errors import ConfigError, MessageTooLargeError
+from .overlay.config import OverlayConfig
+from .overlay.discovery import DiscoveryConfig, DiscoveryMode
+from .overlay.driver import OverlayDriver
+from .overlay.ids import name_id
+from .overlay.trees import TreeDelivery
+
+__all__ = [
+    "MAX_MESSAGE_SIZE",
+    "Node",
+    "Subscription",
+    "SubscriptionStatistics",
+    "join",
+    "serve_node",
+]
+
+log = logging.getLogger("iris_trio")
+
+#: Largest message of the non-tunnel patterns.
+MAX_MESSAGE_SIZE: Final = 8 * 1024 * 1024
+CLUSTER, TOPIC = "cluster", "topic"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SubscriptionStatistics:
+    """Counters of one subscription."""
+
+    delivered: int
+    dropped: int
+    buffered: int
+
+
+class Subscription(trio.abc.ReceiveChannel[bytes]):
+    """The events of one topic, as a trio receive channel.
+
+    The buffer is bounded; when an event arrives while it is full, the oldest
+    buffered event is dropped and counted (``statistics().dropped``): a
+    subscriber that falls behind loses events, nobody else does.
+    """
+
+    def __init__(self, node: Node, topic: str, capacity: int) -> None:
+        self.topic = topic
+        self._node = node
+        self._capacity = capacity
+        self._buffer: collections.deque[bytes] = collections.deque()
+        self._waiting = trio.lowlevel.ParkingLot()
+        self._closed = False
+        self._delivered = 0
+        self._dropped = 0
+
+    def _push(self, data: bytes) -> None:
+        if len(self._buffer) >= self._capacity:
+            self._buffer.popleft()
+            self._dropped += 1
+        self._buffer.append(data)
+        self._delivered += 1
+        self._waiting.unpark()
+
+    def receive_nowait(self) -> bytes:
+        """The next buffered event; raises trio.WouldBlock if there is none."""
+        if self._closed:
+            raise trio.ClosedResourceError("the subscription was closed")
+        if not self._buffer:
+            raise trio.WouldBlock
+        return self._buffer.popleft()
+
+    async def receive(self) -> bytes:
+        """Wait for the next event. Raises trio.ClosedResourceError once closed."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while True:
+            try:
+                data = self.receive_nowait()
+            except trio.WouldBlock:
+                await self._waiting.park()
+            else:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return data
+
+    async def aclose(self) -> None:
+        """Unsubscribe; pending and later receives raise trio.ClosedResourceError."""
+        if not self._closed:
+            self._closed = True
+            self._waiting.unpark_all()
+            self._node._unsubscribe(self)
+        await trio.lowlevel.checkpoint()
+
+    def statistics(self) -> SubscriptionStatistics:
+        """Events delivered to this subscription, dropped from it, still buffered."""
+        return SubscriptionStatistics(self._delivered, self._dropped, len(self._buffer))
+
+
+class Node:
+    """A running node (from :func:`join` or :func:`serve_node`)."""
+
+    def __init__(self, driver: OverlayDriver, cluster: str | None) -> None:
+        self._driver = driver
+        self.cluster = cluster
+        self._subscriptions: dict[int, set[Subscription]] = {}
+        driver.on_tree_event = self._on_event
+
+    @property
+    def id(self) -> bytes:
+        """This node's 16-byte id."""
+        return self._driver.identity.node_id
+
+    @property
+    def address(self) -> str:
+        """Where this node accepts links."""
+        return self._driver.address
+
+    @property
+    def driver(self) -> OverlayDriver:
+        """The overlay driver (for diagnostics and the layers above)."""
+        return self._driver
+
+    async def wait_joined(self) -> None:
+        """Wait until this node is part of a ring."""
+        await self._driver.wait_joined()
+
+    async def wait_converged(self, quiet: float = 3.0) -> None:
+        """Wait until this node's leaf set has been stable for ``quiet`` seconds."""
+        await self._driver.wait_converged(quiet)
+
+    # ------------------------------------------------------------ pub / sub
+
+    async def publish(self, topic: str, data: bytes) -> None:
+        """Send ``data`` to every subscriber of ``topic`` (none: it goes nowhere).
+
+        Paced by the backpressure of the first link on the way. A checkpoint.
+
+        Raises:
+            TypeError: ``data`` is not bytes.
+            MessageTooLargeError: ``data`` exceeds 8 MiB.
+        """
+        if type(data) is not bytes:
+            raise TypeError(f"data must be bytes, not {type(data).__name__}")
+        if len(data) > MAX_MESSAGE_SIZE:
+            raise MessageTooLargeError(f"{len(data)} bytes exceed {MAX_MESSAGE_SIZE}")
+        tree = name_id(TOPIC, topic)
+        link = self._driver.next_hop_link(tree)
+        if link is not None:
+            # A link that is going raises here: the overlay reroutes, so go on.
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await link.wait_send_capacity()
+        else:
+            await trio.lowlevel.checkpoint()
+        self._driver.publish(tree, data)
+
+    @asynccontextmanager
+    async def subscribe(self, topic: str, *, capacity: int = 1024) -> AsyncIterator[Subscription]:
+        """Receive the events of ``topic`` for the ``async with`` body.
+
+        Args:
+            topic: the topic name.
+            capacity: events buffered before the oldest is dropped (and counted).
+        """
+        if capacity < 1:
+            raise ConfigError("capacity must be at least 1")
+        tree = name_id(TOPIC, topic)
+        subscription = Subscription(self, topic, capacity)
+        subscribers = self._subscriptions.setdefault(tree, set())
+        subscribers.add(subscription)
+        if len(subscribers) == 1:
+            self._driver.join_tree(tree)
+        try:
+            yield subscription
+        finally:
+            await subscription.aclose()
+
+    def _unsubscribe(self, subscription: Subscription) -> None:
+        tree = name_id(TOPIC, subscription.topic)
+        subscribers = self._subscriptions.get(tree)
+        if subscribers is None:
+            return
+        subscribers.discard(subscription)
+        if not subscribers:
+            del self._subscriptions[tree]
+            self._driver.leave_tree(tree)
+
+    def _on_event(self, event: TreeDelivery) -> None:
+        for subscription in self._subscriptions.get(event.tree, ()):
+            subscription._push(event.data)
+
+
+def _network(network: str | None, key: NetworkKey | bytes | None) -> Network:
+    if network is None and key is None:
+        return DEV_NETWORK
+    if network is None or key is None:
+        raise ConfigError("a real network needs both network= and key=")
+    if isinstance(key, bytes):
+        key = NetworkKey.from_bytes(key)
+    return Network(network, key)
+
+
+async def serve_node(
+    cluster: str | None = None,
+    *,
+    network: str | None = None,
+    key: NetworkKey | bytes | None = None,
+    listen: str | None = None,
+    seeds: Sequence[str] = (),
+    discovery: DiscoveryMode | None = None,
+    identity: NodeIdentity | None = None,
+    config: OverlayConfig | None = None,
+    task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run a node until cancelled (the composable form of :func:`join`).
+
+    Reports the :class:`Node` through ``task_status``. See :func:`join` for the
+    arguments.
+    """
+    chosen = _network(network, key)
+    dev = chosen is DEV_NETWORK
+    if dev:
+        log.warning("iris_trio: dev network (loopback only; its key is published, not secret)")
+    mode: DiscoveryMode = discovery or ("loopback" if dev else "lan")
+    if dev and mode == "lan":
+        raise ConfigError("the dev network discovers on loopback only")
+    host, _, port = (listen or ("127.0.0.1:0" if dev else "0.0.0.0:0")).rpartition(":")
+    driver = OverlayDriver(
+        identity or NodeIdentity.generate(),
+        chosen,
+        host=host.strip("[]"),
+        port=int(port),
+        seeds=list(seeds),
+        discovery=DiscoveryConfig(mode=mode),
+        config=config,
+    )
+    node = Node(driver, cluster)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(driver.run)
+        if cluster is not None:
+            driver.join_tree(name_id(CLUSTER, cluster))
+        task_status.started(node)
+
+
+@asynccontextmanager
+async def join(
+    cluster: str | None = None,
+    *,
+    network: str | None = None,
+    key: NetworkKey | bytes | None = None,
+    listen: str | None = None,
+    seeds: Sequence[str] = (),
+    discovery: DiscoveryMode | None = None,
+    identity: NodeIdentity | None = None,
+    config: OverlayConfig | None = None,
+) -> AsyncIterator[Node]:
+    """Join the overlay (as a member of ``cluster``, if given) for the ``async with`` body.
+
+    Args:
+        cluster: a cluster to be a member of.
+        network / key: a real network (name and key); without both, the dev
+            network: loopback only, zero configuration, not secret.
+        listen: "host:port" to accept links on (dev: 127.0.0.1:0; else 0.0.0.0:0).
+        seeds: addresses to join through, in addition to discovery.
+        discovery: "loopback", "lan" or "off" (dev: loopback; else lan).
+        identity: the node's key pair (default: a fresh one).
+        config: overlay timing and sizing.
+
+    Network failures never escape; the body's own exception leaves unwrapped.
+    On exit the node leaves the overlay gracefully.
+    """
+    async with open_unwrapped_nursery() as nursery:
+        node: Node = await nursery.start(
+            lambda task_status: serve_node(
+                cluster,
+                network=network,
+                key=key,
+                listen=listen,
+                seeds=seeds,
+                discovery=discovery,
+                identity=identity,
+                config=config,
+                task_status=task_status,
+            )
+        )
+        try:
+            yield node
+        finally:
+            nursery.cancel_scope.cancel()
