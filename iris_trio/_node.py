@@ -61,8 +61,9 @@ class Subscription(trio.abc.ReceiveChannel[bytes]):
     subscriber that falls behind loses events, nobody else does.
     """
 
-    def __init__(self, node: Node, topic: str, capacity: int) -> None:
+    def __init__(self, node: Node, topic: str, capacity: int, *, tree: int) -> None:
         self.topic = topic
+        self.tree = tree
         self._node = node
         self._capacity = capacity
         self._buffer: collections.deque[bytes] = collections.deque()
@@ -118,8 +119,13 @@ class Node:
     def __init__(self, driver: OverlayDriver, cluster: str | None) -> None:
         self._driver = driver
         self.cluster = cluster
-        self._subscriptions: dict[int, set[Subscription]] = {}
+        # Receivers per tree id: topic subscriptions and broadcast receivers alike.
+        self._receivers: dict[int, set[Subscription]] = {}
+        self._clusters: collections.Counter[str] = collections.Counter()
+        self._broadcast_receivers: set[Subscription] = set()
         driver.on_tree_event = self._on_event
+        if cluster is not None:
+            self._clusters[cluster] += 1
 
     @property
     def id(self) -> bytes:
@@ -155,11 +161,21 @@ class Node:
             TypeError: ``data`` is not bytes.
             MessageTooLargeError: ``data`` exceeds 8 MiB.
         """
+        await self._send_to_tree(name_id(TOPIC, topic), data)
+
+    async def broadcast(self, cluster: str, data: bytes) -> None:
+        """Send ``data`` to every member of ``cluster`` (none: it goes nowhere).
+
+        Best effort, each sender's messages in order, no duplicates. Paced like
+        :meth:`publish`. Raises like :meth:`publish`.
+        """
+        await self._send_to_tree(name_id(CLUSTER, cluster), data)
+
+    async def _send_to_tree(self, tree: int, data: bytes) -> None:
         if type(data) is not bytes:
             raise TypeError(f"data must be bytes, not {type(data).__name__}")
         if len(data) > MAX_MESSAGE_SIZE:
             raise MessageTooLargeError(f"{len(data)} bytes exceed {MAX_MESSAGE_SIZE}")
-        tree = name_id(TOPIC, topic)
         link = self._driver.next_hop_link(tree)
         if link is not None:
             # A link that is going raises here: the overlay reroutes, so go on.
@@ -179,30 +195,68 @@ class Node:
         """
         if capacity < 1:
             raise ConfigError("capacity must be at least 1")
-        tree = name_id(TOPIC, topic)
-        subscription = Subscription(self, topic, capacity)
-        subscribers = self._subscriptions.setdefault(tree, set())
-        subscribers.add(subscription)
-        if len(subscribers) == 1:
-            self._driver.join_tree(tree)
+        subscription = Subscription(self, topic, capacity, tree=name_id(TOPIC, topic))
+        self._attach(subscription.tree, subscription)
         try:
             yield subscription
         finally:
             await subscription.aclose()
 
+    @asynccontextmanager
+    async def join(self, cluster: str) -> AsyncIterator[None]:
+        """Be a member of ``cluster`` as well, for the ``async with`` body."""
+        self._clusters[cluster] += 1
+        if self._clusters[cluster] == 1:
+            self._driver.join_tree(name_id(CLUSTER, cluster))
+            for receiver in self._broadcast_receivers:
+                self._receivers.setdefault(name_id(CLUSTER, cluster), set()).add(receiver)
+        try:
+            yield
+        finally:
+            self._clusters[cluster] -= 1
+            if not self._clusters[cluster]:
+                del self._clusters[cluster]
+                tree = name_id(CLUSTER, cluster)
+                self._receivers.pop(tree, None)
+                self._driver.leave_tree(tree)
+
+    @asynccontextmanager
+    async def broadcasts(self, *, capacity: int = 1024) -> AsyncIterator[Subscription]:
+        """Receive the broadcasts sent to the clusters this node is a member of."""
+        if capacity < 1:
+            raise ConfigError("capacity must be at least 1")
+        receiver = Subscription(self, "", capacity, tree=-1)
+        self._broadcast_receivers.add(receiver)
+        for cluster in self._clusters:
+            self._receivers.setdefault(name_id(CLUSTER, cluster), set()).add(receiver)
+        try:
+            yield receiver
+        finally:
+            await receiver.aclose()
+
+    def _attach(self, tree: int, receiver: Subscription) -> None:
+        receivers = self._receivers.setdefault(tree, set())
+        receivers.add(receiver)
+        if len(receivers) == 1:
+            self._driver.join_tree(tree)
+
     def _unsubscribe(self, subscription: Subscription) -> None:
-        tree = name_id(TOPIC, subscription.topic)
-        subscribers = self._subscriptions.get(tree)
-        if subscribers is None:
+        if subscription in self._broadcast_receivers:
+            self._broadcast_receivers.discard(subscription)
+            for tree_receivers in self._receivers.values():
+                tree_receivers.discard(subscription)
             return
-        subscribers.discard(subscription)
-        if not subscribers:
-            del self._subscriptions[tree]
-            self._driver.leave_tree(tree)
+        receivers = self._receivers.get(subscription.tree)
+        if receivers is None:
+            return
+        receivers.discard(subscription)
+        if not receivers:
+            del self._receivers[subscription.tree]
+            self._driver.leave_tree(subscription.tree)
 
     def _on_event(self, event: TreeDelivery) -> None:
-        for subscription in self._subscriptions.get(event.tree, ()):
-            subscription._push(event.data)
+        for receiver in self._receivers.get(event.tree, ()):
+            receiver._push(event.data)
 
 
 def _network(network: str | None, key: NetworkKey | bytes | None) -> Network:

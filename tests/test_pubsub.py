@@ -184,3 +184,42 @@ async def test_join_on_the_dev_network_and_the_user_exception_leaves_unwrapped()
         async with iris_trio.join("echo", discovery="off") as node:
             assert node.cluster == "echo"
             raise BoomError
+
+
+async def test_broadcast_reaches_every_member_exactly_once() -> None:
+    async with nodes(10) as (group, _), trio.open_nursery() as holders:
+        members = group[2:10]
+        boxes: list[list[bytes]] = [[] for _ in members]
+
+        async def member(
+            node: iris_trio.Node, box: list[bytes], *, task_status: trio.TaskStatus[None]
+        ) -> None:
+            async with node.join("chat"), node.broadcasts() as messages:
+                task_status.started()
+                async for message in messages:
+                    box.append(message)
+
+        for node, box in zip(members, boxes, strict=True):
+            await holders.start(member, node, box)
+        tree = name_id("cluster", "chat")
+        ids = {n.driver.id for n in members}
+        closest = min((n.driver.id for n in group), key=lambda n: (ring_distance(n, tree), n))
+        with trio.fail_after(15):
+            while tree_problems(  # noqa: ASYNC110 - polls the oracle
+                {
+                    n.driver.id: n.driver.trees.trees[tree]
+                    for n in group
+                    if n.driver.trees and tree in n.driver.trees.trees
+                },
+                ids,
+                closest,
+            ):
+                await trio.sleep(0.05)
+        for sequence in range(50):
+            await group[0].broadcast("chat", b"%d" % sequence)
+        with trio.fail_after(15):
+            while any(len(box) < 50 for box in boxes):  # noqa: ASYNC110
+                await trio.sleep(0.05)
+        await trio.sleep(0.2)
+        assert all(box == [b"%d" % i for i in range(50)] for box in boxes)
+        holders.cancel_scope.cancel()
