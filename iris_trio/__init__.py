@@ -16,7 +16,6 @@ are being built on the same trees.
 
 from ._node import MAX_MESSAGE_SIZE as MAX_MESSAGE_SIZE
 from ._node import Node as Node
-from ._node import Subscription as Subscription
 from ._node import join as join
 from ._node import serve_node as serve_node
 from .crypto.identity import NodeIdentity as NodeIdentity
@@ -29,5 +28,7 @@ from .errors import IrisError as IrisError
 from .errors import KeyFormatError as KeyFormatError
 from .errors import MessageTooLargeError as MessageTooLargeError
 from .errors import ProtocolError as ProtocolError
+from .patterns.subscription import Subscription as Subscription
+from .patterns.subscription import SubscriptionStatistics as SubscriptionStatistics
 
 __version__ = "0.1.0.dev0"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import dataclasses
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -27,90 +26,15 @@ from .overlay.discovery import DiscoveryConfig, DiscoveryMode
 from .overlay.driver import OverlayDriver
 from .overlay.ids import name_id
 from .overlay.trees import TreeDelivery
+from .patterns.subscription import Subscription
 
-__all__ = [
-    "MAX_MESSAGE_SIZE",
-    "Node",
-    "Subscription",
-    "SubscriptionStatistics",
-    "join",
-    "serve_node",
-]
+__all__ = ["MAX_MESSAGE_SIZE", "Node", "join", "serve_node"]
 
 log = logging.getLogger("iris_trio")
 
 #: Largest message of the non-tunnel patterns.
 MAX_MESSAGE_SIZE: Final = 8 * 1024 * 1024
 CLUSTER, TOPIC = "cluster", "topic"
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class SubscriptionStatistics:
-    """Counters of one subscription."""
-
-    delivered: int
-    dropped: int
-    buffered: int
-
-
-class Subscription(trio.abc.ReceiveChannel[bytes]):
-    """The events of one topic, as a trio receive channel.
-
-    The buffer is bounded; when an event arrives while it is full, the oldest
-    buffered event is dropped and counted (``statistics().dropped``): a
-    subscriber that falls behind loses events, nobody else does.
-    """
-
-    def __init__(self, node: Node, topic: str, capacity: int, *, tree: int) -> None:
-        self.topic = topic
-        self.tree = tree
-        self._node = node
-        self._capacity = capacity
-        self._buffer: collections.deque[bytes] = collections.deque()
-        self._waiting = trio.lowlevel.ParkingLot()
-        self._closed = False
-        self._delivered = 0
-        self._dropped = 0
-
-    def _push(self, data: bytes) -> None:
-        if len(self._buffer) >= self._capacity:
-            self._buffer.popleft()
-            self._dropped += 1
-        self._buffer.append(data)
-        self._delivered += 1
-        self._waiting.unpark()
-
-    def receive_nowait(self) -> bytes:
-        """The next buffered event; raises trio.WouldBlock if there is none."""
-        if self._closed:
-            raise trio.ClosedResourceError("the subscription was closed")
-        if not self._buffer:
-            raise trio.WouldBlock
-        return self._buffer.popleft()
-
-    async def receive(self) -> bytes:
-        """Wait for the next event. Raises trio.ClosedResourceError once closed."""
-        await trio.lowlevel.checkpoint_if_cancelled()
-        while True:
-            try:
-                data = self.receive_nowait()
-            except trio.WouldBlock:
-                await self._waiting.park()
-            else:
-                await trio.lowlevel.cancel_shielded_checkpoint()
-                return data
-
-    async def aclose(self) -> None:
-        """Unsubscribe; pending and later receives raise trio.ClosedResourceError."""
-        if not self._closed:
-            self._closed = True
-            self._waiting.unpark_all()
-            self._node._unsubscribe(self)
-        await trio.lowlevel.checkpoint()
-
-    def statistics(self) -> SubscriptionStatistics:
-        """Events delivered to this subscription, dropped from it, still buffered."""
-        return SubscriptionStatistics(self._delivered, self._dropped, len(self._buffer))
 
 
 class Node:
@@ -195,7 +119,9 @@ class Node:
         """
         if capacity < 1:
             raise ConfigError("capacity must be at least 1")
-        subscription = Subscription(self, topic, capacity, tree=name_id(TOPIC, topic))
+        subscription = Subscription(
+            topic, capacity, tree=name_id(TOPIC, topic), on_close=self._unsubscribe
+        )
         self._attach(subscription.tree, subscription)
         try:
             yield subscription
@@ -225,7 +151,7 @@ class Node:
         """Receive the broadcasts sent to the clusters this node is a member of."""
         if capacity < 1:
             raise ConfigError("capacity must be at least 1")
-        receiver = Subscription(self, "", capacity, tree=-1)
+        receiver = Subscription("", capacity, tree=-1, on_close=self._unsubscribe)
         self._broadcast_receivers.add(receiver)
         for cluster in self._clusters:
             self._receivers.setdefault(name_id(CLUSTER, cluster), set()).add(receiver)

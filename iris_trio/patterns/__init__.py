@@ -1,4 +1,5 @@
-"""Patterns: request/reply, broadcast, publish/subscribe and tunnels.
+"""Patterns: publish/subscribe and broadcast (bounded subscriptions) so far;
+request/reply and tunnels next."""
 
-Not built yet: see the messaging patterns issue.
-"""
+from .subscription import Subscription as Subscription
+from .subscription import SubscriptionStatistics as SubscriptionStatistics
