@@ -185,7 +185,11 @@ class Node:
             receiver._push(event.data)
 
 
-def _network(network: str | None, key: NetworkKey | bytes | None) -> Network:
+def _network(network: str | Network | None, key: NetworkKey | bytes | None) -> Network:
+    if isinstance(network, Network):
+        if key is not None:
+            raise ConfigError("give the key inside the Network or as key=, not both")
+        return network
     if network is None and key is None:
         return DEV_NETWORK
     if network is None or key is None:
@@ -198,7 +202,7 @@ def _network(network: str | None, key: NetworkKey | bytes | None) -> Network:
 async def serve_node(
     cluster: str | None = None,
     *,
-    network: str | None = None,
+    network: str | Network | None = None,
     key: NetworkKey | bytes | None = None,
     listen: str | None = None,
     seeds: Sequence[str] = (),
@@ -241,7 +245,7 @@ async def serve_node(
 async def join(
     cluster: str | None = None,
     *,
-    network: str | None = None,
+    network: str | Network | None = None,
     key: NetworkKey | bytes | None = None,
     listen: str | None = None,
     seeds: Sequence[str] = (),
@@ -253,8 +257,8 @@ async def join(
 
     Args:
         cluster: a cluster to be a member of.
-        network / key: a real network (name and key); without both, the dev
-            network: loopback only, zero configuration, not secret.
+        network / key: a real network (its name and key, or a Network); without
+            them, the dev network: loopback only, zero configuration, not secret.
         listen: "host:port" to accept links on (dev: 127.0.0.1:0; else 0.0.0.0:0).
         seeds: addresses to join through, in addition to discovery.
         discovery: "loopback", "lan" or "off" (dev: loopback; else lan).

@@ -9,6 +9,7 @@ it leave the overlay gracefully and exit 0.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -18,11 +19,10 @@ from typing import Any
 
 import trio
 
+from ._node import Node, serve_node
 from .crypto.identity import NodeIdentity
 from .crypto.keys import DEV_NETWORK, Network, NetworkKey
 from .errors import IrisError
-from .overlay.config import OverlayConfig
-from .overlay.discovery import DiscoveryConfig, DiscoveryMode
 from .overlay.driver import OverlayDriver
 
 __all__ = ["main"]
@@ -110,31 +110,26 @@ def _status(driver: OverlayDriver) -> dict[str, Any]:
 
 
 async def _run(args: argparse.Namespace, network: Network, identity: NodeIdentity) -> None:
-    dev = network.is_dev
-    listen = args.listen or ("127.0.0.1:0" if dev else "0.0.0.0:0")
-    host, _, port = listen.rpartition(":")
-    mode: DiscoveryMode = args.discovery or ("loopback" if dev else "lan")
-    if dev and mode == "lan":
-        raise IrisError("the dev network discovers on loopback only")
-    driver = OverlayDriver(
-        identity,
-        network,
-        host=host.strip("[]"),
-        port=int(port),
-        seeds=args.seed,
-        discovery=DiscoveryConfig(mode=mode),
-        config=OverlayConfig(),
-    )
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
-            await nursery.start(driver.run)
+            node: Node = await nursery.start(
+                functools.partial(
+                    serve_node,
+                    network=None if network.is_dev else network,
+                    listen=args.listen,
+                    seeds=args.seed,
+                    discovery=args.discovery,
+                    identity=identity,
+                )
+            )
+            driver = node.driver
             _emit(
                 {
                     "event": "ready",
                     "node_id": f"{driver.id:032x}",
                     "address": driver.address,
                     "network": network.name,
-                    "discovery": mode,
+                    "discovery": driver.discovery.mode,
                 }
             )
             if args.status_interval > 0:
