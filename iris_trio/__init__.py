@@ -27,7 +27,11 @@ from .errors import HandshakeError as HandshakeError
 from .errors import IrisError as IrisError
 from .errors import KeyFormatError as KeyFormatError
 from .errors import MessageTooLargeError as MessageTooLargeError
+from .errors import NoRespondersError as NoRespondersError
 from .errors import ProtocolError as ProtocolError
+from .errors import RemoteError as RemoteError
+from .patterns.requests import IncomingRequests as IncomingRequests
+from .patterns.requests import Request as Request
 from .patterns.subscription import Subscription as Subscription
 from .patterns.subscription import SubscriptionStatistics as SubscriptionStatistics
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+import math
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Final
 
@@ -20,12 +22,20 @@ import trio
 from ._util import open_unwrapped_nursery
 from .crypto.identity import NodeIdentity
 from .crypto.keys import DEV_NETWORK, Network, NetworkKey
-from .errors import ConfigError, MessageTooLargeError
+from .errors import ConfigError, MessageTooLargeError, NoRespondersError, RemoteError
 from .overlay.config import OverlayConfig
 from .overlay.discovery import DiscoveryConfig, DiscoveryMode
 from .overlay.driver import OverlayDriver
-from .overlay.ids import name_id
-from .overlay.trees import TreeDelivery
+from .overlay.ids import from_bytes, name_id
+from .overlay.trees import (
+    NO_RESPONDERS,
+    OVERLOADED,
+    REPLY,
+    ReplyDelivery,
+    RequestDelivery,
+    TreeDelivery,
+)
+from .patterns.requests import IncomingRequests, Request
 from .patterns.subscription import Subscription
 
 __all__ = ["MAX_MESSAGE_SIZE", "Node", "join", "serve_node"]
@@ -34,6 +44,12 @@ log = logging.getLogger("iris_trio")
 
 #: Largest message of the non-tunnel patterns.
 MAX_MESSAGE_SIZE: Final = 8 * 1024 * 1024
+#: A request with neither a cancel-scope deadline nor timeout= gives up after this.
+DEFAULT_REQUEST_TIMEOUT: Final = 30.0
+#: Requests a member handles at once unless told otherwise (as Iris: 4 x CPU).
+DEFAULT_HANDLER_LIMIT: Final = 4 * (os.cpu_count() or 1)
+#: Bytes of requests a member queues before refusing more (as Iris).
+MAX_QUEUED_BYTES: Final = 64 * 1024 * 1024
 CLUSTER, TOPIC = "cluster", "topic"
 
 
@@ -48,6 +64,10 @@ class Node:
         self._clusters: collections.Counter[str] = collections.Counter()
         self._broadcast_receivers: set[Subscription] = set()
         driver.on_tree_event = self._on_event
+        driver.on_request = self._on_request
+        driver.on_reply = self._on_reply
+        self._pending: dict[bytes, _PendingRequest] = {}
+        self._incoming: dict[int, tuple[IncomingRequests, int]] = {}  # tree -> (queue, limit)
         if cluster is not None:
             self._clusters[cluster] += 1
 
@@ -96,10 +116,7 @@ class Node:
         await self._send_to_tree(name_id(CLUSTER, cluster), data)
 
     async def _send_to_tree(self, tree: int, data: bytes) -> None:
-        if type(data) is not bytes:
-            raise TypeError(f"data must be bytes, not {type(data).__name__}")
-        if len(data) > MAX_MESSAGE_SIZE:
-            raise MessageTooLargeError(f"{len(data)} bytes exceed {MAX_MESSAGE_SIZE}")
+        _check_message(data)
         link = self._driver.next_hop_link(tree)
         if link is not None:
             # A link that is going raises here: the overlay reroutes, so go on.
@@ -183,6 +200,182 @@ class Node:
     def _on_event(self, event: TreeDelivery) -> None:
         for receiver in self._receivers.get(event.tree, ()):
             receiver._push(event.data)
+
+    # ----------------------------------------------------------- request / reply
+
+    async def request(self, cluster: str, data: bytes, timeout: float | None = None) -> bytes:
+        """Send ``data`` to one member of ``cluster`` and return its reply.
+
+        The deadline is the caller's cancel scope or ``timeout`` (seconds),
+        whichever is earlier; with neither, 30 s. The remaining time travels with
+        the request, and the member drops it if it expires before it is handled.
+
+        Raises:
+            NoRespondersError: the cluster has no member (at once).
+            RemoteError: the member's handler failed (carries its message).
+            trio.TooSlowError: ``timeout`` (or the 30 s default) expired.
+            TypeError / MessageTooLargeError: ``data`` is not bytes or too large.
+        """
+        _check_message(data)
+        now = trio.current_time()
+        scope_deadline = trio.current_effective_deadline()
+        own = now + (DEFAULT_REQUEST_TIMEOUT if timeout is None else timeout)
+        deadline = min(scope_deadline, own)
+        if deadline <= now:
+            raise trio.TooSlowError
+        request_id = os.urandom(16)
+        pending = _PendingRequest()
+        self._pending[request_id] = pending
+        try:
+            milliseconds = min(2**32 - 1, max(1, math.ceil((deadline - now) * 1000)))
+            self._driver.request(name_id(CLUSTER, cluster), request_id, milliseconds, data)
+            if own <= scope_deadline:  # our timeout binds: raise TooSlowError
+                with trio.fail_at(own):
+                    await pending.done.wait()
+            else:  # the caller's scope binds: let it cancel us
+                await pending.done.wait()
+        finally:
+            del self._pending[request_id]
+        if pending.status == REPLY:
+            return pending.data
+        if pending.status == NO_RESPONDERS:
+            raise NoRespondersError(f"cluster {cluster!r} has no member")
+        message = pending.data.decode("utf-8", "replace")
+        if pending.status == OVERLOADED:
+            raise RemoteError(f"the member was overloaded: {message}")
+        raise RemoteError(message)
+
+    def _on_reply(self, delivery: ReplyDelivery) -> None:
+        pending = self._pending.get(delivery.reply.request_id)
+        if pending is not None and not pending.done.is_set():
+            pending.status, pending.data = delivery.reply.status, delivery.reply.data
+            pending.done.set()
+
+    @asynccontextmanager
+    async def requests(
+        self,
+        cluster: str | None = None,
+        *,
+        limit: int | None = None,
+    ) -> AsyncIterator[IncomingRequests]:
+        """Receive the requests sent to ``cluster`` (default: the node's cluster).
+
+        ``limit`` is the number of requests this member takes at once (default
+        4 x CPU); it is the capacity load balancing steers by. Requests whose
+        deadline passed while queued are dropped, not handed out.
+        """
+        name = cluster or self.cluster
+        if name is None:
+            raise ConfigError("requests() needs a cluster (or join() one)")
+        tree = name_id(CLUSTER, name)
+        if tree in self._incoming:
+            raise ConfigError(f"requests of {name!r} are already being received")
+        limit = limit or DEFAULT_HANDLER_LIMIT
+        async with self.join(name):
+            incoming = IncomingRequests(lambda: self._report_spare(tree), self._stop_requests)
+            self._incoming[tree] = (incoming, limit)
+            self._report_spare(tree)
+            try:
+                yield incoming
+            finally:
+                await incoming.aclose()
+
+    async def serve(
+        self,
+        handler: Callable[[bytes], Awaitable[bytes]],
+        cluster: str | None = None,
+        *,
+        limit: int | None = None,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Answer the requests of ``cluster`` with ``handler`` until cancelled.
+
+        One task per request, at most ``limit`` at once (default 4 x CPU); each
+        runs under the request's deadline. An exception from the handler goes to
+        the requester as RemoteError.
+        """
+        limit = limit or DEFAULT_HANDLER_LIMIT
+        limiter = trio.CapacityLimiter(limit)
+        async with self.requests(cluster, limit=limit) as incoming, trio.open_nursery() as tasks:
+            task_status.started()
+            while True:
+                token = object()
+                await limiter.acquire_on_behalf_of(token)
+                request = await incoming.receive()
+                tasks.start_soon(_handle, handler, request, limiter, token)
+
+    def _report_spare(self, tree: int) -> None:
+        incoming, limit = self._incoming.get(tree, (None, 0))
+        if incoming is not None:
+            self._driver.set_spare(tree, limit - incoming.in_flight - len(incoming))
+
+    def _stop_requests(self, incoming: IncomingRequests) -> None:
+        for tree, (queue, _) in list(self._incoming.items()):
+            if queue is incoming:
+                del self._incoming[tree]
+                self._driver.set_spare(tree, 0)
+        for request in incoming.take_all():
+            self._answer(request, OVERLOADED, b"the member stopped serving")
+
+    def _on_request(self, delivery: RequestDelivery) -> None:
+        request = delivery.request
+        requester = from_bytes(request.requester)
+        entry = self._incoming.get(delivery.tree)
+        if entry is None:
+            self._driver.reply(
+                requester, request.request_id, OVERLOADED, b"the member is not serving requests"
+            )
+            return
+        incoming = entry[0]
+        if incoming.queued_bytes + len(request.data) > MAX_QUEUED_BYTES:
+            self._driver.reply(
+                requester, request.request_id, OVERLOADED, b"the member's request queue is full"
+            )
+            return
+        deadline = trio.current_time() + request.timeout_ms / 1000
+
+        def answer(handled: Request, status: int, data: bytes) -> None:
+            incoming._answered()
+            self._answer(handled, status, data)
+
+        incoming._push(Request(request.data, deadline, request.request_id, requester, answer))
+
+    def _answer(self, request: Request, status: int, data: bytes) -> None:
+        self._driver.reply(request.requester, request.request_id, status, data)
+
+
+class _PendingRequest:
+    __slots__ = ("data", "done", "status")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.status = REPLY
+        self.data = b""
+
+
+def _check_message(data: bytes) -> None:
+    if type(data) is not bytes:
+        raise TypeError(f"data must be bytes, not {type(data).__name__}")
+    if len(data) > MAX_MESSAGE_SIZE:
+        raise MessageTooLargeError(f"{len(data)} bytes exceed {MAX_MESSAGE_SIZE}")
+
+
+async def _handle(
+    handler: Callable[[bytes], Awaitable[bytes]],
+    request: Request,
+    limiter: trio.CapacityLimiter,
+    token: object,
+) -> None:
+    try:
+        with trio.move_on_at(request.deadline):  # late work is dropped
+            try:
+                result = await handler(request.data)
+            except Exception as exc:  # the handler's failure goes to the requester
+                await request.fail(str(exc) or type(exc).__name__)
+            else:
+                await request.reply(result)
+    finally:
+        limiter.release_on_behalf_of(token)
 
 
 def _network(network: str | Network | None, key: NetworkKey | bytes | None) -> Network:

@@ -19,7 +19,9 @@ __all__ = [
     "IrisError",
     "KeyFormatError",
     "MessageTooLargeError",
+    "NoRespondersError",
     "ProtocolError",
+    "RemoteError",
 ]
 
 
@@ -55,3 +57,11 @@ class KeyFormatError(IrisError, ValueError):
 
 class ConfigError(IrisError, ValueError):
     """A configuration value is out of range or inconsistent."""
+
+
+class NoRespondersError(IrisError):
+    """The cluster has no member: raised at once, not after the timeout."""
+
+
+class RemoteError(IrisError):
+    """The member's handler failed; the message is the handler's error text."""

@@ -34,13 +34,16 @@ from .config import OverlayConfig
 from .discovery import DiscoveryConfig, run_discovery
 from .frames import Heartbeat, Leave, OverlayState, Route, RouteAck
 from .ids import from_bytes
-from .node import Connect, Deliver, Disconnect, Effect, OverlayNode, Send
-from .tree_frames import TreeHeartbeat, TreePrune, TreePublish
-from .trees import TreeConfig, TreeDelivery, TreeNode
+from .node import Connect, Deliver, Disconnect, OverlayNode, Send
+from .tree_frames import TreeHeartbeat, TreePrune, TreePublish, TreeRequest
+from .trees import ReplyDelivery, RequestDelivery, TreeConfig, TreeDelivery, TreeNode
 
 __all__ = ["OverlayDriver"]
 
 log = logging.getLogger("iris_trio.overlay")
+
+#: How long a duplicate link stays open (read, not written) after the choice.
+_RETIRE_DELAY = 2.0
 
 _OVERLAY_FRAMES = (
     OverlayState,
@@ -51,6 +54,7 @@ _OVERLAY_FRAMES = (
     TreeHeartbeat,
     TreePrune,
     TreePublish,
+    TreeRequest,
 )
 
 
@@ -123,6 +127,10 @@ class OverlayDriver:
         self.on_deliver = on_deliver
         self.on_other_frame = on_other_frame
         self.on_tree_event = on_tree_event
+        #: Called with each request this node should handle as a cluster member.
+        self.on_request: Callable[[RequestDelivery], None] | None = None
+        #: Called with each reply to a request this node made.
+        self.on_reply: Callable[[ReplyDelivery], None] | None = None
         self.id = from_bytes(identity.node_id)
         self._rng = rng or random.Random()
         self.overlay: OverlayNode | None = None
@@ -243,11 +251,15 @@ class OverlayDriver:
             return
         existing = self._links.get(node)
         if existing is not None and existing.is_open:
+            # Both ends keep the link initiated by the lower id and send only on it.
+            # The other one stays open a moment, still read, so nothing the peer
+            # sent on it before it made the same choice is lost.
             if self._initiators[existing] <= initiator:
-                return  # keep the link initiated by the lower id; this one closes
+                await trio.sleep(_RETIRE_DELAY)
+                return
             self._links[node] = link
             self._initiators[link] = initiator
-            self._nursery_start(existing.aclose)
+            self._nursery_start(functools.partial(self._retire, existing))
         else:
             self._links[node] = link
             self._initiators[link] = initiator
@@ -261,6 +273,11 @@ class OverlayDriver:
                 del self._links[node]
                 self.overlay.disconnected(trio.current_time(), node)
                 self._flush()
+
+    @staticmethod
+    async def _retire(link: Link) -> None:
+        await trio.sleep(_RETIRE_DELAY)
+        await link.aclose()
 
     def _nursery_start(self, function: Callable[[], object]) -> None:
         if self._nursery is not None:
@@ -288,7 +305,7 @@ class OverlayDriver:
     def _flush(self) -> None:
         overlay, trees = self.overlay, self.trees
         assert overlay is not None and trees is not None
-        effects: list[Effect | TreeDelivery] = trees.take_effects()
+        effects = trees.take_effects()
         for effect in effects:
             if isinstance(effect, Send):
                 link = self._links.get(effect.node)
@@ -304,6 +321,10 @@ class OverlayDriver:
                 self.on_deliver(effect.route)
             elif isinstance(effect, TreeDelivery) and self.on_tree_event is not None:
                 self.on_tree_event(effect)
+            elif isinstance(effect, RequestDelivery) and self.on_request is not None:
+                self.on_request(effect)
+            elif isinstance(effect, ReplyDelivery) and self.on_reply is not None:
+                self.on_reply(effect)
         leaves = tuple(overlay.leaves)
         if leaves != self._last_leaves:
             self._last_leaves = leaves
@@ -345,6 +366,23 @@ class OverlayDriver:
         sequence = self.trees.publish(trio.current_time(), tree, data)
         self._flush()
         return sequence
+
+    def request(self, tree: int, request_id: bytes, timeout_ms: int, data: bytes) -> None:
+        """Send a request to one member of ``tree``."""
+        assert self.trees is not None, "the driver is not running"
+        self.trees.request(trio.current_time(), tree, request_id, timeout_ms, data)
+        self._flush()
+
+    def reply(self, requester: int, request_id: bytes, status: int, data: bytes) -> None:
+        """Answer a request."""
+        if self.trees is not None:
+            self.trees.reply(trio.current_time(), requester, request_id, status, data)
+            self._flush()
+
+    def set_spare(self, tree: int, spare: int) -> None:
+        """Report how many more requests of ``tree`` this member can take."""
+        if self.trees is not None:
+            self.trees.set_spare(tree, spare)
 
     def next_hop_link(self, key: int) -> Link | None:
         """The link a message for ``key`` leaves on (None if delivered here)."""

@@ -316,7 +316,10 @@ class OverlayNode:
         self._drop(node, now, reason=None)
 
     def received(self, now: float, node: int, frame: Frame) -> None:
-        """``frame`` arrived from the connected peer ``node``."""
+        """``frame`` arrived from the connected peer ``node``.
+
+        Frames of other layers may be passed too: any frame proves the peer alive.
+        """
         self._now = now
         peer = self._peers.get(node)
         if peer is None:

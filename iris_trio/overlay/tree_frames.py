@@ -1,4 +1,4 @@
-"""Tree frames (kinds 21-24)."""
+"""Tree frames (kinds 21-26)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import dataclasses
 from ..wire.fields import Blob, UInt
 from ..wire.frames import Frame, frame_kind
 
-__all__ = ["TreeHeartbeat", "TreeJoin", "TreePrune", "TreePublish"]
+__all__ = ["TreeHeartbeat", "TreeJoin", "TreePrune", "TreePublish", "TreeReply", "TreeRequest"]
 
 
 @frame_kind(21, Blob(exact=16))
@@ -18,12 +18,14 @@ class TreeJoin(Frame):
     tree: bytes
 
 
-@frame_kind(22, Blob(exact=16))
+@frame_kind(22, Blob(exact=16), UInt(32))
 @dataclasses.dataclass(frozen=True, slots=True)
 class TreeHeartbeat(Frame):
-    """Child to parent, periodically: "I am still your child"."""
+    """Child to parent, periodically: "I am still your child, and my subtree can
+    take ``spare`` more requests now"."""
 
     tree: bytes
+    spare: int
 
 
 @frame_kind(23, Blob(exact=16))
@@ -49,4 +51,42 @@ class TreePublish(Frame):
     tree: bytes
     publisher: bytes
     sequence: int
+    data: bytes
+
+
+@frame_kind(25, Blob(exact=16), Blob(exact=16), Blob(exact=16), UInt(32), Blob())
+@dataclasses.dataclass(frozen=True, slots=True)
+class TreeRequest(Frame):
+    """A request for one member of a tree: routed to the root, then down the tree
+    towards the subtree with the most spare capacity.
+
+    Attributes:
+        tree: the cluster's tree id.
+        request_id: unique per request (the requester matches the reply by it).
+        requester: the requesting node's id (replies are routed to it).
+        timeout_ms: the time the requester still waits, in milliseconds.
+        data: the request.
+    """
+
+    tree: bytes
+    request_id: bytes
+    requester: bytes
+    timeout_ms: int
+    data: bytes
+
+
+@frame_kind(26, Blob(exact=16), UInt(8), Blob())
+@dataclasses.dataclass(frozen=True, slots=True)
+class TreeReply(Frame):
+    """The answer to a :class:`TreeRequest`, routed to the requester.
+
+    Attributes:
+        request_id: the request answered.
+        status: 0 reply, 1 the handler failed (data: its message), 2 nobody is in
+            the cluster, 3 the member was overloaded.
+        data: the reply or the error message (UTF-8).
+    """
+
+    request_id: bytes
+    status: int
     data: bytes

@@ -24,9 +24,39 @@ from ..wire.frames import Frame, FrameCodec
 from .frames import Route
 from .ids import from_bytes, short, to_bytes
 from .node import Deliver, Effect, OverlayNode
-from .tree_frames import TreeHeartbeat, TreeJoin, TreePrune, TreePublish
+from .tree_frames import TreeHeartbeat, TreeJoin, TreePrune, TreePublish, TreeReply, TreeRequest
 
-__all__ = ["TreeConfig", "TreeDelivery", "TreeNode", "TreeState", "tree_problems"]
+__all__ = [
+    "NO_RESPONDERS",
+    "OVERLOADED",
+    "REMOTE_ERROR",
+    "REPLY",
+    "ReplyDelivery",
+    "RequestDelivery",
+    "TreeConfig",
+    "TreeDelivery",
+    "TreeNode",
+    "TreeState",
+    "tree_problems",
+]
+
+#: TreeReply status codes.
+REPLY, REMOTE_ERROR, NO_RESPONDERS, OVERLOADED = 0, 1, 2, 3
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RequestDelivery:
+    """A request this node (a member of its tree) should handle."""
+
+    tree: int
+    request: TreeRequest
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReplyDelivery:
+    """The reply to a request this node made."""
+
+    reply: TreeReply
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -67,6 +97,17 @@ class TreeState:
     children: dict[int, float] = dataclasses.field(default_factory=dict)
     join_sent_at: float | None = None
     heartbeat_due: float = 0.0
+    #: Requests this node can take now as a member (set by the layer above).
+    spare: int = 0
+    #: Spare capacity each child last reported for its subtree.
+    child_spare: dict[int, int] = dataclasses.field(default_factory=dict)
+    #: Requests sent to each child (or kept, key None) since its last report.
+    dispatched: dict[int | None, int] = dataclasses.field(default_factory=dict)
+
+    def subtree_spare(self) -> int:
+        """Spare capacity of this node's subtree, as it knows it."""
+        own = self.spare if self.member else 0
+        return max(0, own) + sum(max(0, spare) for spare in self.child_spare.values())
 
     @property
     def attached(self) -> bool:
@@ -92,7 +133,7 @@ class TreeNode:
         # (tree, publisher) -> last sequence delivered or forwarded: duplicates and
         # late (reordered) events are dropped, so each publisher's events stay in order.
         self._last_seen: dict[tuple[int, int], int] = {}
-        self._deliveries: list[TreeDelivery] = []
+        self._deliveries: list[TreeDelivery | RequestDelivery | ReplyDelivery] = []
         #: Events dropped as duplicates or out of order, and with no tree to go to.
         self.events_duplicate = 0
         self.events_orphaned = 0
@@ -128,20 +169,22 @@ class TreeNode:
         return sequence
 
     def received(self, now: float, node: int, frame: Frame) -> None:
-        """A frame from peer ``node``: tree frames here, the rest to the overlay."""
+        """A frame from peer ``node``: the overlay sees every frame (any frame proves
+        the peer alive), tree frames are handled here."""
         self._now = now
+        self.overlay.received(now, node, frame)
         if isinstance(frame, TreePublish):
             self._disseminate(frame, came_from=node)
+        elif isinstance(frame, TreeRequest):
+            self._dispatch(frame)
         elif isinstance(frame, TreeHeartbeat):
-            self._child_alive(from_bytes(frame.tree), node, now)
+            self._child_alive(from_bytes(frame.tree), node, now, frame.spare)
         elif isinstance(frame, TreePrune):
             tree = from_bytes(frame.tree)
             state = self.trees.get(tree)
             if state is not None and state.children.pop(node, None) is not None:
                 self._prune_if_unneeded(tree, state)
                 self._pin()
-        else:
-            self.overlay.received(now, node, frame)
 
     def tick(self, now: float) -> None:
         """Timers of the overlay and of every tree."""
@@ -152,6 +195,7 @@ class TreeNode:
             for child, heard in list(state.children.items()):
                 if now - heard > config.child_timeout or not self.overlay.is_connected(child):
                     del state.children[child]
+                    state.child_spare.pop(child, None)
             if state.parent is not None and not self.overlay.is_connected(state.parent):
                 state.parent = None  # the parent died: find another
             if state.root and self.overlay.next_hop(tree) is not None:
@@ -163,15 +207,43 @@ class TreeNode:
                 state.join_sent_at is None or now - state.join_sent_at > config.join_retry
             ):
                 self._send_join(tree, state)
-            if state.parent is not None and now >= state.heartbeat_due:
+            if now >= state.heartbeat_due:
+                # Our own member capacity is refreshed on the same cadence as the
+                # children's reports, so that dispatch weighs all alike.
                 state.heartbeat_due = now + config.heartbeat_interval
-                self.overlay.send_direct(now, state.parent, TreeHeartbeat(to_bytes(tree)))
+                state.dispatched.pop(None, None)
+                if state.parent is not None:
+                    spare = min(state.subtree_spare(), 2**32 - 1)
+                    self.overlay.send_direct(
+                        now, state.parent, TreeHeartbeat(to_bytes(tree), spare)
+                    )
         self._pin()
 
-    def take_effects(self) -> list[Effect | TreeDelivery]:
+    def set_spare(self, tree: int, spare: int) -> None:
+        """Tell the tree how many more requests this member can take now."""
+        state = self.trees.get(tree)
+        if state is not None:
+            state.spare = spare
+
+    def request(
+        self, now: float, tree: int, request_id: bytes, timeout_ms: int, data: bytes
+    ) -> None:
+        """Send a request to one member of ``tree`` (see :class:`TreeRequest`)."""
+        self._now = now
+        frame = TreeRequest(to_bytes(tree), request_id, to_bytes(self.overlay.id), timeout_ms, data)
+        self.overlay.route(now, tree, self._codec.encode(frame))
+
+    def reply(
+        self, now: float, requester: int, request_id: bytes, status: int, data: bytes
+    ) -> None:
+        """Answer a request: routed to the node that made it."""
+        self._now = now
+        self.overlay.route(now, requester, self._codec.encode(TreeReply(request_id, status, data)))
+
+    def take_effects(self) -> list[Effect | TreeDelivery | RequestDelivery | ReplyDelivery]:
         """The overlay's effects, with tree traffic handled here, then the events
         delivered to this node as a member."""
-        passed: list[Effect | TreeDelivery] = []
+        passed: list[Effect | TreeDelivery | RequestDelivery | ReplyDelivery] = []
         while True:
             effects = self.overlay.take_effects()
             if not effects:
@@ -191,7 +263,7 @@ class TreeNode:
             frame = self._codec.decode(route.payload)
         except ProtocolError:
             return None
-        return frame if isinstance(frame, (TreeJoin, TreePublish)) else None
+        return frame if isinstance(frame, (TreeJoin, TreePublish, TreeRequest, TreeReply)) else None
 
     def _join_frame(self, route: Route) -> TreeJoin | None:
         frame = self._tree_frame(route)
@@ -246,6 +318,12 @@ class TreeNode:
         if isinstance(frame, TreePublish):  # we are the root: send it down
             self._disseminate(frame, came_from=None)
             return True
+        if isinstance(frame, TreeRequest):  # we are the root: pick a subtree
+            self._dispatch(frame)
+            return True
+        if isinstance(frame, TreeReply):
+            self._deliveries.append(ReplyDelivery(frame))
+            return True
         assert isinstance(frame, TreeJoin)
         join = frame
         tree = from_bytes(join.tree)
@@ -258,9 +336,40 @@ class TreeNode:
         self._pin()
         return True
 
-    def _child_alive(self, tree: int, child: int, now: float) -> None:
+    def _dispatch(self, request: TreeRequest) -> None:
+        """Hand a request to this member or to the child subtree with most spare
+        capacity (reports minus what went there since); nobody: "no responders"."""
+        tree = from_bytes(request.tree)
+        state = self.trees.get(tree)
+        if state is None or not state.needed:
+            self.reply(
+                self._now, from_bytes(request.requester), request.request_id, NO_RESPONDERS, b""
+            )
+            return
+        scores: list[tuple[int, float, int | None]] = []
+        rng = self.overlay.rng
+        if state.member:
+            scores.append((state.spare - state.dispatched.get(None, 0), rng.random(), None))
+        for child in state.children:
+            spare = state.child_spare.get(child, 0) - state.dispatched.get(child, 0)
+            scores.append((spare, rng.random(), child))
+        for _, _, chosen in sorted(scores, key=lambda score: (-score[0], -score[1])):
+            state.dispatched[chosen] = state.dispatched.get(chosen, 0) + 1
+            if chosen is None:
+                self._deliveries.append(RequestDelivery(tree, request))
+                return
+            if self.overlay.send_direct(self._now, chosen, request):
+                return
+            # That child's link is gone: forget it, try the next best.
+            state.children.pop(chosen, None)
+            state.child_spare.pop(chosen, None)
+        self.reply(self._now, from_bytes(request.requester), request.request_id, NO_RESPONDERS, b"")
+
+    def _child_alive(self, tree: int, child: int, now: float, spare: int) -> None:
         state = self.trees.setdefault(tree, TreeState())
         state.children[child] = now
+        state.child_spare[child] = spare
+        state.dispatched.pop(child, None)
         if not state.attached and state.join_sent_at is None:
             self._send_join(tree, state)  # e.g. this node restarted and lost its place
         self._pin()

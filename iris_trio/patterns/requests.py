@@ -1,0 +1,129 @@
+"""The member side of request/reply: incoming requests and their answers."""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable
+
+import trio
+
+__all__ = ["IncomingRequests", "Request"]
+
+Answer = Callable[["Request", int, bytes], None]
+
+
+class Request:
+    """One request to this member.
+
+    Attributes:
+        data: the request's bytes.
+        deadline: the trio time after which the requester stops waiting.
+    """
+
+    __slots__ = ("_answer", "_answered", "data", "deadline", "request_id", "requester")
+
+    def __init__(
+        self, data: bytes, deadline: float, request_id: bytes, requester: int, answer: Answer
+    ) -> None:
+        self.data = data
+        self.deadline = deadline
+        self.request_id = request_id
+        self.requester = requester
+        self._answer = answer
+        self._answered = False
+
+    @property
+    def expired(self) -> bool:
+        """True once the requester has stopped waiting."""
+        return trio.current_time() >= self.deadline
+
+    def _once(self, status: int, data: bytes) -> None:
+        if self._answered:
+            raise RuntimeError("this request was already answered")
+        self._answered = True
+        self._answer(self, status, data)
+
+    async def reply(self, data: bytes) -> None:
+        """Send the reply (once). A checkpoint."""
+        if type(data) is not bytes:
+            raise TypeError(f"data must be bytes, not {type(data).__name__}")
+        self._once(0, data)
+        await trio.lowlevel.checkpoint()
+
+    async def fail(self, message: str) -> None:
+        """Answer with an error: the requester gets RemoteError(message). A checkpoint."""
+        self._once(1, message.encode("utf-8", "replace"))
+        await trio.lowlevel.checkpoint()
+
+
+class IncomingRequests(trio.abc.ReceiveChannel[Request]):
+    """Requests to this member, oldest first; those whose deadline passed while
+    queued are dropped (counted), never handed out."""
+
+    def __init__(
+        self, on_change: Callable[[], None], on_close: Callable[[IncomingRequests], None]
+    ) -> None:
+        self._queue: collections.deque[Request] = collections.deque()
+        self._waiting = trio.lowlevel.ParkingLot()
+        self._on_change = on_change
+        self._on_close = on_close
+        self._closed = False
+        self.queued_bytes = 0
+        self.expired = 0
+        self.in_flight = 0
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def _push(self, request: Request) -> None:
+        self._queue.append(request)
+        self.queued_bytes += len(request.data)
+        self._waiting.unpark()
+        self._on_change()
+
+    def receive_nowait(self) -> Request:
+        """The next live request; raises trio.WouldBlock if there is none."""
+        if self._closed:
+            raise trio.ClosedResourceError("no longer receiving requests")
+        while self._queue:
+            request = self._queue.popleft()
+            self.queued_bytes -= len(request.data)
+            if request.expired:
+                self.expired += 1
+                continue
+            self.in_flight += 1
+            self._on_change()
+            return request
+        self._on_change()
+        raise trio.WouldBlock
+
+    async def receive(self) -> Request:
+        """Wait for the next live request."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while True:
+            try:
+                request = self.receive_nowait()
+            except trio.WouldBlock:
+                await self._waiting.park()
+            else:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return request
+
+    def _answered(self) -> None:
+        self.in_flight -= 1
+        self._on_change()
+
+    async def aclose(self) -> None:
+        """Stop receiving; queued requests are answered as failed."""
+        if not self._closed:
+            self._closed = True
+            self._waiting.unpark_all()
+            self._on_close(self)
+        await trio.lowlevel.checkpoint()
+
+    def take_all(self) -> list[Request]:
+        """Remove every queued request (when closing)."""
+        requests = list(self._queue)
+        self._queue.clear()
+        self.queued_bytes = 0
+        return requests

@@ -1,0 +1,128 @@
+"""Request/reply through join(): load balancing, errors, deadlines, over real TCP."""
+
+from __future__ import annotations
+
+import collections
+import math
+
+import pytest
+import trio
+
+import iris_trio
+
+from .test_pubsub import nodes
+
+
+async def echo_from(name: str, counts: collections.Counter[str]):  # type: ignore[no-untyped-def]
+    async def handler(data: bytes) -> bytes:
+        counts[name] += 1
+        return name.encode() + b":" + data
+
+    return handler
+
+
+async def test_requests_are_answered_once_and_spread_over_the_members() -> None:
+    async with nodes(8) as (group, _), trio.open_nursery() as servers:
+        counts: collections.Counter[str] = collections.Counter()
+        members = group[3:8]
+        for index, node in enumerate(members):
+            handler = await echo_from(f"m{index}", counts)
+            await servers.start(node.serve, handler, "echo")
+        clients = group[:3]
+        answers: dict[bytes, bytes] = {}
+
+        async def client(node: iris_trio.Node, prefix: bytes) -> None:
+            for sequence in range(400):
+                question = prefix + b"%d" % sequence
+                answers[question] = await node.request("echo", question, timeout=10)
+
+        with trio.fail_after(60):
+            async with trio.open_nursery() as load:
+                for index, node in enumerate(clients):
+                    for lane in range(4):  # several requests in flight per client
+                        load.start_soon(client, node, b"c%d.%d." % (index, lane))
+        assert len(answers) == 3 * 4 * 400
+        for question, answer in answers.items():
+            assert answer.split(b":", 1)[1] == question  # no cross-wired replies
+        assert sum(counts.values()) == len(answers)  # exactly once
+        share = len(answers) / len(members)
+        for name, count in counts.items():
+            assert abs(count - share) <= 0.25 * share, (name, counts)
+        servers.cancel_scope.cancel()
+
+
+async def test_no_responders_is_raised_at_once() -> None:
+    async with nodes(4) as (group, _):
+        start = trio.current_time()
+        with pytest.raises(iris_trio.NoRespondersError):
+            await group[0].request("nobody", b"hello?", timeout=10)
+        assert trio.current_time() - start < 1
+
+
+async def test_a_failing_handler_gives_remote_error() -> None:
+    async def broken(data: bytes) -> bytes:
+        raise ValueError("cannot compute " + data.decode())
+
+    async with nodes(4) as (group, _), trio.open_nursery() as servers:
+        await servers.start(group[2].serve, broken, "calc")
+        await trio.sleep(0.5)
+        with pytest.raises(iris_trio.RemoteError, match="cannot compute 2/0"):
+            await group[0].request("calc", b"2/0", timeout=10)
+        servers.cancel_scope.cancel()
+
+
+async def test_the_deadline_travels_and_late_work_is_dropped() -> None:
+    seen_remaining: list[float] = []
+    finished: list[bytes] = []
+
+    async def slow(data: bytes) -> bytes:
+        seen_remaining.append(trio.current_effective_deadline() - trio.current_time())
+        await trio.sleep(2)
+        finished.append(data)
+        return data
+
+    async with nodes(4) as (group, _), trio.open_nursery() as servers:
+        await servers.start(group[2].serve, slow, "slow")
+        await trio.sleep(0.5)
+        with pytest.raises(trio.TooSlowError):
+            await group[0].request("slow", b"late", timeout=0.5)
+        assert seen_remaining and 0 < seen_remaining[0] <= 0.5
+        await trio.sleep(2.5)
+        assert finished == []  # the handler was cancelled at the deadline
+        with trio.move_on_after(0.3) as scope:  # the caller's own scope works too
+            await group[0].request("slow", b"cancelled")
+        assert scope.cancelled_caught
+        servers.cancel_scope.cancel()
+
+
+async def test_pull_model_and_the_deadline_of_queued_requests() -> None:
+    async with (
+        nodes(4) as (group, _),
+        trio.open_nursery() as nursery,
+        group[3].requests("pull", limit=2) as incoming,
+    ):
+        await trio.sleep(0.5)
+        result: list[bytes] = []
+
+        async def ask() -> None:
+            result.append(await group[0].request("pull", b"ping", timeout=5))
+
+        nursery.start_soon(ask)
+        request = await incoming.receive()
+        assert request.data == b"ping" and not request.expired
+        assert math.isfinite(request.deadline)
+        await request.reply(b"pong")
+        with pytest.raises(RuntimeError):
+            await request.reply(b"twice")
+        with trio.fail_after(5):
+            while not result:  # noqa: ASYNC110
+                await trio.sleep(0.02)
+        assert result == [b"pong"]
+
+        # A request whose deadline passes while queued is dropped, never handed out.
+        with pytest.raises(trio.TooSlowError):
+            await group[0].request("pull", b"too late", timeout=0.3)
+        await trio.sleep(0.1)  # the member's clock started when the request arrived
+        with pytest.raises(trio.WouldBlock):
+            incoming.receive_nowait()
+        assert incoming.expired == 1
