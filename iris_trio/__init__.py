@@ -10,7 +10,7 @@ and encryption::
             print(await events.receive())
 
 Available so far: the overlay (Pastry routing, discovery, Scribe-like trees),
-cluster membership and publish/subscribe; request/reply, broadcast and tunnels
+cluster membership, publish/subscribe, broadcast and request/reply; tunnels
 are being built on the same trees.
 """
 

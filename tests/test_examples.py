@@ -16,6 +16,15 @@ EXAMPLES = Path(__file__).parent.parent / "examples"
     [
         ("pubsub_ticker.py", ["alice got IRIS 100.00", "bob got IRIS 109.00"]),
         ("broadcast_chat.py", ["ann heard: hello, cluster", "cat heard: exactly once, in order"]),
+        (
+            "request_echo.py",
+            [
+                "echoes hello",
+                "remote error:",
+                "refuses to explode",
+                "no responders in cluster 'nobody-here'",
+            ],
+        ),
     ],
 )
 def test_example_runs(script: str, expected: list[str]) -> None:
