@@ -31,6 +31,7 @@ from .overlay.trees import (
     NO_RESPONDERS,
     OVERLOADED,
     REPLY,
+    RETRY,
     ReplyDelivery,
     RequestDelivery,
     TreeDelivery,
@@ -48,6 +49,8 @@ MAX_MESSAGE_SIZE: Final = 8 * 1024 * 1024
 DEFAULT_REQUEST_TIMEOUT: Final = 30.0
 #: Requests a member handles at once unless told otherwise (as Iris: 4 x CPU).
 DEFAULT_HANDLER_LIMIT: Final = 4 * (os.cpu_count() or 1)
+#: Pause before sending again a request a member gave back unhandled.
+_RETRY_PAUSE: Final = 0.02
 #: Bytes of requests a member queues before refusing more (as Iris).
 MAX_QUEUED_BYTES: Final = 64 * 1024 * 1024
 CLUSTER, TOPIC = "cluster", "topic"
@@ -223,19 +226,11 @@ class Node:
         deadline = min(scope_deadline, own)
         if deadline <= now:
             raise trio.TooSlowError
-        request_id = os.urandom(16)
-        pending = _PendingRequest()
-        self._pending[request_id] = pending
-        try:
-            milliseconds = min(2**32 - 1, max(1, math.ceil((deadline - now) * 1000)))
-            self._driver.request(name_id(CLUSTER, cluster), request_id, milliseconds, data)
-            if own <= scope_deadline:  # our timeout binds: raise TooSlowError
-                with trio.fail_at(own):
-                    await pending.done.wait()
-            else:  # the caller's scope binds: let it cancel us
-                await pending.done.wait()
-        finally:
-            del self._pending[request_id]
+        if own <= scope_deadline:  # our timeout binds: raise TooSlowError
+            with trio.fail_at(own):
+                pending = await self._exchange(cluster, data, deadline)
+        else:  # the caller's scope binds: let it cancel us
+            pending = await self._exchange(cluster, data, deadline)
         if pending.status == REPLY:
             return pending.data
         if pending.status == NO_RESPONDERS:
@@ -244,6 +239,24 @@ class Node:
         if pending.status == OVERLOADED:
             raise RemoteError(f"the member was overloaded: {message}")
         raise RemoteError(message)
+
+    async def _exchange(self, cluster: str, data: bytes, deadline: float) -> _PendingRequest:
+        """Send until a member takes the request: one that did not handle it (it was
+        leaving, or not serving) answers RETRY, and sending again cannot duplicate."""
+        while True:
+            request_id = os.urandom(16)
+            pending = _PendingRequest()
+            self._pending[request_id] = pending
+            try:
+                remaining = deadline - trio.current_time()
+                milliseconds = min(2**32 - 1, max(1, math.ceil(remaining * 1000)))
+                self._driver.request(name_id(CLUSTER, cluster), request_id, milliseconds, data)
+                await pending.done.wait()
+            finally:
+                del self._pending[request_id]
+            if pending.status != RETRY:
+                return pending
+            await trio.sleep(_RETRY_PAUSE)
 
     def _on_reply(self, delivery: ReplyDelivery) -> None:
         pending = self._pending.get(delivery.reply.request_id)
@@ -315,7 +328,7 @@ class Node:
                 del self._incoming[tree]
                 self._driver.set_spare(tree, 0)
         for request in incoming.take_all():
-            self._answer(request, OVERLOADED, b"the member stopped serving")
+            self._answer(request, RETRY, b"the member stopped serving")
 
     def _on_request(self, delivery: RequestDelivery) -> None:
         request = delivery.request
@@ -323,7 +336,7 @@ class Node:
         entry = self._incoming.get(delivery.tree)
         if entry is None:
             self._driver.reply(
-                requester, request.request_id, OVERLOADED, b"the member is not serving requests"
+                requester, request.request_id, RETRY, b"the member is not serving requests"
             )
             return
         incoming = entry[0]

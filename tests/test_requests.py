@@ -126,3 +126,30 @@ async def test_pull_model_and_the_deadline_of_queued_requests() -> None:
         with pytest.raises(trio.WouldBlock):
             incoming.receive_nowait()
         assert incoming.expired == 1
+
+
+async def test_requests_queued_at_a_member_that_stops_go_to_another() -> None:
+    """Queued requests were never handled, so they are sent again: none is lost
+    and none is handled twice."""
+    async with nodes(5) as (group, _), trio.open_nursery() as outer:
+        answers: list[bytes] = []
+
+        async def ask() -> None:
+            answers.append(await group[0].request("work", b"job", timeout=10))
+
+        # The first member is the only one and does not read; leaving the block
+        # stops it with five requests queued (then the askers' nursery waits).
+        async with trio.open_nursery() as askers, group[3].requests("work") as incoming:
+            await trio.sleep(0.5)
+            for _ in range(5):
+                askers.start_soon(ask)
+            with trio.fail_after(5):
+                while len(incoming) < 5:  # noqa: ASYNC110
+                    await trio.sleep(0.02)
+
+            async def fast(data: bytes) -> bytes:
+                return b"fast"
+
+            await outer.start(group[4].serve, fast, "work")
+        assert answers == [b"fast"] * 5
+        outer.cancel_scope.cancel()

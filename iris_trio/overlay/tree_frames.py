@@ -83,7 +83,8 @@ class TreeReply(Frame):
     Attributes:
         request_id: the request answered.
         status: 0 reply, 1 the handler failed (data: its message), 2 nobody is in
-            the cluster, 3 the member was overloaded.
+            the cluster, 3 the member was overloaded, 4 the member did not handle
+            it (leaving, or not serving): send it again.
         data: the reply or the error message (UTF-8).
     """
 

@@ -31,6 +31,7 @@ __all__ = [
     "OVERLOADED",
     "REMOTE_ERROR",
     "REPLY",
+    "RETRY",
     "ReplyDelivery",
     "RequestDelivery",
     "TreeConfig",
@@ -40,8 +41,8 @@ __all__ = [
     "tree_problems",
 ]
 
-#: TreeReply status codes.
-REPLY, REMOTE_ERROR, NO_RESPONDERS, OVERLOADED = 0, 1, 2, 3
+#: TreeReply status codes (RETRY: the member did not handle it; send it again).
+REPLY, REMOTE_ERROR, NO_RESPONDERS, OVERLOADED, RETRY = 0, 1, 2, 3, 4
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
