@@ -2,12 +2,32 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import TypeVar
 
 import trio
 
-__all__ = ["open_unwrapped_nursery"]
+__all__ = ["open_unwrapped_nursery", "receive_parked"]
+
+T = TypeVar("T")
+
+
+async def receive_parked(receive_nowait: Callable[[], T], lot: trio.lowlevel.ParkingLot) -> T:
+    """The blocking form of ``receive_nowait``: park on ``lot`` while it would block.
+
+    The producer unparks ``lot`` when it adds an item. A checkpoint, like trio's
+    own channel operations.
+    """
+    await trio.lowlevel.checkpoint_if_cancelled()
+    while True:
+        try:
+            item = receive_nowait()
+        except trio.WouldBlock:
+            await lot.park()
+        else:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return item
 
 
 @asynccontextmanager

@@ -10,17 +10,10 @@ import trio
 
 import iris_trio
 from iris_trio.errors import MessageTooLargeError
-from iris_trio.overlay.config import OverlayConfig
 from iris_trio.overlay.ids import name_id, ring_distance
 from iris_trio.overlay.trees import tree_problems
 
-FAST = OverlayConfig(
-    heartbeat_interval=0.25,
-    suspect_after=1.0,
-    dead_after=2.0,
-    exchange_interval=1.0,
-    tick_interval=0.1,
-)
+from .test_overlay_driver import FAST
 
 
 @asynccontextmanager

@@ -7,6 +7,8 @@ from collections.abc import Callable
 
 import trio
 
+from .._util import receive_parked
+
 __all__ = ["IncomingRequests", "Request"]
 
 Answer = Callable[["Request", int, bytes], None]
@@ -99,15 +101,7 @@ class IncomingRequests(trio.abc.ReceiveChannel[Request]):
 
     async def receive(self) -> Request:
         """Wait for the next live request."""
-        await trio.lowlevel.checkpoint_if_cancelled()
-        while True:
-            try:
-                request = self.receive_nowait()
-            except trio.WouldBlock:
-                await self._waiting.park()
-            else:
-                await trio.lowlevel.cancel_shielded_checkpoint()
-                return request
+        return await receive_parked(self.receive_nowait, self._waiting)
 
     def _answered(self) -> None:
         self.in_flight -= 1

@@ -8,6 +8,8 @@ from collections.abc import Callable
 
 import trio
 
+from .._util import receive_parked
+
 __all__ = ["Subscription", "SubscriptionStatistics"]
 
 
@@ -60,15 +62,7 @@ class Subscription(trio.abc.ReceiveChannel[bytes]):
 
     async def receive(self) -> bytes:
         """Wait for the next event. Raises trio.ClosedResourceError once closed."""
-        await trio.lowlevel.checkpoint_if_cancelled()
-        while True:
-            try:
-                data = self.receive_nowait()
-            except trio.WouldBlock:
-                await self._waiting.park()
-            else:
-                await trio.lowlevel.cancel_shielded_checkpoint()
-                return data
+        return await receive_parked(self.receive_nowait, self._waiting)
 
     async def aclose(self) -> None:
         """Unsubscribe; pending and later receives raise trio.ClosedResourceError."""
