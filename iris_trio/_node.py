@@ -22,14 +22,22 @@ import trio
 from ._util import open_unwrapped_nursery
 from .crypto.identity import NodeIdentity
 from .crypto.keys import DEV_NETWORK, Network, NetworkKey
-from .errors import ConfigError, MessageTooLargeError, NoRespondersError, RemoteError
+from .errors import (
+    ConfigError,
+    MessageTooLargeError,
+    NoRespondersError,
+    ProtocolError,
+    RemoteError,
+)
 from .overlay.config import OverlayConfig
 from .overlay.discovery import DiscoveryConfig, DiscoveryMode
 from .overlay.driver import OverlayDriver
 from .overlay.ids import from_bytes, name_id
+from .overlay.tree_frames import TreeRequest
 from .overlay.trees import (
     NO_RESPONDERS,
     OVERLOADED,
+    REMOTE_ERROR,
     REPLY,
     RETRY,
     ReplyDelivery,
@@ -38,6 +46,10 @@ from .overlay.trees import (
 )
 from .patterns.requests import IncomingRequests, Request
 from .patterns.subscription import Subscription
+from .patterns.tunnel import DEFAULT_WINDOW, IncomingTunnels, Tunnel, TunnelPath
+from .patterns.tunnel_frames import TunnelAllow, TunnelClose, TunnelData, TunnelInit
+from .transport.link import Link
+from .wire.frames import Frame
 
 __all__ = ["MAX_MESSAGE_SIZE", "Node", "join", "serve_node"]
 
@@ -51,9 +63,17 @@ DEFAULT_REQUEST_TIMEOUT: Final = 30.0
 DEFAULT_HANDLER_LIMIT: Final = 4 * (os.cpu_count() or 1)
 #: Pause before sending again a request a member gave back unhandled.
 _RETRY_PAUSE: Final = 0.02
+#: Longest wait for a tree just joined to reach its root (then go on regardless:
+#: the tree keeps trying, and a partitioned node must not hang its user).
+_LINK_WAIT: Final = 5.0
 #: Bytes of requests a member queues before refusing more (as Iris).
 MAX_QUEUED_BYTES: Final = 64 * 1024 * 1024
 CLUSTER, TOPIC = "cluster", "topic"
+#: TreeRequest kinds.
+_REQUEST, _TUNNEL = 0, 1
+#: Tunnels a member queues (opened, not yet received) before refusing more.
+DEFAULT_TUNNEL_BACKLOG: Final = 1024
+_TUNNEL_FRAMES = (TunnelData, TunnelAllow, TunnelClose, TunnelInit)
 
 
 class Node:
@@ -71,6 +91,12 @@ class Node:
         driver.on_reply = self._on_reply
         self._pending: dict[bytes, _PendingRequest] = {}
         self._incoming: dict[int, tuple[IncomingRequests, int]] = {}  # tree -> (queue, limit)
+        self._tunnels: dict[bytes, Tunnel] = {}  # by the local end's id
+        self._tunnel_inboxes: dict[int, tuple[IncomingTunnels, int]] = {}  # tree -> (inbox, window)
+        self._local_path = _LocalPath(self)
+        self._nursery: trio.Nursery | None = None
+        driver.on_other_frame = self._on_link_frame
+        driver.on_peer_lost = self._on_peer_lost
         if cluster is not None:
             self._clusters[cluster] += 1
 
@@ -144,6 +170,7 @@ class Node:
         )
         self._attach(subscription.tree, subscription)
         try:
+            await self._wait_linked(subscription.tree)
             yield subscription
         finally:
             await subscription.aclose()
@@ -157,6 +184,7 @@ class Node:
             for receiver in self._broadcast_receivers:
                 self._receivers.setdefault(name_id(CLUSTER, cluster), set()).add(receiver)
         try:
+            await self._wait_linked(name_id(CLUSTER, cluster))
             yield
         finally:
             self._clusters[cluster] -= 1
@@ -179,6 +207,12 @@ class Node:
             yield receiver
         finally:
             await receiver.aclose()
+
+    async def _wait_linked(self, tree: int) -> None:
+        """Wait (a while at most) until a tree just joined reaches its root, so
+        that what is sent from now on reaches this node."""
+        with trio.move_on_after(_LINK_WAIT):
+            await self._driver.wait_linked(tree)
 
     def _attach(self, tree: int, receiver: Subscription) -> None:
         receivers = self._receivers.setdefault(tree, set())
@@ -220,6 +254,13 @@ class Node:
             TypeError / MessageTooLargeError: ``data`` is not bytes or too large.
         """
         _check_message(data)
+        return (await self._call(cluster, data, timeout, _PendingRequest())).data
+
+    async def _call(
+        self, cluster: str, data: bytes, timeout: float | None, pending: _PendingRequest
+    ) -> _PendingRequest:
+        """Send a request (or a tunnel opening) and wait for its answer under the
+        deadline rules of :meth:`request`; raise the answer's error, if any."""
         now = trio.current_time()
         scope_deadline = trio.current_effective_deadline()
         own = now + (DEFAULT_REQUEST_TIMEOUT if timeout is None else timeout)
@@ -228,11 +269,11 @@ class Node:
             raise trio.TooSlowError
         if own <= scope_deadline:  # our timeout binds: raise TooSlowError
             with trio.fail_at(own):
-                pending = await self._exchange(cluster, data, deadline)
+                await self._exchange(cluster, data, deadline, pending)
         else:  # the caller's scope binds: let it cancel us
-            pending = await self._exchange(cluster, data, deadline)
+            await self._exchange(cluster, data, deadline, pending)
         if pending.status == REPLY:
-            return pending.data
+            return pending
         if pending.status == NO_RESPONDERS:
             raise NoRespondersError(f"cluster {cluster!r} has no member")
         message = pending.data.decode("utf-8", "replace")
@@ -240,22 +281,26 @@ class Node:
             raise RemoteError(f"the member was overloaded: {message}")
         raise RemoteError(message)
 
-    async def _exchange(self, cluster: str, data: bytes, deadline: float) -> _PendingRequest:
+    async def _exchange(
+        self, cluster: str, data: bytes, deadline: float, pending: _PendingRequest
+    ) -> None:
         """Send until a member takes the request: one that did not handle it (it was
         leaving, or not serving) answers RETRY, and sending again cannot duplicate."""
         while True:
             request_id = os.urandom(16)
-            pending = _PendingRequest()
+            pending.done = trio.Event()
             self._pending[request_id] = pending
             try:
                 remaining = deadline - trio.current_time()
                 milliseconds = min(2**32 - 1, max(1, math.ceil(remaining * 1000)))
-                self._driver.request(name_id(CLUSTER, cluster), request_id, milliseconds, data)
+                self._driver.request(
+                    name_id(CLUSTER, cluster), request_id, milliseconds, data, pending.kind
+                )
                 await pending.done.wait()
             finally:
                 del self._pending[request_id]
             if pending.status != RETRY:
-                return pending
+                return
             await trio.sleep(_RETRY_PAUSE)
 
     def _on_reply(self, delivery: ReplyDelivery) -> None:
@@ -333,6 +378,9 @@ class Node:
     def _on_request(self, delivery: RequestDelivery) -> None:
         request = delivery.request
         requester = from_bytes(request.requester)
+        if request.kind == _TUNNEL:
+            self._on_tunnel_request(delivery.tree, requester, request.request_id, request)
+            return
         entry = self._incoming.get(delivery.tree)
         if entry is None:
             self._driver.reply(
@@ -356,14 +404,223 @@ class Node:
     def _answer(self, request: Request, status: int, data: bytes) -> None:
         self._driver.reply(request.requester, request.request_id, status, data)
 
+    # ----------------------------------------------------------------- tunnels
+
+    @asynccontextmanager
+    async def tunnel(
+        self, cluster: str, *, timeout: float | None = None, window: int = DEFAULT_WINDOW
+    ) -> AsyncIterator[Tunnel]:
+        """Open a tunnel to one member of ``cluster`` for the ``async with`` body.
+
+        Opening follows the deadline rules of :meth:`request` (the member must
+        take it within the caller's deadline or ``timeout``); the open tunnel has
+        no deadline. ``window`` is the bytes this end buffers for its reader.
+
+        Raises:
+            NoRespondersError: the cluster has no member (at once).
+            RemoteError: the member could not open the tunnel.
+            trio.TooSlowError: no member took it in time.
+        """
+        if window < 1:
+            raise ConfigError("window must be at least 1 byte")
+        pending = _PendingRequest(_TUNNEL, window)
+        try:
+            await self._call(cluster, self.address.encode(), timeout, pending)
+        except BaseException:
+            if pending.tunnel is not None:  # taken just as we gave up
+                pending.tunnel.abort("the requester gave up")
+            raise
+        assert pending.tunnel is not None
+        async with pending.tunnel as tunnel:
+            yield tunnel
+
+    @asynccontextmanager
+    async def tunnels(
+        self,
+        cluster: str | None = None,
+        *,
+        window: int = DEFAULT_WINDOW,
+        backlog: int = DEFAULT_TUNNEL_BACKLOG,
+    ) -> AsyncIterator[IncomingTunnels]:
+        """Receive the tunnels opened to ``cluster`` (default: the node's cluster).
+
+        Each received :class:`Tunnel` belongs to the receiver: use it in
+        ``async with tunnel:``. ``backlog`` tunnels wait to be received before
+        further openings are refused; ``window`` is each tunnel's receive buffer.
+        """
+        name = cluster or self.cluster
+        if name is None:
+            raise ConfigError("tunnels() needs a cluster (or join() one)")
+        if window < 1 or backlog < 1:
+            raise ConfigError("window and backlog must be at least 1")
+        tree = name_id(CLUSTER, name)
+        if tree in self._tunnel_inboxes:
+            raise ConfigError(f"tunnels of {name!r} are already being received")
+        async with self.join(name):
+            inbox = IncomingTunnels(backlog, self._stop_tunnels)
+            self._tunnel_inboxes[tree] = (inbox, window)
+            try:
+                yield inbox
+            finally:
+                await inbox.aclose()
+
+    def _stop_tunnels(self, inbox: IncomingTunnels) -> None:
+        for tree, (entry, _) in list(self._tunnel_inboxes.items()):
+            if entry is inbox:
+                del self._tunnel_inboxes[tree]
+
+    def _on_tunnel_request(
+        self, tree: int, requester: int, request_id: bytes, request: TreeRequest
+    ) -> None:
+        entry = self._tunnel_inboxes.get(tree)
+        if entry is None or self._nursery is None:
+            self._driver.reply(requester, request_id, RETRY, b"the member takes no tunnels")
+        elif len(entry[0]) >= entry[0].limit:
+            self._driver.reply(requester, request_id, OVERLOADED, b"too many tunnels waiting")
+        else:
+            address = request.data.decode("utf-8", "replace")
+            deadline = trio.current_time() + request.timeout_ms / 1000
+            self._nursery.start_soon(
+                self._open_member_end, entry, requester, request_id, address, deadline
+            )
+
+    async def _open_member_end(
+        self,
+        entry: tuple[IncomingTunnels, int],
+        requester: int,
+        request_id: bytes,
+        address: str,
+        deadline: float,
+    ) -> None:
+        inbox, window = entry
+        link: Link | None = None
+        with trio.move_on_at(deadline):
+            try:
+                if requester != self._driver.id:
+                    link = await self._driver.connect_peer(requester, address)
+            except OSError as exc:
+                message = f"the member cannot reach the requester: {exc}"
+                self._driver.reply(requester, request_id, REMOTE_ERROR, message.encode())
+                return
+            tunnel = self._new_tunnel(os.urandom(16), request_id, requester, 0, window, link)
+            if tunnel._send_control(lambda: TunnelInit(request_id, tunnel.local_id, window)):
+                inbox._push(tunnel)
+            else:
+                tunnel.abort("the link to the requester broke")
+
+    def _new_tunnel(
+        self,
+        local_id: bytes,
+        remote_id: bytes,
+        peer: int,
+        allowance: int,
+        window: int,
+        fallback: Link | None,
+    ) -> Tunnel:
+        tunnel = Tunnel(
+            local_id,
+            remote_id,
+            peer,
+            path=self._path_to(peer, fallback),
+            allowance=allowance,
+            window=window,
+            on_close=self._tunnel_closed,
+        )
+        self._tunnels[local_id] = tunnel
+        self._driver.hold(peer)
+        return tunnel
+
+    def _tunnel_closed(self, tunnel: Tunnel) -> None:
+        if self._tunnels.pop(tunnel.local_id, None) is not None:
+            self._driver.release(tunnel.peer)
+
+    def _path_to(self, peer: int, fallback: Link | None) -> Callable[[], TunnelPath | None]:
+        if peer == self._driver.id:
+            return lambda: self._local_path
+
+        def path() -> TunnelPath | None:
+            link = self._driver.peer_link(peer)
+            if link is None and fallback is not None and fallback.is_open:
+                return fallback  # the link the tunnel was set up on, not yet adopted
+            return link
+
+        return path
+
+    def _on_link_frame(self, link: Link, frame: Frame) -> None:
+        if not isinstance(frame, _TUNNEL_FRAMES):
+            raise ProtocolError(f"unexpected frame {type(frame).__name__}")
+        self._tunnel_frame(from_bytes(link.peer_id), frame, link)
+
+    def _tunnel_frame(self, peer: int, frame: Frame, link: Link | None) -> None:
+        if isinstance(frame, TunnelInit):
+            self._tunnel_taken(peer, frame, link)
+            return
+        assert isinstance(frame, (TunnelData, TunnelAllow, TunnelClose))
+        tunnel = self._tunnels.get(frame.tunnel)
+        if tunnel is None or tunnel.peer != peer:
+            return  # closed here meanwhile: what crossed our close is moot
+        try:
+            tunnel.frame_received(frame)
+        except ProtocolError as exc:
+            tunnel._break(f"the far end broke the protocol: {exc}")
+            raise
+
+    def _tunnel_taken(self, peer: int, frame: TunnelInit, link: Link | None) -> None:
+        pending = self._pending.get(frame.tunnel)
+        if pending is None or pending.kind != _TUNNEL or pending.done.is_set():
+            path = self._path_to(peer, link)()
+            if path is not None:  # tell the member at once rather than leave it waiting
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    path.send_control_nowait(
+                        TunnelClose(frame.member_tunnel, 0, "the requester gave up")
+                    )
+            return
+        tunnel = self._new_tunnel(
+            frame.tunnel, frame.member_tunnel, peer, frame.allowance, pending.window, link
+        )
+        tunnel._send_control(lambda: TunnelAllow(frame.member_tunnel, pending.window))
+        pending.tunnel = tunnel
+        pending.status = REPLY
+        pending.done.set()
+
+    def _on_peer_lost(self, peer: int) -> None:
+        for tunnel in list(self._tunnels.values()):
+            if tunnel.peer == peer:
+                tunnel._break("the link to the far end broke")
+
 
 class _PendingRequest:
-    __slots__ = ("data", "done", "status")
+    """A request (or tunnel opening) waiting for its answer."""
 
-    def __init__(self) -> None:
+    __slots__ = ("data", "done", "kind", "status", "tunnel", "window")
+
+    def __init__(self, kind: int = _REQUEST, window: int = 0) -> None:
         self.done = trio.Event()
         self.status = REPLY
         self.data = b""
+        self.kind = kind
+        self.window = window
+        self.tunnel: Tunnel | None = None
+
+
+class _LocalPath:
+    """The path of a tunnel whose two ends are on this node: frames are handed
+    over directly, with the same flow control as over a link."""
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+
+    @property
+    def is_open(self) -> bool:
+        return True
+
+    async def wait_send_capacity(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    def send_nowait(self, frame: Frame) -> None:
+        self._node._tunnel_frame(self._node._driver.id, frame, None)
+
+    send_control_nowait = send_nowait
 
 
 def _check_message(data: bytes) -> None:
@@ -441,6 +698,7 @@ async def serve_node(
     )
     node = Node(driver, cluster)
     async with trio.open_nursery() as nursery:
+        node._nursery = nursery
         await nursery.start(driver.run)
         if cluster is not None:
             driver.join_tree(name_id(CLUSTER, cluster))

@@ -35,7 +35,7 @@ from .discovery import DiscoveryConfig, run_discovery
 from .frames import Heartbeat, Leave, OverlayState, Route, RouteAck
 from .ids import from_bytes
 from .node import Connect, Deliver, Disconnect, OverlayNode, Send
-from .tree_frames import TreeHeartbeat, TreePrune, TreePublish, TreeRequest
+from .tree_frames import TreeAck, TreeHeartbeat, TreePrune, TreePublish, TreeRequest
 from .trees import ReplyDelivery, RequestDelivery, TreeConfig, TreeDelivery, TreeNode
 
 __all__ = ["OverlayDriver"]
@@ -51,6 +51,7 @@ _OVERLAY_FRAMES = (
     RouteAck,
     Heartbeat,
     Leave,
+    TreeAck,
     TreeHeartbeat,
     TreePrune,
     TreePublish,
@@ -131,6 +132,8 @@ class OverlayDriver:
         self.on_request: Callable[[RequestDelivery], None] | None = None
         #: Called with each reply to a request this node made.
         self.on_reply: Callable[[ReplyDelivery], None] | None = None
+        #: Called with a peer's id when the last link to it is gone.
+        self.on_peer_lost: Callable[[int], None] | None = None
         self.id = from_bytes(identity.node_id)
         self._rng = rng or random.Random()
         self.overlay: OverlayNode | None = None
@@ -218,7 +221,7 @@ class OverlayDriver:
             address = link.remote_address or ""
         await self._hold(link, initiator=from_bytes(link.peer_id), address=address)
 
-    async def _dial(self, address: str) -> None:
+    async def _dial(self, address: str, failed: trio.Event | None = None) -> None:
         self._dials += 1
         try:
             host, port = _split(address)
@@ -234,6 +237,8 @@ class OverlayDriver:
                 await self._hold(link, initiator=self.id, address=address)
         except (OSError, ValueError, HandshakeError):
             self._dial_failed(address)
+            if failed is not None:
+                failed.set()
 
     def _dial_failed(self, address: str) -> None:
         self._dials_failed += 1
@@ -273,6 +278,8 @@ class OverlayDriver:
                 del self._links[node]
                 self.overlay.disconnected(trio.current_time(), node)
                 self._flush()
+                if self.on_peer_lost is not None:
+                    self.on_peer_lost(node)
 
     @staticmethod
     async def _retire(link: Link) -> None:
@@ -360,6 +367,11 @@ class OverlayDriver:
         self.trees.join(trio.current_time(), tree)
         self._flush()
 
+    async def wait_linked(self, tree: int) -> None:
+        """Wait until this node is linked to the root of ``tree`` (after joining it)."""
+        while self.trees is None or not self.trees.is_linked(tree):
+            await self._changed.wait()
+
     def publish(self, tree: int, data: bytes) -> int:
         """Send ``data`` to every member of ``tree``; returns its sequence number."""
         assert self.trees is not None, "the driver is not running"
@@ -367,10 +379,12 @@ class OverlayDriver:
         self._flush()
         return sequence
 
-    def request(self, tree: int, request_id: bytes, timeout_ms: int, data: bytes) -> None:
-        """Send a request to one member of ``tree``."""
+    def request(
+        self, tree: int, request_id: bytes, timeout_ms: int, data: bytes, kind: int = 0
+    ) -> None:
+        """Send a request (or, ``kind`` 1, a tunnel opening) to one member of ``tree``."""
         assert self.trees is not None, "the driver is not running"
-        self.trees.request(trio.current_time(), tree, request_id, timeout_ms, data)
+        self.trees.request(trio.current_time(), tree, request_id, timeout_ms, data, kind)
         self._flush()
 
     def reply(self, requester: int, request_id: bytes, status: int, data: bytes) -> None:
@@ -383,6 +397,41 @@ class OverlayDriver:
         """Report how many more requests of ``tree`` this member can take."""
         if self.trees is not None:
             self.trees.set_spare(tree, spare)
+
+    def peer_link(self, node: int) -> Link | None:
+        """The link in use to peer ``node``, if there is one."""
+        return self._links.get(node)
+
+    async def connect_peer(self, node: int, address: str) -> Link:
+        """A link to ``node``: the one in use, or one dialled at ``address``.
+
+        Raises:
+            OSError: dialling failed (refused, unreachable, handshake failed).
+        """
+        link = self._links.get(node)
+        if link is not None and link.is_open:
+            return link
+        failed = trio.Event()
+        self._nursery_start(functools.partial(self._dial, address, failed))
+        while True:
+            link = self._links.get(node)
+            if link is not None and link.is_open:
+                return link
+            if failed.is_set():
+                raise OSError(f"cannot reach {address}")
+            await self._changed.wait()  # a link or a failed dial flushes
+
+    def hold(self, node: int) -> None:
+        """Keep the link to ``node`` up (e.g. while a tunnel uses it)."""
+        if self.overlay is not None:
+            self.overlay.held[node] += 1
+
+    def release(self, node: int) -> None:
+        """Undo one :meth:`hold`."""
+        if self.overlay is not None:
+            self.overlay.held[node] -= 1
+            if self.overlay.held[node] <= 0:
+                del self.overlay.held[node]
 
     def next_hop_link(self, key: int) -> Link | None:
         """The link a message for ``key`` leaves on (None if delivered here)."""

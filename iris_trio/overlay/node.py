@@ -24,6 +24,7 @@ are suppressed by message id.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import random
 from collections.abc import Callable
@@ -206,6 +207,8 @@ class OverlayNode:
         self.table = RoutingTable(node_id)
         #: Peers the layers above keep connected (tree links), whatever the tables say.
         self.pinned: set[int] = set()
+        #: Peers the patterns keep connected (tunnel ends), counted per holder.
+        self.held: collections.Counter[int] = collections.Counter()
         self._peers: dict[int, _Peer] = {}
         self._own_ref: NodeRef = (to_bytes(node_id), address)
         self._peer_ids: set[bytes] = set()  # wire ids of peers, to skip gossip cheaply
@@ -407,6 +410,7 @@ class OverlayNode:
                 and node not in self.leaves
                 and node not in self.table
                 and node not in self.pinned
+                and not self.held[node]
             ):
                 self._drop(node, now, reason="not needed by the tables")
         self._retransmit(now)

@@ -7,7 +7,9 @@ import dataclasses
 from ..wire.fields import Blob, UInt
 from ..wire.frames import Frame, frame_kind
 
-__all__ = ["TreeHeartbeat", "TreeJoin", "TreePrune", "TreePublish", "TreeReply", "TreeRequest"]
+__all__ = [
+    "TreeAck",
+    "TreeHeartbeat", "TreeJoin", "TreePrune", "TreePublish", "TreeReply", "TreeRequest"]
 
 
 @frame_kind(21, Blob(exact=16))
@@ -54,7 +56,7 @@ class TreePublish(Frame):
     data: bytes
 
 
-@frame_kind(25, Blob(exact=16), Blob(exact=16), Blob(exact=16), UInt(32), Blob())
+@frame_kind(25, Blob(exact=16), Blob(exact=16), Blob(exact=16), UInt(32), UInt(8), Blob())
 @dataclasses.dataclass(frozen=True, slots=True)
 class TreeRequest(Frame):
     """A request for one member of a tree: routed to the root, then down the tree
@@ -65,6 +67,7 @@ class TreeRequest(Frame):
         request_id: unique per request (the requester matches the reply by it).
         requester: the requesting node's id (replies are routed to it).
         timeout_ms: the time the requester still waits, in milliseconds.
+        kind: 0 a request; 1 a tunnel to open (data: the requester's address).
         data: the request.
     """
 
@@ -72,6 +75,7 @@ class TreeRequest(Frame):
     request_id: bytes
     requester: bytes
     timeout_ms: int
+    kind: int
     data: bytes
 
 
@@ -91,3 +95,15 @@ class TreeReply(Frame):
     request_id: bytes
     status: int
     data: bytes
+
+
+@frame_kind(31, Blob(exact=16))
+@dataclasses.dataclass(frozen=True, slots=True)
+class TreeAck(Frame):
+    """Parent to child: "I am linked to the root" (so the child is too).
+
+    Sent when a join is taken, when the parent itself becomes linked, and in
+    answer to heartbeats; a member knows it can be reached once it has one.
+    """
+
+    tree: bytes

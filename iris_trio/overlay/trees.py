@@ -24,7 +24,7 @@ from ..wire.frames import Frame, FrameCodec
 from .frames import Route
 from .ids import from_bytes, short, to_bytes
 from .node import Deliver, Effect, OverlayNode
-from .tree_frames import TreeHeartbeat, TreeJoin, TreePrune, TreePublish, TreeReply, TreeRequest
+from .tree_frames import TreeAck, TreeHeartbeat, TreeJoin, TreePrune, TreePublish, TreeReply, TreeRequest
 
 __all__ = [
     "NO_RESPONDERS",
@@ -95,6 +95,8 @@ class TreeState:
     member: bool = False
     parent: int | None = None
     root: bool = False
+    #: True once linked to the root (this node is the root, or its parent said so).
+    linked: bool = False
     children: dict[int, float] = dataclasses.field(default_factory=dict)
     join_sent_at: float | None = None
     heartbeat_due: float = 0.0
@@ -180,6 +182,11 @@ class TreeNode:
             self._dispatch(frame)
         elif isinstance(frame, TreeHeartbeat):
             self._child_alive(from_bytes(frame.tree), node, now, frame.spare)
+        elif isinstance(frame, TreeAck):
+            tree = from_bytes(frame.tree)
+            state = self.trees.get(tree)
+            if state is not None and state.parent == node and not state.linked:
+                self._set_linked(tree, state)
         elif isinstance(frame, TreePrune):
             tree = from_bytes(frame.tree)
             state = self.trees.get(tree)
@@ -199,8 +206,10 @@ class TreeNode:
                     state.child_spare.pop(child, None)
             if state.parent is not None and not self.overlay.is_connected(state.parent):
                 state.parent = None  # the parent died: find another
+                state.linked = False
             if state.root and self.overlay.next_hop(tree) is not None:
                 state.root = False  # someone closer appeared: join the true root
+                state.linked = False
             if not state.needed:
                 self._prune_if_unneeded(tree, state)
                 continue
@@ -227,11 +236,18 @@ class TreeNode:
             state.spare = spare
 
     def request(
-        self, now: float, tree: int, request_id: bytes, timeout_ms: int, data: bytes
+        self,
+        now: float,
+        tree: int,
+        request_id: bytes,
+        timeout_ms: int,
+        data: bytes,
+        kind: int = 0,
     ) -> None:
         """Send a request to one member of ``tree`` (see :class:`TreeRequest`)."""
         self._now = now
-        frame = TreeRequest(to_bytes(tree), request_id, to_bytes(self.overlay.id), timeout_ms, data)
+        requester = to_bytes(self.overlay.id)
+        frame = TreeRequest(to_bytes(tree), request_id, requester, timeout_ms, kind, data)
         self.overlay.route(now, tree, self._codec.encode(frame))
 
     def reply(
@@ -300,13 +316,17 @@ class TreeNode:
         state = self.trees.setdefault(tree, TreeState())
         if previous is None:  # our own join sets off towards the root
             state.root = False
+            state.linked = False
             state.parent = next_hop
             self._pin()
             return True
         state.children[previous] = self._now
         if state.attached:
+            if state.linked:
+                self.overlay.send_direct(self._now, previous, TreeAck(join.tree))
             self._pin()
             return False  # already in the tree: the join stops here
+        state.linked = False
         state.parent = next_hop
         state.join_sent_at = self._now
         self._pin()
@@ -334,6 +354,7 @@ class TreeNode:
         state.join_sent_at = None
         if effect.previous is not None:
             state.children[effect.previous] = self._now
+        self._set_linked(tree, state)
         self._pin()
         return True
 
@@ -366,11 +387,24 @@ class TreeNode:
             state.child_spare.pop(chosen, None)
         self.reply(self._now, from_bytes(request.requester), request.request_id, NO_RESPONDERS, b"")
 
+    def _set_linked(self, tree: int, state: TreeState) -> None:
+        """This node is linked to the root now: so are its children; tell them."""
+        state.linked = True
+        for child in state.children:
+            self.overlay.send_direct(self._now, child, TreeAck(to_bytes(tree)))
+
+    def is_linked(self, tree: int) -> bool:
+        """True when this node is linked to the root of ``tree`` (see :class:`TreeAck`)."""
+        state = self.trees.get(tree)
+        return state is not None and state.linked
+
     def _child_alive(self, tree: int, child: int, now: float, spare: int) -> None:
         state = self.trees.setdefault(tree, TreeState())
         state.children[child] = now
         state.child_spare[child] = spare
         state.dispatched.pop(child, None)
+        if state.linked:  # repeated, so a lost acknowledgement heals itself
+            self.overlay.send_direct(now, child, TreeAck(to_bytes(tree)))
         if not state.attached and state.join_sent_at is None:
             self._send_join(tree, state)  # e.g. this node restarted and lost its place
         self._pin()
@@ -398,7 +432,7 @@ def tree_problems(states: dict[int, TreeState], members: set[int], closest: int)
 
     A right tree has exactly one root, the live node ``closest`` to the tree's
     id; parent and child links that agree at both ends; every member linked to
-    the root without cycles; and no state on nodes with neither members nor
+    the root without cycles, and every node knowing it is linked; and no state on nodes with neither members nor
     children (none at all once ``members`` is empty).
     """
     if not members:
@@ -417,6 +451,8 @@ def tree_problems(states: dict[int, TreeState], members: set[int], closest: int)
                 problems.append(f"{short(node)}: child {short(child)} has another parent")
         if not state.needed:
             problems.append(f"{short(node)}: useless tree state")
+        if not state.linked:
+            problems.append(f"{short(node)}: does not know it is linked to the root")
     for member in members:
         seen: set[int] = set()
         cursor: int | None = member

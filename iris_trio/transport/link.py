@@ -41,6 +41,8 @@ __all__ = ["Link", "LinkStatistics", "open_link", "run_link"]
 log = logging.getLogger("iris_trio.transport")
 
 SOFTWARE: Final = "iris-trio/0.1"
+#: Largest frame :meth:`Link.send_control_nowait` takes, encoded.
+_CONTROL_FRAME_LIMIT = 256
 _U32 = struct.Struct(">I")
 
 #: Push-mode consumer: called by the reader task with (link, frame), synchronously.
@@ -205,12 +207,32 @@ class Link:
         self._check_sendable()
         self._enqueue(_U32.pack(len(encoded)) + encoded)
 
-    def _enqueue(self, framed: bytes) -> None:
+    def send_control_nowait(self, frame: Frame) -> None:
+        """Queue a small control frame (a credit, a close) even when the queue is full.
+
+        Control frames must never be lost to backpressure (a lost credit stalls
+        its sender for good); they are few and small, so memory stays bounded.
+
+        Raises:
+            trio.ClosedResourceError / trio.BrokenResourceError: as :meth:`send_nowait`.
+            ValueError: the frame is larger than 256 bytes encoded.
+        """
+        self._check_sendable()
+        framed = self._codec.encode_framed(frame)
+        if len(framed) > _CONTROL_FRAME_LIMIT:
+            raise ValueError(f"a control frame of {len(framed)} bytes is too large")
+        self._enqueue(framed, force=True)
+
+    def _enqueue(self, framed: bytes, *, force: bool = False) -> None:
         queue = self._queue
         size = len(framed)
-        if queue and (
-            len(queue) >= self._queue_frames_limit
-            or self._queued_bytes + size > self._queue_bytes_limit
+        if (
+            queue
+            and not force
+            and (
+                len(queue) >= self._queue_frames_limit
+                or self._queued_bytes + size > self._queue_bytes_limit
+            )
         ):
             raise trio.WouldBlock
         queue.append(framed)
