@@ -372,8 +372,12 @@ class Node:
             if queue is incoming:
                 del self._incoming[tree]
                 self._driver.set_spare(tree, 0)
-        for request in incoming.take_all():
+        queued, taken = incoming.take_all()
+        for request in queued:
             self._answer(request, RETRY, b"the member stopped serving")
+        for request in taken:
+            request._answered = True
+            self._answer(request, REMOTE_ERROR, b"the member stopped before answering")
 
     def _on_request(self, delivery: RequestDelivery) -> None:
         request = delivery.request
@@ -396,7 +400,7 @@ class Node:
         deadline = trio.current_time() + request.timeout_ms / 1000
 
         def answer(handled: Request, status: int, data: bytes) -> None:
-            incoming._answered()
+            incoming._answered(handled)
             self._answer(handled, status, data)
 
         incoming._push(Request(request.data, deadline, request.request_id, requester, answer))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import math
+from collections.abc import Awaitable, Callable
 
 import pytest
 import trio
@@ -153,3 +154,112 @@ async def test_requests_queued_at_a_member_that_stops_go_to_another() -> None:
             await outer.start(group[4].serve, fast, "work")
         assert answers == [b"fast"] * 5
         outer.cancel_scope.cancel()
+
+
+async def test_a_slow_member_gets_less() -> None:
+    counts: collections.Counter[str] = collections.Counter()
+
+    def member(name: str, pause: float):  # type: ignore[no-untyped-def]
+        async def handler(data: bytes) -> bytes:
+            counts[name] += 1
+            await trio.sleep(pause)
+            return data
+
+        return handler
+
+    async with nodes(6) as (group, _), trio.open_nursery() as servers:
+        for index, node in enumerate(group[2:5]):
+            await servers.start(node.serve, member(f"fast{index}", 0.002), "mixed")
+        await servers.start(group[5].serve, member("slow", 0.1), "mixed")
+
+        async def lane(node: iris_trio.Node) -> None:
+            for _ in range(150):
+                await node.request("mixed", b"x", timeout=10)
+
+        with trio.fail_after(60):
+            async with trio.open_nursery() as load:
+                for node in group[:2]:
+                    for _ in range(4):
+                        load.start_soon(lane, node)
+        fast_mean = (counts["fast0"] + counts["fast1"] + counts["fast2"]) / 3
+        assert counts["slow"] < 0.6 * fast_mean, counts
+        servers.cancel_scope.cancel()
+
+
+async def test_members_joining_and_leaving_while_requests_flow() -> None:
+    """At least 99% answered within their deadline, and none handled twice."""
+    handled: collections.Counter[bytes] = collections.Counter()
+
+    async def handler(data: bytes) -> bytes:
+        handled[data] += 1
+        await trio.sleep(0.005)
+        return data
+
+    async with nodes(8) as (group, _), trio.open_nursery() as servers:
+        await servers.start(group[7].serve, handler, "churn")  # always there
+        outcomes: collections.Counter[str] = collections.Counter()
+
+        async def lane(node: iris_trio.Node, prefix: bytes) -> None:
+            for sequence in range(300):
+                question = prefix + b"%d" % sequence
+                try:
+                    answer = await node.request("churn", question, timeout=5)
+                except (trio.TooSlowError, iris_trio.IrisError):
+                    outcomes["failed"] += 1
+                else:
+                    assert answer == question
+                    outcomes["answered"] += 1
+
+        async def churn() -> None:
+            for round_ in range(6):
+                member = group[3 + round_ % 4]
+                scope = trio.CancelScope()
+                servers.start_soon(_serve_for, member, handler, scope)
+                await trio.sleep(0.4)
+                scope.cancel()  # the member leaves with work in flight
+                await trio.sleep(0.2)
+
+        with trio.fail_after(90):
+            async with trio.open_nursery() as load:
+                load.start_soon(churn)
+                for index, node in enumerate(group[:3]):
+                    for lane_index in range(3):
+                        load.start_soon(lane, node, b"%d.%d." % (index, lane_index))
+        total = outcomes["answered"] + outcomes["failed"]
+        assert total == 2700
+        assert outcomes["answered"] >= 0.99 * total, outcomes
+        assert max(handled.values()) == 1  # never handled twice
+        servers.cancel_scope.cancel()
+
+
+async def _serve_for(
+    node: iris_trio.Node,
+    handler: Callable[[bytes], Awaitable[bytes]],
+    scope: trio.CancelScope,
+) -> None:
+    with scope:
+        await node.serve(handler, "churn")
+
+
+async def test_a_member_that_stops_mid_request_fails_it_at_once() -> None:
+    started = trio.Event()
+
+    async def stuck(data: bytes) -> bytes:
+        started.set()
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async with nodes(3) as (group, _), trio.open_nursery() as nursery:
+        scope = trio.CancelScope()
+        nursery.start_soon(_serve_for, group[2], stuck, scope)
+
+        async def stop_when_started() -> None:
+            await started.wait()
+            scope.cancel()
+
+        nursery.start_soon(stop_when_started)
+        await trio.sleep(0.5)
+        begun = trio.current_time()
+        with pytest.raises(iris_trio.RemoteError, match="stopped before answering"):
+            await group[0].request("churn", b"job", timeout=20)
+        assert trio.current_time() - begun < 2  # not the 20 s timeout

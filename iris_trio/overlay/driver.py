@@ -34,7 +34,7 @@ from .config import OverlayConfig
 from .discovery import DiscoveryConfig, run_discovery
 from .frames import Heartbeat, Leave, OverlayState, Route, RouteAck
 from .ids import from_bytes
-from .node import Connect, Deliver, Disconnect, OverlayNode, Send
+from .node import Connect, Deliver, Disconnect, Effect, OverlayNode, Send
 from .tree_frames import TreeAck, TreeHeartbeat, TreePrune, TreePublish, TreeRequest
 from .trees import ReplyDelivery, RequestDelivery, TreeConfig, TreeDelivery, TreeNode
 
@@ -148,6 +148,8 @@ class OverlayDriver:
         self._dials = self._dials_failed = self._dropped = 0
         self._last_leaves: tuple[int, ...] = ()
         self._leaves_changed_at = 0.0
+        self._flushing = False
+        self._tick_scope: trio.CancelScope | None = None
 
     # ------------------------------------------------------------------ running
 
@@ -207,7 +209,8 @@ class OverlayDriver:
     async def _ticker(self) -> None:
         assert self.overlay is not None and self.trees is not None
         while True:
-            await trio.sleep_until(self.overlay.next_deadline())
+            with trio.CancelScope(deadline=self.trees.next_deadline()) as self._tick_scope:
+                await trio.sleep_forever()
             self.trees.tick(trio.current_time())
             self._flush()
 
@@ -310,9 +313,33 @@ class OverlayDriver:
             self._flush()
 
     def _flush(self) -> None:
-        overlay, trees = self.overlay, self.trees
-        assert overlay is not None and trees is not None
-        effects = trees.take_effects()
+        """Carry out the state machine's effects (until it has none left).
+
+        Callbacks may feed it again: such nested calls leave their effects to
+        the flush already under way."""
+        if self._flushing:
+            return
+        self._flushing = True
+        try:
+            while effects := self.trees.take_effects() if self.trees is not None else []:
+                self._carry_out(effects)
+        finally:
+            self._flushing = False
+        overlay = self.overlay
+        assert overlay is not None
+        leaves = tuple(overlay.leaves)
+        if leaves != self._last_leaves:
+            self._last_leaves = leaves
+            self._leaves_changed_at = trio.current_time()
+        self._changed.set()
+        self._changed = trio.Event()
+        if self._tick_scope is not None and self.trees is not None:
+            # A deferred capacity report may be due before the planned tick.
+            self._tick_scope.deadline = min(self._tick_scope.deadline, self.trees.next_deadline())
+
+    def _carry_out(
+        self, effects: list[Effect | TreeDelivery | RequestDelivery | ReplyDelivery]
+    ) -> None:
         for effect in effects:
             if isinstance(effect, Send):
                 link = self._links.get(effect.node)
@@ -332,12 +359,6 @@ class OverlayDriver:
                 self.on_request(effect)
             elif isinstance(effect, ReplyDelivery) and self.on_reply is not None:
                 self.on_reply(effect)
-        leaves = tuple(overlay.leaves)
-        if leaves != self._last_leaves:
-            self._last_leaves = leaves
-            self._leaves_changed_at = trio.current_time()
-        self._changed.set()
-        self._changed = trio.Event()
 
     # ------------------------------------------------------------------ queries
 
@@ -396,7 +417,8 @@ class OverlayDriver:
     def set_spare(self, tree: int, spare: int) -> None:
         """Report how many more requests of ``tree`` this member can take."""
         if self.trees is not None:
-            self.trees.set_spare(tree, spare)
+            self.trees.set_spare(trio.current_time(), tree, spare)
+            self._flush()
 
     def peer_link(self, node: int) -> Link | None:
         """The link in use to peer ``node``, if there is one."""

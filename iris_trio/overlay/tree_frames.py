@@ -9,7 +9,13 @@ from ..wire.frames import Frame, frame_kind
 
 __all__ = [
     "TreeAck",
-    "TreeHeartbeat", "TreeJoin", "TreePrune", "TreePublish", "TreeReply", "TreeRequest"]
+    "TreeHeartbeat",
+    "TreeJoin",
+    "TreePrune",
+    "TreePublish",
+    "TreeReply",
+    "TreeRequest",
+]
 
 
 @frame_kind(21, Blob(exact=16))
@@ -20,14 +26,16 @@ class TreeJoin(Frame):
     tree: bytes
 
 
-@frame_kind(22, Blob(exact=16), UInt(32))
+@frame_kind(22, Blob(exact=16), UInt(32), UInt(64))
 @dataclasses.dataclass(frozen=True, slots=True)
 class TreeHeartbeat(Frame):
-    """Child to parent, periodically: "I am still your child, and my subtree can
-    take ``spare`` more requests now"."""
+    """Child to parent, periodically and when its capacity changes: "I am still
+    your child, my subtree can take ``spare`` more requests now, and I have had
+    ``received`` requests from you" (so the parent knows how many are on the way)."""
 
     tree: bytes
     spare: int
+    received: int
 
 
 @frame_kind(23, Blob(exact=16))

@@ -18,13 +18,22 @@ handles tree traffic itself and passes everything else through.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from ..errors import ProtocolError
 from ..wire.frames import Frame, FrameCodec
 from .frames import Route
 from .ids import from_bytes, short, to_bytes
 from .node import Deliver, Effect, OverlayNode
-from .tree_frames import TreeAck, TreeHeartbeat, TreeJoin, TreePrune, TreePublish, TreeReply, TreeRequest
+from .tree_frames import (
+    TreeAck,
+    TreeHeartbeat,
+    TreeJoin,
+    TreePrune,
+    TreePublish,
+    TreeReply,
+    TreeRequest,
+)
 
 __all__ = [
     "NO_RESPONDERS",
@@ -81,11 +90,14 @@ class TreeConfig:
         heartbeat_interval: a child tells its parent it is alive this often.
         child_timeout: a child not heard from for this long is dropped.
         join_retry: a join not answered by a parent in this time is sent again.
+        report_interval: a changed capacity is reported to the parent at most
+            this often (besides the heartbeats).
     """
 
     heartbeat_interval: float = 1.0
     child_timeout: float = 4.0
     join_retry: float = 2.0
+    report_interval: float = 0.02
 
 
 @dataclasses.dataclass(slots=True)
@@ -104,13 +116,33 @@ class TreeState:
     spare: int = 0
     #: Spare capacity each child last reported for its subtree.
     child_spare: dict[int, int] = dataclasses.field(default_factory=dict)
-    #: Requests sent to each child (or kept, key None) since its last report.
-    dispatched: dict[int | None, int] = dataclasses.field(default_factory=dict)
+    #: Requests sent to each child, and how many it said it had received.
+    sent: dict[int, int] = dataclasses.field(default_factory=dict)
+    acknowledged: dict[int, int] = dataclasses.field(default_factory=dict)
+    #: Requests kept for our own member, not yet handed to it.
+    kept: int = 0
+    #: Our member's spare as dispatch sees it: refreshed no more often than a
+    #: child reports, so that our own member and the children are weighed alike.
+    own_view: int = 0
+    own_view_at: float = -math.inf
+    own_since: int = 0  # requests kept for our member since ``own_view``
+    own_view_pending: bool = False
+    #: Requests received from the parent (reported back to it).
+    received: int = 0
+    reported_spare: int | None = None
+    reported_received: int = 0
+    reported_at: float = -1.0
+    report_pending: bool = False
+
+    def child_score(self, child: int) -> int:
+        """A child's spare capacity less what is on the way to it."""
+        in_transit = max(0, self.sent.get(child, 0) - self.acknowledged.get(child, 0))
+        return self.child_spare.get(child, 0) - in_transit
 
     def subtree_spare(self) -> int:
         """Spare capacity of this node's subtree, as it knows it."""
-        own = self.spare if self.member else 0
-        return max(0, own) + sum(max(0, spare) for spare in self.child_spare.values())
+        own = self.spare - self.kept if self.member else 0
+        return max(0, own) + sum(max(0, self.child_score(child)) for child in self.children)
 
     @property
     def attached(self) -> bool:
@@ -138,6 +170,7 @@ class TreeNode:
         self._last_seen: dict[tuple[int, int], int] = {}
         self._deliveries: list[TreeDelivery | RequestDelivery | ReplyDelivery] = []
         #: Events dropped as duplicates or out of order, and with no tree to go to.
+        self._report_due = math.inf  # the earliest deferred capacity report
         self.events_duplicate = 0
         self.events_orphaned = 0
         overlay.forward_hook = self._forwarding
@@ -179,9 +212,15 @@ class TreeNode:
         if isinstance(frame, TreePublish):
             self._disseminate(frame, came_from=node)
         elif isinstance(frame, TreeRequest):
+            tree = from_bytes(frame.tree)
+            state = self.trees.get(tree)
+            if state is not None and state.parent == node:
+                state.received += 1
             self._dispatch(frame)
+            if state is not None and tree in self.trees:
+                self._report_change(tree, state)
         elif isinstance(frame, TreeHeartbeat):
-            self._child_alive(from_bytes(frame.tree), node, now, frame.spare)
+            self._child_alive(from_bytes(frame.tree), node, now, frame.spare, frame.received)
         elif isinstance(frame, TreeAck):
             tree = from_bytes(frame.tree)
             state = self.trees.get(tree)
@@ -197,13 +236,13 @@ class TreeNode:
     def tick(self, now: float) -> None:
         """Timers of the overlay and of every tree."""
         self._now = now
+        self._report_due = math.inf
         self.overlay.tick(now)
         config = self.config
         for tree, state in list(self.trees.items()):
             for child, heard in list(state.children.items()):
                 if now - heard > config.child_timeout or not self.overlay.is_connected(child):
-                    del state.children[child]
-                    state.child_spare.pop(child, None)
+                    self._forget_child(state, child)
             if state.parent is not None and not self.overlay.is_connected(state.parent):
                 state.parent = None  # the parent died: find another
                 state.linked = False
@@ -217,23 +256,70 @@ class TreeNode:
                 state.join_sent_at is None or now - state.join_sent_at > config.join_retry
             ):
                 self._send_join(tree, state)
-            if now >= state.heartbeat_due:
-                # Our own member capacity is refreshed on the same cadence as the
-                # children's reports, so that dispatch weighs all alike.
-                state.heartbeat_due = now + config.heartbeat_interval
-                state.dispatched.pop(None, None)
-                if state.parent is not None:
-                    spare = min(state.subtree_spare(), 2**32 - 1)
-                    self.overlay.send_direct(
-                        now, state.parent, TreeHeartbeat(to_bytes(tree), spare)
-                    )
+            if now >= state.heartbeat_due or (
+                state.report_pending and now >= state.reported_at + config.report_interval
+            ):
+                self._report(tree, state)
+            elif state.report_pending:
+                self._report_due = min(self._report_due, state.reported_at + config.report_interval)
+            if state.own_view_pending:
+                due = state.own_view_at + config.report_interval
+                if now >= due:
+                    self._refresh_own_view(state)
+                else:
+                    self._report_due = min(self._report_due, due)
         self._pin()
 
-    def set_spare(self, tree: int, spare: int) -> None:
+    def set_spare(self, now: float, tree: int, spare: int) -> None:
         """Tell the tree how many more requests this member can take now."""
+        self._now = now
         state = self.trees.get(tree)
         if state is not None:
             state.spare = spare
+            due = state.own_view_at + self.config.report_interval
+            if now >= due:
+                self._refresh_own_view(state)
+            else:
+                state.own_view_pending = True
+                self._report_due = min(self._report_due, due)
+            self._report_change(tree, state)
+
+    def _refresh_own_view(self, state: TreeState) -> None:
+        state.own_view = state.spare - state.kept
+        state.own_view_at = self._now
+        state.own_since = 0
+        state.own_view_pending = False
+
+    def _report(self, tree: int, state: TreeState) -> None:
+        """Tell the parent we are alive and what our subtree can take."""
+        state.heartbeat_due = self._now + self.config.heartbeat_interval
+        if state.parent is not None:
+            spare = max(0, min(state.subtree_spare(), 2**32 - 1))
+            state.reported_spare = spare
+            state.reported_received = state.received
+            state.reported_at = self._now
+            state.report_pending = False
+            frame = TreeHeartbeat(to_bytes(tree), spare, state.received)
+            self.overlay.send_direct(self._now, state.parent, frame)
+
+    def _report_change(self, tree: int, state: TreeState) -> None:
+        """Report a changed capacity or count now, or, if the last report was
+        less than ``report_interval`` ago, once that much time has passed."""
+        if state.parent is None or (
+            max(0, state.subtree_spare()) == state.reported_spare
+            and state.received == state.reported_received
+        ):
+            return
+        due = state.reported_at + self.config.report_interval
+        if self._now >= due:
+            self._report(tree, state)
+        else:
+            state.report_pending = True
+            self._report_due = min(self._report_due, due)
+
+    def next_deadline(self) -> float:
+        """When :meth:`tick` should run next at the latest."""
+        return min(self.overlay.next_deadline(), self._report_due)
 
     def request(
         self,
@@ -269,6 +355,11 @@ class TreeNode:
                 if isinstance(effect, Deliver) and self._delivered(effect):
                     continue
                 passed.append(effect)
+        for delivery in self._deliveries:
+            if isinstance(delivery, RequestDelivery):
+                state = self.trees.get(delivery.tree)
+                if state is not None and state.kept > 0:
+                    state.kept -= 1  # the member's own spare counts it from now on
         passed.extend(self._deliveries)
         self._deliveries.clear()
         return passed
@@ -368,24 +459,42 @@ class TreeNode:
                 self._now, from_bytes(request.requester), request.request_id, NO_RESPONDERS, b""
             )
             return
-        scores: list[tuple[int, float, int | None]] = []
-        rng = self.overlay.rng
+        candidates: dict[int | None, int] = {}
         if state.member:
-            scores.append((state.spare - state.dispatched.get(None, 0), rng.random(), None))
+            candidates[None] = state.own_view - state.own_since
         for child in state.children:
-            spare = state.child_spare.get(child, 0) - state.dispatched.get(child, 0)
-            scores.append((spare, rng.random(), child))
-        for _, _, chosen in sorted(scores, key=lambda score: (-score[0], -score[1])):
-            state.dispatched[chosen] = state.dispatched.get(chosen, 0) + 1
+            candidates[child] = state.child_score(child)
+        while candidates:
+            chosen = self._pick(candidates)
             if chosen is None:
+                state.kept += 1  # until the member has it (see take_effects)
+                state.own_since += 1
                 self._deliveries.append(RequestDelivery(tree, request))
                 return
             if self.overlay.send_direct(self._now, chosen, request):
+                state.sent[chosen] = state.sent.get(chosen, 0) + 1
                 return
-            # That child's link is gone: forget it, try the next best.
-            state.children.pop(chosen, None)
-            state.child_spare.pop(chosen, None)
+            # That child's link is gone: forget it, try another.
+            self._forget_child(state, chosen)
+            del candidates[chosen]
         self.reply(self._now, from_bytes(request.requester), request.request_id, NO_RESPONDERS, b"")
+
+    def _pick(self, candidates: dict[int | None, int]) -> int | None:
+        """A target at random, weighted by spare capacity, so equal members share
+        alike and a busier one gets less; when all are full, the least full."""
+        rng = self.overlay.rng
+        weights = [max(0, spare) for spare in candidates.values()]
+        if any(weights):
+            return rng.choices(list(candidates), weights)[0]
+        best = max(candidates.values())
+        return rng.choice([target for target, spare in candidates.items() if spare == best])
+
+    @staticmethod
+    def _forget_child(state: TreeState, child: int) -> None:
+        state.children.pop(child, None)
+        state.child_spare.pop(child, None)
+        state.sent.pop(child, None)
+        state.acknowledged.pop(child, None)
 
     def _set_linked(self, tree: int, state: TreeState) -> None:
         """This node is linked to the root now: so are its children; tell them."""
@@ -398,11 +507,14 @@ class TreeNode:
         state = self.trees.get(tree)
         return state is not None and state.linked
 
-    def _child_alive(self, tree: int, child: int, now: float, spare: int) -> None:
+    def _child_alive(self, tree: int, child: int, now: float, spare: int, received: int) -> None:
         state = self.trees.setdefault(tree, TreeState())
         state.children[child] = now
         state.child_spare[child] = spare
-        state.dispatched.pop(child, None)
+        if received > state.sent.get(child, 0):  # the child kept count longer than we did
+            state.sent[child] = received
+        state.acknowledged[child] = received
+        self._report_change(tree, state)
         if state.linked:  # repeated, so a lost acknowledgement heals itself
             self.overlay.send_direct(now, child, TreeAck(to_bytes(tree)))
         if not state.attached and state.join_sent_at is None:
@@ -432,8 +544,9 @@ def tree_problems(states: dict[int, TreeState], members: set[int], closest: int)
 
     A right tree has exactly one root, the live node ``closest`` to the tree's
     id; parent and child links that agree at both ends; every member linked to
-    the root without cycles, and every node knowing it is linked; and no state on nodes with neither members nor
-    children (none at all once ``members`` is empty).
+    the root without cycles, and every node knowing it is linked; and no state
+    on nodes with neither members nor children (none at all once ``members`` is
+    empty).
     """
     if not members:
         return [f"{short(node)} keeps tree state" for node in states]

@@ -72,7 +72,7 @@ class IncomingRequests(trio.abc.ReceiveChannel[Request]):
         self._closed = False
         self.queued_bytes = 0
         self.expired = 0
-        self.in_flight = 0
+        self._taken: set[Request] = set()  # received, not yet answered
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -93,7 +93,7 @@ class IncomingRequests(trio.abc.ReceiveChannel[Request]):
             if request.expired:
                 self.expired += 1
                 continue
-            self.in_flight += 1
+            self._taken.add(request)
             self._on_change()
             return request
         self._on_change()
@@ -103,21 +103,31 @@ class IncomingRequests(trio.abc.ReceiveChannel[Request]):
         """Wait for the next live request."""
         return await receive_parked(self.receive_nowait, self._waiting)
 
-    def _answered(self) -> None:
-        self.in_flight -= 1
+    @property
+    def in_flight(self) -> int:
+        """Requests received and not yet answered."""
+        return len(self._taken)
+
+    def _answered(self, request: Request) -> None:
+        self._taken.discard(request)
         self._on_change()
 
     async def aclose(self) -> None:
-        """Stop receiving; queued requests are answered as failed."""
+        """Stop receiving: queued requests go back to be sent to another member;
+        received ones never answered fail (RemoteError; they may have been
+        partly handled, so they are not sent again)."""
         if not self._closed:
             self._closed = True
             self._waiting.unpark_all()
             self._on_close(self)
         await trio.lowlevel.checkpoint()
 
-    def take_all(self) -> list[Request]:
-        """Remove every queued request (when closing)."""
-        requests = list(self._queue)
+    def take_all(self) -> tuple[list[Request], list[Request]]:
+        """Remove every request (when closing): those still queued, and those
+        received but never answered."""
+        queued = list(self._queue)
         self._queue.clear()
         self.queued_bytes = 0
-        return requests
+        taken = list(self._taken)
+        self._taken.clear()
+        return queued, taken
