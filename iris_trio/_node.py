@@ -66,6 +66,8 @@ _RETRY_PAUSE: Final = 0.02
 #: Longest wait for a tree just joined to reach its root (then go on regardless:
 #: the tree keeps trying, and a partitioned node must not hang its user).
 _LINK_WAIT: Final = 5.0
+#: publish()/broadcast() calls between two yields to the scheduler.
+_YIELD_EVERY: Final = 64
 #: Bytes of requests a member queues before refusing more (as Iris).
 MAX_QUEUED_BYTES: Final = 64 * 1024 * 1024
 CLUSTER, TOPIC = "cluster", "topic"
@@ -85,6 +87,7 @@ class Node:
         # Receivers per tree id: topic subscriptions and broadcast receivers alike.
         self._receivers: dict[int, set[Subscription]] = {}
         self._clusters: collections.Counter[str] = collections.Counter()
+        self._sent_to_trees = 0
         self._broadcast_receivers: set[Subscription] = set()
         driver.on_tree_event = self._on_event
         driver.on_request = self._on_request
@@ -128,7 +131,9 @@ class Node:
     async def publish(self, topic: str, data: bytes) -> None:
         """Send ``data`` to every subscriber of ``topic`` (none: it goes nowhere).
 
-        Paced by the backpressure of the first link on the way. A checkpoint.
+        Paced by the backpressure of the links the event leaves on: it waits
+        while they are congested rather than dropping. A cancellation point; it
+        yields to other tasks when it waits and at least every 64 calls.
 
         Raises:
             TypeError: ``data`` is not bytes.
@@ -146,14 +151,20 @@ class Node:
 
     async def _send_to_tree(self, tree: int, data: bytes) -> None:
         _check_message(data)
-        link = self._driver.next_hop_link(tree)
-        if link is not None:
-            # A link that is going raises here: the overlay reroutes, so go on.
-            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                await link.wait_send_capacity()
-        else:
-            await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint_if_cancelled()
+        waited = False
+        for link in self._driver.tree_links(tree):
+            if not link.has_send_capacity:
+                # A link that is going raises here: the overlay reroutes, so go on.
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    await link.wait_send_capacity()
+                    waited = True
         self._driver.publish(tree, data)
+        self._sent_to_trees += 1
+        if not waited and self._sent_to_trees % _YIELD_EVERY == 0:
+            # Not every call yields, so that a burst fills the links' queues and
+            # goes out in large writes; but other tasks are never starved.
+            await trio.lowlevel.cancel_shielded_checkpoint()
 
     @asynccontextmanager
     async def subscribe(self, topic: str, *, capacity: int = 1024) -> AsyncIterator[Subscription]:
@@ -266,7 +277,8 @@ class Node:
         own = now + (DEFAULT_REQUEST_TIMEOUT if timeout is None else timeout)
         deadline = min(scope_deadline, own)
         if deadline <= now:
-            raise trio.TooSlowError
+            await trio.lowlevel.checkpoint()  # the caller's scope expired: cancelled here
+            raise trio.TooSlowError  # timeout= was not positive
         if own <= scope_deadline:  # our timeout binds: raise TooSlowError
             with trio.fail_at(own):
                 await self._exchange(cluster, data, deadline, pending)
@@ -616,6 +628,10 @@ class _LocalPath:
 
     @property
     def is_open(self) -> bool:
+        return True
+
+    @property
+    def has_send_capacity(self) -> bool:
         return True
 
     async def wait_send_capacity(self) -> None:

@@ -17,6 +17,10 @@ __all__ = ["console_main", "main"]
 _BENCHMARKS: dict[str, str] = {
     "link": "iris_trio.bench.link",
     "overlay": "iris_trio.bench.overlay",
+    "pubsub": "iris_trio.bench.patterns:main_pubsub",
+    "request": "iris_trio.bench.patterns:main_request",
+    "broadcast": "iris_trio.bench.patterns:main_broadcast",
+    "tunnel": "iris_trio.bench.patterns:main_tunnel",
 }
 
 
@@ -28,7 +32,10 @@ def _bench(argv: list[str]) -> int:
             file=sys.stderr if argv and argv[0] not in {"-h", "--help"} else sys.stdout,
         )
         return 0 if argv and argv[0] in {"-h", "--help"} else 2
-    entry: Callable[[list[str]], None] = importlib.import_module(_BENCHMARKS[argv[0]]).main
+    module, _, function = _BENCHMARKS[argv[0]].partition(":")
+    entry: Callable[[list[str]], None] = getattr(
+        importlib.import_module(module), function or "main"
+    )
     entry(argv[1:])
     return 0
 
@@ -64,7 +71,10 @@ def _node(argv: list[str]) -> int:
 _COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "node": (_node, "run an overlay node (--dev, --net/--key, --seed, --discovery)"),
     "demo": (_demo, "show two nodes' secure link on loopback, with live figures"),
-    "bench": (_bench, "run a benchmark scenario (link, overlay)"),
+    "bench": (
+        _bench,
+        "run a benchmark scenario (link, overlay, pubsub, request, broadcast, tunnel)",
+    ),
     "keygen": (_keygen, "create a network key file"),
 }
 

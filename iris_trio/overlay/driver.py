@@ -17,7 +17,7 @@ import dataclasses
 import functools
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import trio
 
@@ -144,9 +144,10 @@ class OverlayDriver:
         self._links: dict[int, Link] = {}
         self._initiators: dict[Link, int] = {}
         self._nursery: trio.Nursery | None = None
-        self._changed = trio.Event()
+        self._changed = trio.lowlevel.ParkingLot()  # woken after every flush
         self._dials = self._dials_failed = self._dropped = 0
         self._last_leaves: tuple[int, ...] = ()
+        self._last_sides: tuple[list[int], list[int]] = ([], [])
         self._leaves_changed_at = 0.0
         self._flushing = False
         self._tick_scope: trio.CancelScope | None = None
@@ -327,15 +328,19 @@ class OverlayDriver:
             self._flushing = False
         overlay = self.overlay
         assert overlay is not None
-        leaves = tuple(overlay.leaves)
-        if leaves != self._last_leaves:
-            self._last_leaves = leaves
-            self._leaves_changed_at = trio.current_time()
-        self._changed.set()
-        self._changed = trio.Event()
-        if self._tick_scope is not None and self.trees is not None:
-            # A deferred capacity report may be due before the planned tick.
-            self._tick_scope.deadline = min(self._tick_scope.deadline, self.trees.next_deadline())
+        sides = overlay.leaves.right, overlay.leaves.left  # replaced, never mutated
+        if sides[0] is not self._last_sides[0] or sides[1] is not self._last_sides[1]:
+            leaves = tuple(overlay.leaves)
+            if leaves != self._last_leaves:
+                self._last_leaves = leaves
+                self._leaves_changed_at = trio.current_time()
+            self._last_sides = sides
+        if self._changed:
+            self._changed.unpark_all()
+        scope = self._tick_scope
+        if scope is not None and self.trees is not None:
+            due = self.trees.report_due  # a deferred capacity report, before the tick?
+            scope.deadline = min(scope.deadline, due)
 
     def _carry_out(
         self, effects: list[Effect | TreeDelivery | RequestDelivery | ReplyDelivery]
@@ -373,14 +378,14 @@ class OverlayDriver:
     async def wait_joined(self) -> None:
         """Wait until this node has at least one leaf (it is part of a ring)."""
         while self.overlay is None or len(self.overlay.leaves) == 0:
-            await self._changed.wait()
+            await self._changed.park()
 
     async def wait_converged(self, quiet: float = 3.0) -> None:
         """Wait until the leaf set has been stable for ``quiet`` seconds."""
         await self.wait_joined()
         while not self.is_settled(quiet):
             with trio.move_on_after(quiet):
-                await self._changed.wait()
+                await self._changed.park()
 
     def join_tree(self, tree: int) -> None:
         """Become a member of the tree of id ``tree`` (a cluster or a topic)."""
@@ -391,7 +396,7 @@ class OverlayDriver:
     async def wait_linked(self, tree: int) -> None:
         """Wait until this node is linked to the root of ``tree`` (after joining it)."""
         while self.trees is None or not self.trees.is_linked(tree):
-            await self._changed.wait()
+            await self._changed.park()
 
     def publish(self, tree: int, data: bytes) -> int:
         """Send ``data`` to every member of ``tree``; returns its sequence number."""
@@ -441,7 +446,7 @@ class OverlayDriver:
                 return link
             if failed.is_set():
                 raise OSError(f"cannot reach {address}")
-            await self._changed.wait()  # a link or a failed dial flushes
+            await self._changed.park()  # a link or a failed dial flushes
 
     def hold(self, node: int) -> None:
         """Keep the link to ``node`` up (e.g. while a tunnel uses it)."""
@@ -454,6 +459,19 @@ class OverlayDriver:
             self.overlay.held[node] -= 1
             if self.overlay.held[node] <= 0:
                 del self.overlay.held[node]
+
+    def tree_links(self, tree: int) -> list[Link]:
+        """The links an event published on ``tree`` leaves on: the next hop
+        towards the root, or, at the root, the links to its children."""
+        if self.overlay is None or self.trees is None:
+            return []
+        node = self.overlay.next_hop(tree)
+        if node is not None:
+            nodes: Iterable[int] = (node,)
+        else:
+            state = self.trees.trees.get(tree)
+            nodes = state.children if state is not None else ()
+        return [link for n in nodes if (link := self._links.get(n)) is not None]
 
     def next_hop_link(self, key: int) -> Link | None:
         """The link a message for ``key`` leaves on (None if delivered here)."""

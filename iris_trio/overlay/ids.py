@@ -7,6 +7,7 @@ id has 32 digits and the routing table 32 rows of 16 columns.
 
 from __future__ import annotations
 
+import functools
 from typing import Final
 
 from nacl.encoding import RawEncoder
@@ -70,6 +71,7 @@ def ring_distance(a: int, b: int) -> int:
     return min(forward, RING - forward)
 
 
+@functools.lru_cache(maxsize=4096)
 def name_id(namespace: str, name: str) -> int:
     """The id of a cluster or topic name: BLAKE2b-128 of namespace, NUL, name."""
     data = namespace.encode("utf-8") + b"\x00" + name.encode("utf-8")

@@ -265,6 +265,11 @@ class OverlayNode:
             maintenance_sent=self._maintenance,
         )
 
+    @property
+    def has_effects(self) -> bool:
+        """True when :meth:`take_effects` has something to return."""
+        return bool(self._outbox)
+
     def take_effects(self) -> list[Effect]:
         """Remove and return the effects produced so far, in order."""
         effects, self._outbox = self._outbox, []

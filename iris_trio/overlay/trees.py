@@ -201,7 +201,11 @@ class TreeNode:
         sequence = self._sequences.get(tree, 0) + 1
         self._sequences[tree] = sequence
         frame = TreePublish(to_bytes(tree), to_bytes(self.overlay.id), sequence, data)
-        self.overlay.route(now, tree, self._codec.encode(frame))
+        state = self.trees.get(tree)
+        if state is not None and state.root and self.overlay.next_hop(tree) is None:
+            self._disseminate(frame, came_from=None)  # we are the root: straight down
+        else:
+            self.overlay.route(now, tree, self._codec.encode(frame))
         return sequence
 
     def received(self, now: float, node: int, frame: Frame) -> None:
@@ -317,6 +321,11 @@ class TreeNode:
             state.report_pending = True
             self._report_due = min(self._report_due, due)
 
+    @property
+    def report_due(self) -> float:
+        """When the earliest deferred capacity report is due (inf: none is)."""
+        return self._report_due
+
     def next_deadline(self) -> float:
         """When :meth:`tick` should run next at the latest."""
         return min(self.overlay.next_deadline(), self._report_due)
@@ -346,6 +355,8 @@ class TreeNode:
     def take_effects(self) -> list[Effect | TreeDelivery | RequestDelivery | ReplyDelivery]:
         """The overlay's effects, with tree traffic handled here, then the events
         delivered to this node as a member."""
+        if not self.overlay.has_effects and not self._deliveries:
+            return []
         passed: list[Effect | TreeDelivery | RequestDelivery | ReplyDelivery] = []
         while True:
             effects = self.overlay.take_effects()

@@ -31,6 +31,8 @@ __all__ = ["DEFAULT_WINDOW", "IncomingTunnels", "Tunnel", "TunnelPath", "TunnelS
 
 #: Bytes an end buffers for its reader before the sender waits (as the Iris node).
 DEFAULT_WINDOW: Final = 4 * 1024 * 1024
+#: Sends between two yields to the scheduler when none has to wait.
+_YIELD_EVERY: Final = 64
 #: Frames held back waiting for an earlier one before the peer is deemed broken.
 _MAX_EARLY_FRAMES: Final = 1 << 16
 
@@ -40,6 +42,9 @@ class TunnelPath(Protocol):
 
     @property
     def is_open(self) -> bool: ...
+
+    @property
+    def has_send_capacity(self) -> bool: ...
 
     async def wait_send_capacity(self) -> None: ...
 
@@ -127,23 +132,39 @@ class Tunnel(trio.abc.Channel[bytes]):
         """
         if type(value) is not bytes:
             raise TypeError(f"a tunnel carries bytes, not {type(value).__name__}")
-        async with self._send_lock:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            self._send_lock.acquire_nowait()
+            waited = False
+        except trio.WouldBlock:
+            await self._send_lock.acquire()
+            waited = True
+        try:
             self._check_sendable()
             while self._allowance <= 0:
                 await self._allowance_lot.park()
+                waited = True
                 self._check_sendable()
             size = len(value)
             offset = 0
             while True:
                 piece = value[offset : offset + CHUNK_SIZE]
-                await self._send_frame(offset == 0, size, piece)
+                waited |= await self._send_frame(offset == 0, size, piece)
                 offset += len(piece)
                 if offset >= size:
                     break
             self._messages_sent += 1
             self._bytes_sent += size
+        finally:
+            self._send_lock.release()
+        if not waited and self._messages_sent % _YIELD_EVERY == 0:
+            # Sends that need not wait do not yield each time, so that a burst of
+            # small messages goes out in large writes; others still get their turn.
+            await trio.lowlevel.cancel_shielded_checkpoint()
 
-    async def _send_frame(self, first: bool, size: int, piece: bytes) -> None:
+    async def _send_frame(self, first: bool, size: int, piece: bytes) -> bool:
+        """Send one piece; returns True if it had to wait."""
+        waited = False
         while True:
             self._check_sendable()
             path = self._path()
@@ -152,10 +173,13 @@ class Tunnel(trio.abc.Channel[bytes]):
                 continue  # raises BrokenResourceError above
             if not path.is_open:  # being replaced by the peer's other link
                 await trio.sleep(0.001)
+                waited = True
                 continue
             try:
-                await path.wait_send_capacity()
-                self._check_sendable()
+                if not path.has_send_capacity:
+                    await path.wait_send_capacity()
+                    waited = True
+                    self._check_sendable()
                 path.send_nowait(
                     TunnelData(self.remote_id, self._send_sequence, size if first else None, piece)
                 )
@@ -163,7 +187,7 @@ class Tunnel(trio.abc.Channel[bytes]):
                 continue
             self._send_sequence += 1
             self._allowance -= len(piece)
-            return
+            return waited
 
     def _check_sendable(self) -> None:
         if self._closed:

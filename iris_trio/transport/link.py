@@ -258,15 +258,20 @@ class Link:
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 return
 
+    @property
+    def has_send_capacity(self) -> bool:
+        """True while the send queue is less than half full (see :meth:`wait_send_capacity`)."""
+        return (
+            len(self._queue) * 2 < self._queue_frames_limit
+            and self._queued_bytes * 2 < self._queue_bytes_limit
+        )
+
     async def wait_send_capacity(self) -> None:
-        """Wait until the send queue is at most half full (for pacing producers).
+        """Wait until the send queue is less than half full (for pacing producers).
 
         Raises like :meth:`send_nowait` if the link closes or breaks meanwhile.
         """
-        while (
-            len(self._queue) * 2 >= self._queue_frames_limit
-            or self._queued_bytes * 2 >= self._queue_bytes_limit
-        ):
+        while not self.has_send_capacity:
             self._check_sendable()
             await self._space_lot.park()
         self._check_sendable()

@@ -1,0 +1,246 @@
+"""``iris-trio bench pubsub|request|broadcast|tunnel``: the four patterns between
+node processes on loopback, over encrypted links.
+
+This process runs one node (the publisher, requester, broadcaster or tunnel
+opener); the far ends are node processes of :mod:`iris_trio.bench._peer`,
+joined to it by its address as their seed (no discovery). Latencies are one
+way (pub/sub, broadcast: the messages carry their send time, on the host's
+monotonic clock) or round trips (requests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+
+from .. import Node, join
+from ._common import emit
+from ._peer import stamp
+
+__all__ = ["main_broadcast", "main_pubsub", "main_request", "main_tunnel"]
+
+
+class Peer:
+    """A far-end node process (see :mod:`iris_trio.bench._peer`)."""
+
+    def __init__(self, process: trio.Process) -> None:
+        self.process = process
+        assert process.stdout is not None
+        self._stdout = process.stdout
+        self._buffer = b""
+
+    async def line(self, timeout: float = 60) -> str:
+        """The next line the peer printed."""
+        with trio.fail_after(timeout):
+            while b"\n" not in self._buffer:
+                chunk = await self._stdout.receive_some()
+                if not chunk:
+                    raise RuntimeError("a benchmark peer exited early")
+                self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return line.decode()
+
+    async def result(self, timeout: float = 600) -> dict[str, Any]:
+        """The peer's JSON line of figures."""
+        figures: dict[str, Any] = json.loads(await self.line(timeout))
+        return figures
+
+
+@asynccontextmanager
+async def peers(
+    node: Node, role: str, name: str, *, count: int = 0, copies: int = 1
+) -> AsyncIterator[list[Peer]]:
+    """Start ``copies`` peers in ``role``, seeded with ``node``; wait until ready."""
+    started: list[Peer] = []
+    arguments = ["--seed", node.address, "--count", str(count)]
+    try:
+        for _ in range(copies):
+            process = await trio.lowlevel.open_process(
+                [sys.executable, "-m", "iris_trio.bench._peer", role, name, *arguments],
+                stdout=subprocess.PIPE,
+            )
+            started.append(Peer(process))
+        for peer in started:
+            await peer.line()  # its address
+            await peer.line()  # "ready"
+        await trio.sleep(0.5)  # let the overlay settle (trees, capacity reports)
+        yield started
+    finally:
+        for peer in started:
+            if peer.process.returncode is None:
+                peer.process.kill()  # by pid: only what we started
+            with trio.move_on_after(5):
+                await peer.process.wait()
+
+
+async def _pace(node: Node, send: Any, count: int, payload: bytes) -> float:
+    start = time.perf_counter()
+    for _ in range(count):
+        await send(stamp(payload))
+    return time.perf_counter() - start
+
+
+async def pubsub(count: int, size: int) -> dict[str, Any]:
+    """One publisher, one subscriber process, ``count`` messages of ``size`` bytes."""
+    async with (
+        join(discovery="off") as node,
+        peers(node, "subscriber", "bench", count=count) as far,
+    ):
+        elapsed = await _pace(node, lambda data: node.publish("bench", data), count, bytes(size))
+        result = await far[0].result()
+    return {
+        "messages": count,
+        "size": size,
+        "send_per_s": count / elapsed,
+        "recv_per_s": result["recv_per_s"],
+        "delivered": result["received"] / count,
+        "latency_mean_us": result["latency_mean_us"],
+        "latency_p99_us": result["latency_p99_us"],
+    }
+
+
+async def broadcast(count: int, size: int, members: int) -> dict[str, Any]:
+    """One sender, ``members`` member processes, ``count`` messages of ``size`` bytes."""
+    async with (
+        join(discovery="off") as node,
+        peers(node, "broadcasts", "bench", count=count, copies=members) as far,
+    ):
+        elapsed = await _pace(node, lambda data: node.broadcast("bench", data), count, bytes(size))
+        results = [await peer.result() for peer in far]
+    return {
+        "messages": count,
+        "size": size,
+        "members": members,
+        "send_per_s": count / elapsed,
+        "recv_per_s": min(r["recv_per_s"] for r in results),
+        "delivered": min(r["received"] for r in results) / count,
+        "latency_mean_us": statistics.mean(r["latency_mean_us"] for r in results),
+        "latency_p99_us": max(r["latency_p99_us"] for r in results),
+    }
+
+
+async def request(count: int, duration: float, size: int) -> dict[str, Any]:
+    """Round trips to one echo member process: sequential latency, then throughput."""
+    payload = bytes(size)
+    async with join(discovery="off") as node, peers(node, "echo", "bench"):
+        for _ in range(200):  # warm up
+            await node.request("bench", payload)
+        latencies: list[int] = []
+        for _ in range(count):
+            begun = time.perf_counter_ns()
+            await node.request("bench", payload)
+            latencies.append(time.perf_counter_ns() - begun)
+        ordered = sorted(latencies)
+        figures: dict[str, Any] = {
+            "requests": count,
+            "size": size,
+            "latency_p50_us": ordered[len(ordered) // 2] / 1000,
+            "latency_p99_us": ordered[int(0.99 * (len(ordered) - 1))] / 1000,
+        }
+        for in_flight in (1, 8, 64):
+            done = 0
+
+            async def lane() -> None:
+                nonlocal done
+                while True:
+                    await node.request("bench", payload)
+                    done += 1
+
+            begun_s = time.perf_counter()
+            with trio.move_on_after(duration):
+                async with trio.open_nursery() as lanes:
+                    for _ in range(in_flight):
+                        lanes.start_soon(lane)
+            figures[f"throughput_{in_flight}"] = done / (time.perf_counter() - begun_s)
+    return figures
+
+
+async def tunnel(small: int, large: int) -> dict[str, Any]:
+    """One tunnel to a sink process: ``small`` 1-byte messages, ``large`` 64 KiB ones."""
+    figures: dict[str, Any] = {}
+    async with join(discovery="off") as node, peers(node, "sink", "bench"):
+        for label, count, size in (("small", small, 1), ("large", large, 65536)):
+            message = bytes(size)
+            async with node.tunnel("bench") as channel:
+                begun = time.perf_counter()
+                await channel.send(b"%d" % count)
+                for _ in range(count):
+                    await channel.send(message)
+                if await channel.receive() != b"done":
+                    raise RuntimeError("the sink answered something else")
+                elapsed = time.perf_counter() - begun
+            figures[f"{label}_messages"] = count
+            figures[f"{label}_per_s"] = count / elapsed
+            if label == "large":
+                figures["large_mb_per_s"] = count * size / elapsed / 1e6
+        # Ping-pong latency: a message there and back, one at a time.
+    return figures
+
+
+def _parser(name: str, description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"iris-trio bench {name}", description=description)
+    parser.add_argument("--json", action="store_true", help="print a JSON line last")
+    return parser
+
+
+def _finish(figures: dict[str, Any], as_json: bool, title: str) -> None:
+    for key, value in figures.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            figures[key] = None
+    emit(figures, as_json=as_json, title=title)
+
+
+def main_pubsub(argv: Sequence[str] | None = None) -> None:
+    """``iris-trio bench pubsub``."""
+    parser = _parser("pubsub", "one publisher, one subscriber process, 1 KiB messages")
+    parser.add_argument("--messages", type=int, default=1_000_000)
+    parser.add_argument("--size", type=int, default=1024)
+    args = parser.parse_args(argv)
+    if args.size < 8:
+        parser.error("--size must be at least 8 (messages carry their send time)")
+    figures = trio.run(pubsub, args.messages, args.size)
+    _finish(figures, args.json, "publish/subscribe between two node processes")
+
+
+def main_broadcast(argv: Sequence[str] | None = None) -> None:
+    """``iris-trio bench broadcast``."""
+    parser = _parser("broadcast", "one sender, member processes, 1 KiB messages")
+    parser.add_argument("--messages", type=int, default=100_000)
+    parser.add_argument("--size", type=int, default=1024)
+    parser.add_argument("--members", type=int, default=3)
+    args = parser.parse_args(argv)
+    if args.size < 8:
+        parser.error("--size must be at least 8 (messages carry their send time)")
+    figures = trio.run(broadcast, args.messages, args.size, args.members)
+    _finish(figures, args.json, f"broadcast to {args.members} member processes")
+
+
+def main_request(argv: Sequence[str] | None = None) -> None:
+    """``iris-trio bench request``."""
+    parser = _parser("request", "round trips to one member process")
+    parser.add_argument("--requests", type=int, default=5000, help="sequential round trips")
+    parser.add_argument("--duration", type=float, default=3.0, help="seconds per throughput run")
+    parser.add_argument("--size", type=int, default=16)
+    args = parser.parse_args(argv)
+    figures = trio.run(request, args.requests, args.duration, args.size)
+    _finish(figures, args.json, "request/reply with one member process")
+
+
+def main_tunnel(argv: Sequence[str] | None = None) -> None:
+    """``iris-trio bench tunnel``."""
+    parser = _parser("tunnel", "one tunnel to a member process")
+    parser.add_argument("--small", type=int, default=200_000, help="1-byte messages")
+    parser.add_argument("--large", type=int, default=4000, help="64 KiB messages")
+    args = parser.parse_args(argv)
+    figures = trio.run(tunnel, args.small, args.large)
+    _finish(figures, args.json, "tunnel to one member process")
