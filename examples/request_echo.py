@@ -27,7 +27,6 @@ async def main() -> None:
         for name in ("one", "two", "three"):
             member = await services.start(_member, name, client.address)
             await services.start(member.serve, make_handler(name), "echo")
-        await trio.sleep(1.5)  # let the cluster's tree form and capacities flow up
         for word in (b"hello", b"world", b"again", b"boom"):
             try:
                 print((await client.request("echo", word, timeout=5)).decode())

@@ -16,6 +16,7 @@ are being built on the same trees.
 
 from ._node import MAX_MESSAGE_SIZE as MAX_MESSAGE_SIZE
 from ._node import Node as Node
+from ._node import NodeStatistics as NodeStatistics
 from ._node import join as join
 from ._node import serve_node as serve_node
 from .crypto.identity import NodeIdentity as NodeIdentity
@@ -36,3 +37,6 @@ from .patterns.subscription import Subscription as Subscription
 from .patterns.subscription import SubscriptionStatistics as SubscriptionStatistics
 
 __version__ = "0.1.0.dev0"
+from .patterns.tunnel import IncomingTunnels as IncomingTunnels
+from .patterns.tunnel import Tunnel as Tunnel
+from .patterns.tunnel import TunnelStatistics as TunnelStatistics

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -51,7 +52,7 @@ from .patterns.tunnel_frames import TunnelAllow, TunnelClose, TunnelData, Tunnel
 from .transport.link import Link
 from .wire.frames import Frame
 
-__all__ = ["MAX_MESSAGE_SIZE", "Node", "join", "serve_node"]
+__all__ = ["MAX_MESSAGE_SIZE", "Node", "NodeStatistics", "join", "serve_node"]
 
 log = logging.getLogger("iris_trio")
 
@@ -78,6 +79,50 @@ DEFAULT_TUNNEL_BACKLOG: Final = 1024
 _TUNNEL_FRAMES = (TunnelData, TunnelAllow, TunnelClose, TunnelInit)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class NodeStatistics:
+    """Counters of one node since it started, per pattern.
+
+    Attributes:
+        published / broadcasts_sent: publish() and broadcast() calls.
+        events_received: events and broadcasts handed to this node's receivers
+            (once per receiver).
+        events_dropped: of those, dropped from a full receiver buffer (the
+            oldest goes); events_buffered: waiting in receivers now.
+        requests_sent / requests_answered / requests_failed / requests_pending:
+            this node's requests (failed: RemoteError, NoRespondersError or
+            timeout; a cancelled request counts as neither answered nor failed).
+        requests_received / requests_expired / requests_refused: requests to
+            this node's members; expired ones waited past their deadline and were
+            dropped unhandled; refused ones found the queue full.
+        tunnels_opened / tunnels_accepted / tunnels_open: tunnels this node
+            opened, its members took, and open now; tunnel_bytes_sent /
+            tunnel_bytes_received: message bytes through them.
+        frames_dropped: overlay and tree frames dropped at a full link queue.
+        links: links to peers now.
+    """
+
+    published: int
+    broadcasts_sent: int
+    events_received: int
+    events_dropped: int
+    events_buffered: int
+    requests_sent: int
+    requests_answered: int
+    requests_failed: int
+    requests_pending: int
+    requests_received: int
+    requests_expired: int
+    requests_refused: int
+    tunnels_opened: int
+    tunnels_accepted: int
+    tunnels_open: int
+    tunnel_bytes_sent: int
+    tunnel_bytes_received: int
+    frames_dropped: int
+    links: int
+
+
 class Node:
     """A running node (from :func:`join` or :func:`serve_node`)."""
 
@@ -88,6 +133,7 @@ class Node:
         self._receivers: dict[int, set[Subscription]] = {}
         self._clusters: collections.Counter[str] = collections.Counter()
         self._sent_to_trees = 0
+        self._count: collections.Counter[str] = collections.Counter()
         self._broadcast_receivers: set[Subscription] = set()
         driver.on_tree_event = self._on_event
         driver.on_request = self._on_request
@@ -140,6 +186,7 @@ class Node:
             MessageTooLargeError: ``data`` exceeds 8 MiB.
         """
         await self._send_to_tree(name_id(TOPIC, topic), data)
+        self._count["published"] += 1
 
     async def broadcast(self, cluster: str, data: bytes) -> None:
         """Send ``data`` to every member of ``cluster`` (none: it goes nowhere).
@@ -148,6 +195,7 @@ class Node:
         :meth:`publish`. Raises like :meth:`publish`.
         """
         await self._send_to_tree(name_id(CLUSTER, cluster), data)
+        self._count["broadcasts_sent"] += 1
 
     async def _send_to_tree(self, tree: int, data: bytes) -> None:
         _check_message(data)
@@ -247,7 +295,9 @@ class Node:
 
     def _on_event(self, event: TreeDelivery) -> None:
         for receiver in self._receivers.get(event.tree, ()):
-            receiver._push(event.data)
+            self._count["events_received"] += 1
+            if receiver._push(event.data):
+                self._count["events_dropped"] += 1
 
     # ----------------------------------------------------------- request / reply
 
@@ -265,7 +315,15 @@ class Node:
             TypeError / MessageTooLargeError: ``data`` is not bytes or too large.
         """
         _check_message(data)
-        return (await self._call(cluster, data, timeout, _PendingRequest())).data
+        self._count["requests_sent"] += 1
+        try:
+            pending = await self._call(cluster, data, timeout, _PendingRequest())
+        except BaseException as exc:
+            if not isinstance(exc, trio.Cancelled):  # abandoned is not failed
+                self._count["requests_failed"] += 1
+            raise
+        self._count["requests_answered"] += 1
+        return pending.data
 
     async def _call(
         self, cluster: str, data: bytes, timeout: float | None, pending: _PendingRequest
@@ -372,6 +430,7 @@ class Node:
                 token = object()
                 await limiter.acquire_on_behalf_of(token)
                 request = await incoming.receive()
+                request._started = False
                 tasks.start_soon(_handle, handler, request, limiter, token)
 
     def _report_spare(self, tree: int) -> None:
@@ -380,6 +439,7 @@ class Node:
             self._driver.set_spare(tree, limit - incoming.in_flight - len(incoming))
 
     def _stop_requests(self, incoming: IncomingRequests) -> None:
+        self._count["requests_expired"] += incoming.expired
         for tree, (queue, _) in list(self._incoming.items()):
             if queue is incoming:
                 del self._incoming[tree]
@@ -389,7 +449,10 @@ class Node:
             self._answer(request, RETRY, b"the member stopped serving")
         for request in taken:
             request._answered = True
-            self._answer(request, REMOTE_ERROR, b"the member stopped before answering")
+            if request._started:  # maybe partly handled: never twice
+                self._answer(request, REMOTE_ERROR, b"the member stopped before answering")
+            else:
+                self._answer(request, RETRY, b"the member stopped serving")
 
     def _on_request(self, delivery: RequestDelivery) -> None:
         request = delivery.request
@@ -404,7 +467,9 @@ class Node:
             )
             return
         incoming = entry[0]
+        self._count["requests_received"] += 1
         if incoming.queued_bytes + len(request.data) > MAX_QUEUED_BYTES:
+            self._count["requests_refused"] += 1
             self._driver.reply(
                 requester, request.request_id, OVERLOADED, b"the member's request queue is full"
             )
@@ -520,6 +585,7 @@ class Node:
                 return
             tunnel = self._new_tunnel(os.urandom(16), request_id, requester, 0, window, link)
             if tunnel._send_control(lambda: TunnelInit(request_id, tunnel.local_id, window)):
+                self._count["tunnels_accepted"] += 1
                 inbox._push(tunnel)
             else:
                 tunnel.abort("the link to the requester broke")
@@ -549,6 +615,42 @@ class Node:
     def _tunnel_closed(self, tunnel: Tunnel) -> None:
         if self._tunnels.pop(tunnel.local_id, None) is not None:
             self._driver.release(tunnel.peer)
+            figures = tunnel.statistics()
+            self._count["tunnel_bytes_sent"] += figures.bytes_sent
+            self._count["tunnel_bytes_received"] += figures.bytes_received
+
+    # -------------------------------------------------------------- statistics
+
+    def statistics(self) -> NodeStatistics:
+        """The node's counters, per pattern (see :class:`NodeStatistics`)."""
+        count = self._count
+        receivers = {r for group in self._receivers.values() for r in group}
+        receivers |= self._broadcast_receivers
+        tunnels = [t.statistics() for t in self._tunnels.values()]
+        driver = self._driver.statistics()
+        return NodeStatistics(
+            published=count["published"],
+            broadcasts_sent=count["broadcasts_sent"],
+            events_received=count["events_received"],
+            events_dropped=count["events_dropped"],
+            events_buffered=sum(r.statistics().buffered for r in receivers),
+            requests_sent=count["requests_sent"],
+            requests_answered=count["requests_answered"],
+            requests_failed=count["requests_failed"],
+            requests_pending=sum(1 for p in self._pending.values() if p.kind == _REQUEST),
+            requests_received=count["requests_received"],
+            requests_expired=count["requests_expired"]
+            + sum(incoming.expired for incoming, _ in self._incoming.values()),
+            requests_refused=count["requests_refused"],
+            tunnels_opened=count["tunnels_opened"],
+            tunnels_accepted=count["tunnels_accepted"],
+            tunnels_open=len(self._tunnels),
+            tunnel_bytes_sent=count["tunnel_bytes_sent"] + sum(t.bytes_sent for t in tunnels),
+            tunnel_bytes_received=count["tunnel_bytes_received"]
+            + sum(t.bytes_received for t in tunnels),
+            frames_dropped=driver.frames_dropped_full_queue,
+            links=driver.links,
+        )
 
     def _path_to(self, peer: int, fallback: Link | None) -> Callable[[], TunnelPath | None]:
         if peer == self._driver.id:
@@ -598,6 +700,7 @@ class Node:
         pending.tunnel = tunnel
         pending.status = REPLY
         pending.done.set()
+        self._count["tunnels_opened"] += 1
 
     def _on_peer_lost(self, peer: int) -> None:
         for tunnel in list(self._tunnels.values()):
@@ -658,6 +761,7 @@ async def _handle(
 ) -> None:
     try:
         with trio.move_on_at(request.deadline):  # late work is dropped
+            request._started = True
             try:
                 result = await handler(request.data)
             except Exception as exc:  # the handler's failure goes to the requester

@@ -25,6 +25,7 @@ EXAMPLES = Path(__file__).parent.parent / "examples"
                 "no responders in cluster 'nobody-here'",
             ],
         ),
+        ("tunnel_copy.py", ["member wrote 20,971,520 bytes", "digests match"]),
     ],
 )
 def test_example_runs(script: str, expected: list[str]) -> None:

@@ -273,7 +273,7 @@ class OverlayDriver:
             self._links[node] = link
             self._initiators[link] = initiator
             self.overlay.connected(trio.current_time(), node, address)
-            self._flush()
+            self._topology_changed()
         try:
             await link.wait_closed()
         finally:
@@ -281,9 +281,14 @@ class OverlayDriver:
             if self._links.get(node) is link:
                 del self._links[node]
                 self.overlay.disconnected(trio.current_time(), node)
-                self._flush()
+                self._topology_changed()
                 if self.on_peer_lost is not None:
                     self.on_peer_lost(node)
+
+    def _topology_changed(self) -> None:
+        if self.trees is not None:
+            self.trees.topology_changed(trio.current_time())
+        self._flush()
 
     @staticmethod
     async def _retire(link: Link) -> None:

@@ -220,7 +220,7 @@ class TreeNode:
             state = self.trees.get(tree)
             if state is not None and state.parent == node:
                 state.received += 1
-            self._dispatch(frame)
+            self._dispatch(frame, from_parent=True)
             if state is not None and tree in self.trees:
                 self._report_change(tree, state)
         elif isinstance(frame, TreeHeartbeat):
@@ -247,19 +247,8 @@ class TreeNode:
             for child, heard in list(state.children.items()):
                 if now - heard > config.child_timeout or not self.overlay.is_connected(child):
                     self._forget_child(state, child)
-            if state.parent is not None and not self.overlay.is_connected(state.parent):
-                state.parent = None  # the parent died: find another
-                state.linked = False
-            if state.root and self.overlay.next_hop(tree) is not None:
-                state.root = False  # someone closer appeared: join the true root
-                state.linked = False
-            if not state.needed:
-                self._prune_if_unneeded(tree, state)
+            if not self._check_place(tree, state):
                 continue
-            if not state.attached and (
-                state.join_sent_at is None or now - state.join_sent_at > config.join_retry
-            ):
-                self._send_join(tree, state)
             if now >= state.heartbeat_due or (
                 state.report_pending and now >= state.reported_at + config.report_interval
             ):
@@ -273,6 +262,32 @@ class TreeNode:
                 else:
                     self._report_due = min(self._report_due, due)
         self._pin()
+
+    def topology_changed(self, now: float) -> None:
+        """A peer connected or went away: trees whose root moved or whose parent
+        left find their place again now rather than at the next tick."""
+        self._now = now
+        for tree, state in list(self.trees.items()):
+            self._check_place(tree, state)
+        self._pin()
+
+    def _check_place(self, tree: int, state: TreeState) -> bool:
+        """Leave a dead parent or a root that is no longer the closest node, and
+        join again if needed; prune unneeded state. False if the tree is gone."""
+        if state.parent is not None and not self.overlay.is_connected(state.parent):
+            state.parent = None  # the parent died: find another
+            state.linked = False
+        if state.root and self.overlay.next_hop(tree) is not None:
+            state.root = False  # someone closer appeared: join the true root
+            state.linked = False
+        if not state.needed:
+            self._prune_if_unneeded(tree, state)
+            return False
+        if not state.attached and (
+            state.join_sent_at is None or self._now - state.join_sent_at > self.config.join_retry
+        ):
+            self._send_join(tree, state)
+        return True
 
     def set_spare(self, now: float, tree: int, spare: int) -> None:
         """Tell the tree how many more requests this member can take now."""
@@ -460,15 +475,18 @@ class TreeNode:
         self._pin()
         return True
 
-    def _dispatch(self, request: TreeRequest) -> None:
-        """Hand a request to this member or to the child subtree with most spare
-        capacity (reports minus what went there since); nobody: "no responders"."""
+    def _dispatch(self, request: TreeRequest, *, from_parent: bool = False) -> None:
+        """Hand a request to this member or to a child subtree, by spare capacity.
+
+        With nobody to hand it to, the root answers "no responders"; a node below
+        it (whose branch emptied while the request was on its way) answers
+        "retry", and the requester sends it again to what the tree is now.
+        """
+        nobody = RETRY if from_parent else NO_RESPONDERS
         tree = from_bytes(request.tree)
         state = self.trees.get(tree)
         if state is None or not state.needed:
-            self.reply(
-                self._now, from_bytes(request.requester), request.request_id, NO_RESPONDERS, b""
-            )
+            self.reply(self._now, from_bytes(request.requester), request.request_id, nobody, b"")
             return
         candidates: dict[int | None, int] = {}
         if state.member:
@@ -488,7 +506,7 @@ class TreeNode:
             # That child's link is gone: forget it, try another.
             self._forget_child(state, chosen)
             del candidates[chosen]
-        self.reply(self._now, from_bytes(request.requester), request.request_id, NO_RESPONDERS, b"")
+        self.reply(self._now, from_bytes(request.requester), request.request_id, nobody, b"")
 
     def _pick(self, candidates: dict[int | None, int]) -> int | None:
         """A target at random, weighted by spare capacity, so equal members share

@@ -22,7 +22,15 @@ class Request:
         deadline: the trio time after which the requester stops waiting.
     """
 
-    __slots__ = ("_answer", "_answered", "data", "deadline", "request_id", "requester")
+    __slots__ = (
+        "_answer",
+        "_answered",
+        "_started",
+        "data",
+        "deadline",
+        "request_id",
+        "requester",
+    )
 
     def __init__(
         self, data: bytes, deadline: float, request_id: bytes, requester: int, answer: Answer
@@ -33,6 +41,9 @@ class Request:
         self.requester = requester
         self._answer = answer
         self._answered = False
+        # False while handed to a handler that has not begun (push model): such
+        # a request can still go to another member if this one stops.
+        self._started = True
 
     @property
     def expired(self) -> bool:

@@ -43,14 +43,17 @@ class Subscription(trio.abc.ReceiveChannel[bytes]):
         self._delivered = 0
         self._dropped = 0
 
-    def _push(self, data: bytes) -> None:
-        """Buffer an arriving event (called synchronously by the node)."""
-        if len(self._buffer) >= self._capacity:
+    def _push(self, data: bytes) -> bool:
+        """Buffer an arriving event (called synchronously by the node); True if
+        the oldest buffered event was dropped to make room."""
+        dropped = len(self._buffer) >= self._capacity
+        if dropped:
             self._buffer.popleft()
             self._dropped += 1
         self._buffer.append(data)
         self._delivered += 1
         self._waiting.unpark()
+        return dropped
 
     def receive_nowait(self) -> bytes:
         """The next buffered event; raises trio.WouldBlock if there is none."""

@@ -1,37 +1,37 @@
-"""``iris-trio demo``: a live look at what exists so far.
+"""The demo's lower layers: one secure link, and the overlay's ring and trees.
 
-1. A secure link: two nodes on the loopback-only dev network run the Noise
-   handshake, then stream frames while a line per second shows throughput,
-   records and round-trip time.
-2. The overlay: eight nodes join through a seed and form one ring; random keys
-   are routed to the node closest to them; a tree forms for a topic; a node
-   leaves and the ring repairs.
+- A secure link: two nodes on the loopback-only dev network run the Noise
+  handshake, then stream frames while a line per second shows throughput,
+  records and round-trip time.
+- The overlay: eight nodes join through a seed and form one ring; random keys
+  are routed to the node closest to them; a tree forms for a topic; a node
+  leaves and the ring repairs.
 """
 
 from __future__ import annotations
 
-import argparse
 import random
 import time
 from collections.abc import Callable
 
 import trio
 
-from .crypto.identity import NodeIdentity
-from .crypto.keys import DEV_NETWORK
-from .overlay.driver import OverlayDriver
-from .overlay.ids import name_id, ring_distance, short
-from .overlay.trees import tree_problems
-from .testing.processes import expected_leaves
-from .transport.link import Link
-from .transport.listener import LinkListener, serve_tcp_links
-from .transport.tcp import connect_tcp_link
-from .wire.frames import Frame, Payload
+from ..crypto.identity import NodeIdentity
+from ..crypto.keys import DEV_NETWORK
+from ..overlay.driver import OverlayDriver
+from ..overlay.ids import name_id, ring_distance, short
+from ..overlay.trees import tree_problems
+from ..testing.processes import expected_leaves
+from ..transport.link import Link
+from ..transport.listener import LinkListener, serve_tcp_links
+from ..transport.tcp import connect_tcp_link
+from ..wire.frames import Frame, Payload
 
 _STREAM, _PING = 0, 1
 
 
-async def _run(seconds: float, size: int) -> None:
+async def link_stage(seconds: float, size: int) -> None:
+    """Stream frames over one secure link, with a line per second."""
     server_id, client_id = NodeIdentity.generate(), NodeIdentity.generate()
     print(f"dev network {DEV_NETWORK.name!r} (published key: loopback use only)")
     print(f"node A {server_id.node_id.hex()}  listening")
@@ -114,7 +114,8 @@ async def _until(condition: Callable[[], bool], timeout: float) -> float:
     return trio.current_time() - start
 
 
-async def _overlay(count: int) -> None:
+async def overlay_stage(count: int) -> None:
+    """Form a ring of ``count`` nodes, route keys, grow a tree, repair a leave."""
     print(f"\noverlay: {count} nodes join through a seed")
     delivered: dict[bytes, tuple[int, int]] = {}
     async with trio.open_nursery() as nursery:
@@ -188,15 +189,3 @@ async def _overlay(count: int) -> None:
 def _in_tree(driver: OverlayDriver, tree: int) -> bool:
     """True if ``driver`` holds state for ``tree``."""
     return driver.trees is not None and tree in driver.trees.trees
-
-
-def main(argv: list[str]) -> int:
-    """Entry point of ``iris-trio demo``."""
-    parser = argparse.ArgumentParser(prog="iris-trio demo", description=__doc__)
-    parser.add_argument("--seconds", type=float, default=3.0)
-    parser.add_argument("--size", type=int, default=1024)
-    parser.add_argument("--nodes", type=int, default=8)
-    args = parser.parse_args(argv)
-    trio.run(_run, args.seconds, args.size)
-    trio.run(_overlay, max(args.nodes, 4))
-    return 0

@@ -1,0 +1,59 @@
+"""node.statistics(): every pattern's counters move as the patterns are used."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+import iris_trio
+
+from .test_pubsub import nodes
+
+
+async def echo(data: bytes) -> bytes:
+    if data == b"fail":
+        raise ValueError("no")
+    return data
+
+
+async def test_statistics_count_every_pattern() -> None:
+    async with nodes(3) as (group, _), trio.open_nursery() as nursery:
+        sender, member = group[0], group[2]
+        await nursery.start(member.serve, echo, "svc")
+        async with member.subscribe("news", capacity=4), member.broadcasts():
+            for number in range(10):
+                await sender.publish("news", b"%d" % number)
+                await sender.broadcast("svc", b"%d" % number)
+            for _ in range(5):
+                assert await sender.request("svc", b"x", timeout=5) == b"x"
+            with pytest.raises(iris_trio.RemoteError):
+                await sender.request("svc", b"fail", timeout=5)
+
+            async def take(*, task_status: trio.TaskStatus[None]) -> None:
+                async with member.tunnels("svc") as incoming:
+                    task_status.started()
+                    async with await incoming.receive() as tunnel:
+                        await tunnel.send(await tunnel.receive())
+
+            await nursery.start(take)
+            async with sender.tunnel("svc") as tunnel:
+                await tunnel.send(b"12345")
+                assert await tunnel.receive() == b"12345"
+            with trio.fail_after(5):
+                while member.statistics().events_received < 20:  # noqa: ASYNC110
+                    await trio.sleep(0.02)
+            sent, got = sender.statistics(), member.statistics()
+        assert (sent.published, sent.broadcasts_sent) == (10, 10)
+        assert (sent.requests_sent, sent.requests_answered, sent.requests_failed) == (6, 5, 1)
+        assert sent.requests_pending == 0
+        assert (sent.tunnels_opened, sent.tunnel_bytes_sent, sent.tunnel_bytes_received) == (
+            1,
+            5,
+            5,
+        )
+        assert got.events_received == 20
+        assert got.events_dropped == 6  # the topic's buffer of 4 kept the last 4
+        assert got.events_buffered == 14  # 4 events and 10 broadcasts, nobody read them
+        assert (got.requests_received, got.tunnels_accepted) == (6, 1)
+        assert got.links >= 1
+        nursery.cancel_scope.cancel()
