@@ -24,6 +24,8 @@ class OverlayConfig:
             this often (anti-entropy: repairs tables, merges healed partitions).
         ack_timeout: a routed hop not acknowledged in this time is resent to the
             same next hop while it is connected, through another once it is gone.
+        ack_delay: an acknowledgement waits at most this long for a routed
+            message going back the same way to ride on (then it goes alone).
         route_attempts: sends to one next hop before trying another, and other
             next hops tried before the message is dropped.
         dedupe_window: message ids remembered for duplicate suppression.
@@ -41,6 +43,7 @@ class OverlayConfig:
     dead_after: float = 4.0
     exchange_interval: float = 5.0
     ack_timeout: float = 0.5
+    ack_delay: float = 0.02
     route_attempts: int = 4
     dedupe_window: float = 30.0
     max_hops: int = 48
@@ -63,5 +66,7 @@ class OverlayConfig:
         ):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive")
+        if not 0 < self.ack_delay < self.ack_timeout / 2:
+            raise ConfigError("need 0 < ack_delay < ack_timeout / 2")
         if self.route_attempts < 1 or self.max_hops < 1:
             raise ConfigError("route_attempts and max_hops must be at least 1")

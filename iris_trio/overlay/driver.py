@@ -344,7 +344,8 @@ class OverlayDriver:
             self._changed.unpark_all()
         scope = self._tick_scope
         if scope is not None and self.trees is not None:
-            due = self.trees.report_due  # a deferred capacity report, before the tick?
+            # A deferred capacity report or owed acknowledgements, before the tick?
+            due = min(self.trees.report_due, self.trees.overlay.ack_due)
             scope.deadline = min(scope.deadline, due)
 
     def _carry_out(

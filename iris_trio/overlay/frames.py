@@ -30,7 +30,19 @@ class OverlayState(Frame):
     reply: bool
 
 
-@frame_kind(17, Blob(exact=16), Blob(exact=16), Blob(exact=16), UInt(8), Blob())
+#: Acknowledgements one frame carries at most.
+MAX_ACKS = 256
+
+
+@frame_kind(
+    17,
+    Blob(exact=16),
+    Blob(exact=16),
+    Blob(exact=16),
+    UInt(8),
+    Blob(),
+    Sequence(Blob(exact=16), MAX_ACKS),
+)
 @dataclasses.dataclass(frozen=True, slots=True)
 class Route(Frame):
     """A message routed hop by hop to the live node closest to ``key``.
@@ -41,6 +53,8 @@ class Route(Frame):
         origin: the id of the node that first sent it.
         hops: links traversed so far.
         payload: an upper-layer frame, encoded.
+        acks: hops of earlier Routes from the receiver that this sender
+            acknowledges (riding along instead of a frame of their own).
     """
 
     message_id: bytes
@@ -48,14 +62,15 @@ class Route(Frame):
     origin: bytes
     hops: int
     payload: bytes
+    acks: tuple[bytes, ...] = ()
 
 
-@frame_kind(18, Blob(exact=16))
+@frame_kind(18, Sequence(Blob(exact=16), MAX_ACKS))
 @dataclasses.dataclass(frozen=True, slots=True)
 class RouteAck(Frame):
-    """Acknowledges one hop of a :class:`Route`."""
+    """Acknowledges hops of :class:`Route` messages (by message id)."""
 
-    message_id: bytes
+    message_ids: tuple[bytes, ...]
 
 
 @frame_kind(19)

@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import math
 import random
 from collections.abc import Callable
 from itertools import chain
 
 from ..wire.frames import Frame
 from .config import OverlayConfig
-from .frames import Heartbeat, Leave, NodeRef, OverlayState, Route, RouteAck
+from .frames import MAX_ACKS, Heartbeat, Leave, NodeRef, OverlayState, Route, RouteAck
 from .ids import clockwise, from_bytes, ring_distance, shared_prefix, short, to_bytes
 from .leafset import LeafSet
 from .routing_table import RoutingTable
@@ -221,6 +222,10 @@ class OverlayNode:
         self._filling: set[tuple[int, int]] = set()  # vacant slots being dialled
         self._backoff: dict[str, float] = {}
         self._pending: dict[bytes, _Pending] = {}
+        # Acknowledgements we owe, per peer: they ride on the next Route to that
+        # peer, or go in one RouteAck once ``ack_delay`` has passed.
+        self._acks_owed: dict[int, list[bytes]] = {}
+        self._ack_due = math.inf
         self._seen: dict[bytes, float] = {}
         self._outbox: list[Effect] = []
         self._now = 0.0
@@ -277,7 +282,7 @@ class OverlayNode:
 
     def next_deadline(self) -> float:
         """When :meth:`tick` should run next at the latest."""
-        return self._now + self.config.tick_interval
+        return min(self._now + self.config.tick_interval, self._ack_due)
 
     # ----------------------------------------------------------------- inputs
 
@@ -337,7 +342,9 @@ class OverlayNode:
         kind = type(frame)
         if kind is Route:
             assert isinstance(frame, Route)
-            self._send(node, RouteAck(frame.message_id))
+            for message_id in frame.acks:
+                self._pending.pop(message_id, None)
+            self._owe_ack(node, frame.message_id)
             if frame.message_id in self._seen:
                 self._duplicates += 1
                 return
@@ -345,7 +352,8 @@ class OverlayNode:
             self._forward_or_deliver(frame, from_bytes(frame.key), now, previous=node)
         elif kind is RouteAck:
             assert isinstance(frame, RouteAck)
-            self._pending.pop(frame.message_id, None)
+            for message_id in frame.message_ids:
+                self._pending.pop(message_id, None)
         elif kind is OverlayState:
             assert isinstance(frame, OverlayState)
             known, useless, own = self._peer_ids, self._useless, self._own_ref[0]
@@ -418,6 +426,8 @@ class OverlayNode:
                 and not self.held[node]
             ):
                 self._drop(node, now, reason="not needed by the tables")
+        if now >= self._ack_due:
+            self.flush_acks(now)
         self._retransmit(now)
         self._expire(now)
         while self._upgrades:
@@ -444,7 +454,41 @@ class OverlayNode:
         peer = self._peers.get(node)
         if peer is not None:
             peer.last_sent = self._now
+            if type(frame) is Route:  # carry what we owe this peer (and nothing else)
+                owed = self._acks_owed.pop(node, None)
+                frame = Route(
+                    frame.message_id,
+                    frame.key,
+                    frame.origin,
+                    frame.hops,
+                    frame.payload,
+                    tuple(owed) if owed else (),
+                )
             self._outbox.append(Send(node, frame))
+
+    def _owe_ack(self, node: int, message_id: bytes) -> None:
+        owed = self._acks_owed.get(node)
+        if owed is None:
+            self._acks_owed[node] = [message_id]
+            self._ack_due = min(self._ack_due, self._now + self.config.ack_delay)
+        else:
+            owed.append(message_id)
+            if len(owed) >= MAX_ACKS:
+                del self._acks_owed[node]
+                self._send(node, RouteAck(tuple(owed)))
+
+    @property
+    def ack_due(self) -> float:
+        """When owed acknowledgements must go out (inf: none are owed)."""
+        return self._ack_due
+
+    def flush_acks(self, now: float) -> None:
+        """Send every owed acknowledgement now."""
+        self._now = now
+        owed_by_peer, self._acks_owed = self._acks_owed, {}
+        self._ack_due = math.inf
+        for node, owed in owed_by_peer.items():
+            self._send(node, RouteAck(tuple(owed)))
 
     def _send_state(self, node: int, *, reply: bool) -> None:
         peers = self._peers
@@ -513,6 +557,7 @@ class OverlayNode:
         peer = self._peers.pop(node, None)
         if peer is None:
             return
+        self._acks_owed.pop(node, None)
         self._peer_ids.discard(peer.ref[0])
         if reason is not None:  # we decided: close the connection
             self._dead += reason.startswith("silent")
@@ -576,7 +621,7 @@ class OverlayNode:
         if frame.hops >= self.config.max_hops:
             self._dropped += 1
             return
-        forwarded = dataclasses.replace(frame, hops=frame.hops + 1)
+        forwarded = Route(frame.message_id, frame.key, frame.origin, frame.hops + 1, frame.payload)
         self._forwarded += 1
         self._send(next_hop, forwarded)
         self._pending[frame.message_id] = _Pending(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
+import math
 import random
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -60,6 +61,7 @@ class SimNode:
     incarnation: int = 0
     started_at: float = 0.0
     trees: TreeNode | None = None
+    acks_at: float = math.inf  # when a flush of owed acknowledgements is scheduled
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -234,6 +236,15 @@ class Simulation:
         else:
             getattr(sim.overlay, method)(self.now, *args)
         self._apply(sim, self._effects(sim))
+        due = sim.overlay.ack_due
+        if due < sim.acks_at:  # owed acknowledgements go out on time, between ticks
+            sim.acks_at = due
+            self._at(due, self._flush_acks, sim, incarnation)
+
+    def _flush_acks(self, sim: SimNode, incarnation: int) -> None:
+        sim.acks_at = math.inf
+        if sim.overlay.ack_due <= self.now:
+            self._call(sim, incarnation, "flush_acks")
 
     def _effects(self, sim: SimNode) -> list[object]:
         if sim.trees is not None:

@@ -14,6 +14,7 @@ schedule is implicit (counted on both ends), so rekeying costs no signalling.
 from __future__ import annotations
 
 import operator
+import os
 import struct
 from typing import Final
 
@@ -74,6 +75,11 @@ class SecureStream(trio.abc.Stream):
         self._rekey_interval = rekey_interval
         self._close_timeout = close_timeout
         self._plaintext: list[bytes | bytearray] = []
+        # Eager writes (see write_now): the socket's descriptor, when the transport
+        # is a socket stream, and sealed bytes the socket did not take at once.
+        socket = getattr(transport_stream, "socket", None)
+        self._fd: int | None = socket.fileno() if socket is not None else None
+        self._unsent: memoryview | None = None
         self._sending = False
         self._receiving = False
         self._closed = False
@@ -134,12 +140,72 @@ class SecureStream(trio.abc.Stream):
                 self._send_broken = exc
                 raise trio.BrokenResourceError("record nonces exhausted") from exc
             try:
+                if self._unsent is not None:  # what an eager write left, first
+                    unsent, self._unsent = self._unsent, None
+                    await self.transport_stream.send_all(unsent)
                 await self.transport_stream.send_all(wire)
             except BaseException as exc:
                 # A partial write (cancellation included) desynchronises the record
                 # stream for good.
                 self._send_broken = exc
                 raise
+        finally:
+            self._sending = False
+
+    @property
+    def has_unsent(self) -> bool:
+        """True when an eager write left bytes that :meth:`flush` must send."""
+        return self._unsent is not None
+
+    def write_now(self, data: bytes) -> bool:
+        """Encrypt ``data`` and write it to the socket without waiting, if possible.
+
+        Returns False (nothing done) when the transport is not a socket or a
+        send is under way. Otherwise the records are written as far as the
+        socket takes them at once; the rest is kept, in order, for the next
+        :meth:`send_all` or :meth:`flush`.
+
+        Raises:
+            trio.ClosedResourceError / trio.BrokenResourceError: as :meth:`send_all`.
+        """
+        if self._fd is None or self._sending or self._unsent is not None:
+            return False
+        if self._closed:
+            raise trio.ClosedResourceError("the secure stream was closed")
+        if self._send_broken is not None:
+            raise trio.BrokenResourceError("the secure stream is broken") from self._send_broken
+        try:
+            wire = self._seal(data)
+        except NonceExhaustedError as exc:
+            self._send_broken = exc
+            raise trio.BrokenResourceError("record nonces exhausted") from exc
+        try:
+            written = os.write(self._fd, wire)
+        except BlockingIOError:
+            written = 0
+        except OSError as exc:
+            self._send_broken = exc
+            raise trio.BrokenResourceError("the connection failed") from exc
+        if written < len(wire):
+            self._unsent = memoryview(wire)[written:]
+        return True
+
+    async def flush(self) -> None:
+        """Send what an eager write left unsent (if anything)."""
+        if self._sending:
+            raise trio.BusyResourceError("another task is using this stream for sending")
+        self._sending = True
+        try:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            if self._unsent is not None:
+                unsent, self._unsent = self._unsent, None
+                try:
+                    await self.transport_stream.send_all(unsent)
+                except BaseException as exc:
+                    self._send_broken = exc
+                    raise
+            else:
+                await trio.lowlevel.cancel_shielded_checkpoint()
         finally:
             self._sending = False
 
@@ -267,6 +333,9 @@ class SecureStream(trio.abc.Stream):
             if self._send_broken is None and not self._sending:
                 with trio.move_on_after(self._close_timeout):
                     try:
+                        if self._unsent is not None:
+                            unsent, self._unsent = self._unsent, None
+                            await self.transport_stream.send_all(unsent)
                         end = self._send_cipher.encrypt_with_ad(b"", b"")
                         await self.transport_stream.send_all(_U16.pack(len(end)) + end)
                     except (
