@@ -1,7 +1,7 @@
 """The far end of the pattern benchmarks: one node process playing one role.
 
 ``python -m iris_trio.bench._peer ROLE NAME [--seed ADDRESS] [--count N]``
-prints its listen address on the first line, ``ready`` once it is a linked
+prints its listen address and node id on the first line, ``ready`` once it is a linked
 member or subscriber, and (for the measuring roles) one JSON line of figures
 when it is done. Roles:
 
@@ -93,9 +93,13 @@ async def _sink(tunnel: Tunnel) -> None:
 
 
 async def run(role: str, name: str, seeds: list[str], count: int) -> None:
-    """Play ``role`` (see the module docstring)."""
+    """Play ``role`` (see the module docstring). With NAME ``-``, the name is read
+    from standard input once the node's id is printed (so that the harness can
+    pick one whose tree is rooted where it wants)."""
     async with join(seeds=seeds, discovery="off") as node:
-        _say(node.address)
+        _say(f"{node.address} {node.id.hex()}")
+        if name == "-":
+            name = (await trio.to_thread.run_sync(sys.stdin.readline)).strip()
         await node.wait_joined()
         if role == "subscriber":
             async with node.subscribe(name, capacity=count + 1) as events:

@@ -11,6 +11,7 @@ monotonic clock) or round trips (requests).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import statistics
@@ -24,6 +25,7 @@ from typing import Any
 import trio
 
 from .. import Node, join
+from ..overlay.ids import from_bytes, name_id, ring_distance
 from ._common import emit
 from ._peer import stamp
 
@@ -58,29 +60,50 @@ class Peer:
 
 @asynccontextmanager
 async def peers(
-    node: Node, role: str, name: str, *, count: int = 0, copies: int = 1
-) -> AsyncIterator[list[Peer]]:
-    """Start ``copies`` peers in ``role``, seeded with ``node``; wait until ready."""
+    node: Node, role: str, kind: str, *, count: int = 0, copies: int = 1
+) -> AsyncIterator[tuple[str, list[Peer]]]:
+    """Start ``copies`` peers in ``role``, seeded with ``node``; wait until ready.
+
+    Yields the cluster or topic name they use (``kind``: "cluster" or "topic"),
+    chosen so that its tree is rooted at the first peer, not at ``node``: every
+    message then crosses the overlay as a routed message, as it does in a larger
+    overlay (where the root is usually a third node), and runs are comparable.
+    """
     started: list[Peer] = []
     arguments = ["--seed", node.address, "--count", str(count)]
     try:
         for _ in range(copies):
             process = await trio.lowlevel.open_process(
-                [sys.executable, "-m", "iris_trio.bench._peer", role, name, *arguments],
+                [sys.executable, "-m", "iris_trio.bench._peer", role, "-", *arguments],
                 stdout=subprocess.PIPE,
+                stdin=subprocess.PIPE,
             )
             started.append(Peer(process))
+        ids = [int((await peer.line()).split()[1], 16) for peer in started]
+        name = _rooted_at(ids[0], [from_bytes(node.id), *ids[1:]], kind)
         for peer in started:
-            await peer.line()  # its address
+            assert peer.process.stdin is not None
+            await peer.process.stdin.send_all(name.encode() + b"\n")
+        for peer in started:
             await peer.line()  # "ready"
         await trio.sleep(0.5)  # let the overlay settle (trees, capacity reports)
-        yield started
+        yield name, started
     finally:
         for peer in started:
             if peer.process.returncode is None:
                 peer.process.kill()  # by pid: only what we started
             with trio.move_on_after(5):
                 await peer.process.wait()
+
+
+def _rooted_at(root: int, others: list[int], kind: str) -> str:
+    """A name whose id is closer to ``root`` than to any of ``others``."""
+    for number in itertools.count():
+        name = f"bench-{number}"
+        key = name_id(kind, name)
+        if all(ring_distance(root, key) < ring_distance(other, key) for other in others):
+            return name
+    raise AssertionError("unreachable")
 
 
 async def _pace(node: Node, send: Any, count: int, payload: bytes) -> float:
@@ -94,9 +117,9 @@ async def pubsub(count: int, size: int) -> dict[str, Any]:
     """One publisher, one subscriber process, ``count`` messages of ``size`` bytes."""
     async with (
         join(discovery="off") as node,
-        peers(node, "subscriber", "bench", count=count) as far,
+        peers(node, "subscriber", "topic", count=count) as (topic, far),
     ):
-        elapsed = await _pace(node, lambda data: node.publish("bench", data), count, bytes(size))
+        elapsed = await _pace(node, lambda data: node.publish(topic, data), count, bytes(size))
         result = await far[0].result()
     return {
         "messages": count,
@@ -113,9 +136,9 @@ async def broadcast(count: int, size: int, members: int) -> dict[str, Any]:
     """One sender, ``members`` member processes, ``count`` messages of ``size`` bytes."""
     async with (
         join(discovery="off") as node,
-        peers(node, "broadcasts", "bench", count=count, copies=members) as far,
+        peers(node, "broadcasts", "cluster", count=count, copies=members) as (cluster, far),
     ):
-        elapsed = await _pace(node, lambda data: node.broadcast("bench", data), count, bytes(size))
+        elapsed = await _pace(node, lambda data: node.broadcast(cluster, data), count, bytes(size))
         results = [await peer.result() for peer in far]
     return {
         "messages": count,
@@ -132,13 +155,13 @@ async def broadcast(count: int, size: int, members: int) -> dict[str, Any]:
 async def request(count: int, duration: float, size: int) -> dict[str, Any]:
     """Round trips to one echo member process: sequential latency, then throughput."""
     payload = bytes(size)
-    async with join(discovery="off") as node, peers(node, "echo", "bench"):
+    async with join(discovery="off") as node, peers(node, "echo", "cluster") as (cluster, _):
         for _ in range(200):  # warm up
-            await node.request("bench", payload)
+            await node.request(cluster, payload)
         latencies: list[int] = []
         for _ in range(count):
             begun = time.perf_counter_ns()
-            await node.request("bench", payload)
+            await node.request(cluster, payload)
             latencies.append(time.perf_counter_ns() - begun)
         ordered = sorted(latencies)
         figures: dict[str, Any] = {
@@ -153,7 +176,7 @@ async def request(count: int, duration: float, size: int) -> dict[str, Any]:
             async def lane() -> None:
                 nonlocal done
                 while True:
-                    await node.request("bench", payload)
+                    await node.request(cluster, payload)
                     done += 1
 
             begun_s = time.perf_counter()
@@ -168,10 +191,10 @@ async def request(count: int, duration: float, size: int) -> dict[str, Any]:
 async def tunnel(small: int, large: int) -> dict[str, Any]:
     """One tunnel to a sink process: ``small`` 1-byte messages, ``large`` 64 KiB ones."""
     figures: dict[str, Any] = {}
-    async with join(discovery="off") as node, peers(node, "sink", "bench"):
+    async with join(discovery="off") as node, peers(node, "sink", "cluster") as (cluster, _):
         for label, count, size in (("small", small, 1), ("large", large, 65536)):
             message = bytes(size)
-            async with node.tunnel("bench") as channel:
+            async with node.tunnel(cluster) as channel:
                 begun = time.perf_counter()
                 await channel.send(b"%d" % count)
                 for _ in range(count):

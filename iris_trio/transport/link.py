@@ -41,9 +41,10 @@ __all__ = ["Link", "LinkStatistics", "open_link", "run_link"]
 log = logging.getLogger("iris_trio.transport")
 
 SOFTWARE: Final = "iris-trio/0.1"
-#: A frame is written at once, without the writer task, when nothing was written
-#: for this long (seconds); frames closer together are batched by the writer.
-_EAGER_GAP = 50e-6
+#: A frame is written at once, without the writer task, when something was read
+#: since the last write or nothing was written for this long (seconds); other
+#: frames are batched by the writer.
+_EAGER_IDLE = 1e-3
 #: Largest frame :meth:`Link.send_control_nowait` takes, encoded.
 _CONTROL_FRAME_LIMIT = 256
 _U32 = struct.Struct(">I")
@@ -132,6 +133,7 @@ class Link:
         self._bytes_received = 0
         self._keepalives_sent = 0
         self._last_write = self._last_read = trio.current_time()
+        self._read_since_write = False
 
     def __repr__(self) -> str:
         return f"<Link to {self.peer_id.hex()[:12]} at {self.remote_address or '?'}>"
@@ -229,12 +231,15 @@ class Link:
 
     def _enqueue(self, framed: bytes, *, force: bool = False) -> None:
         queue = self._queue
-        if not queue:
-            now = trio.current_time()
-            if now - self._last_write >= _EAGER_GAP and self._secure.write_now(framed):
-                # Written at once: a frame after a quiet spell costs no task switch.
-                # Frames in quick succession queue up and go out as one batch.
-                self._last_write = now
+        if not queue and (
+            self._read_since_write or trio.current_time() - self._last_write >= _EAGER_IDLE
+        ):
+            if self._secure.write_now(framed):
+                # Written at once: an answer to what was just read, or a frame on a
+                # quiet link, costs no task switch. Frames that follow other writes
+                # closely (a stream) queue up and go out in batches.
+                self._read_since_write = False
+                self._last_write = trio.current_time()
                 self._frames_sent += 1
                 self._bytes_sent += len(framed)
                 if self._secure.has_unsent:
@@ -367,6 +372,7 @@ class Link:
             while True:
                 data = await secure.receive_some()
                 self._last_read = trio.current_time()  # the writer watches for silence
+                self._read_since_write = True
                 if not data:
                     self._remote_closed = True
                     return
@@ -442,6 +448,7 @@ class Link:
                 with trio.fail_after(config.write_timeout):
                     await secure.send_all(batch)
                 self._last_write = trio.current_time()
+                self._read_since_write = False
                 self._bytes_sent += len(batch)
                 self._space_lot.unpark_all()
                 self._check_silence()
