@@ -342,11 +342,16 @@ class OverlayDriver:
             self._last_sides = sides
         if self._changed:
             self._changed.unpark_all()
+        self._plan_tick()
+
+    def _plan_tick(self) -> None:
+        """Bring the next tick forward if a deferred capacity report or owed
+        acknowledgements are due before it."""
         scope = self._tick_scope
         if scope is not None and self.trees is not None:
-            # A deferred capacity report or owed acknowledgements, before the tick?
             due = min(self.trees.report_due, self.trees.overlay.ack_due)
-            scope.deadline = min(scope.deadline, due)
+            if due < scope.deadline:  # noqa: PLR1730 - setting a deadline is not free
+                scope.deadline = due
 
     def _carry_out(
         self, effects: list[Effect | TreeDelivery | RequestDelivery | ReplyDelivery]
@@ -427,9 +432,13 @@ class OverlayDriver:
 
     def set_spare(self, tree: int, spare: int) -> None:
         """Report how many more requests of ``tree`` this member can take."""
-        if self.trees is not None:
-            self.trees.set_spare(trio.current_time(), tree, spare)
-            self._flush()
+        trees = self.trees
+        if trees is not None:
+            trees.set_spare(trio.current_time(), tree, spare)
+            if trees.overlay.has_effects:  # a capacity report went out
+                self._flush()
+            else:  # only a deferred report, perhaps: the ticker must wake for it
+                self._plan_tick()
 
     def peer_link(self, node: int) -> Link | None:
         """The link in use to peer ``node``, if there is one."""

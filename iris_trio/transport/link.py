@@ -231,20 +231,21 @@ class Link:
 
     def _enqueue(self, framed: bytes, *, force: bool = False) -> None:
         queue = self._queue
-        if not queue and (
-            self._read_since_write or trio.current_time() - self._last_write >= _EAGER_IDLE
+        if (
+            not queue
+            and (self._read_since_write or trio.current_time() - self._last_write >= _EAGER_IDLE)
+            and self._secure.write_now(framed)
         ):
-            if self._secure.write_now(framed):
-                # Written at once: an answer to what was just read, or a frame on a
-                # quiet link, costs no task switch. Frames that follow other writes
-                # closely (a stream) queue up and go out in batches.
-                self._read_since_write = False
-                self._last_write = trio.current_time()
-                self._frames_sent += 1
-                self._bytes_sent += len(framed)
-                if self._secure.has_unsent:
-                    self._writer_lot.unpark()  # the socket was full: the writer finishes
-                return
+            # Written at once: an answer to what was just read, or a frame on a
+            # quiet link, costs no task switch. Frames that follow other writes
+            # closely (a stream) queue up and go out in batches.
+            self._read_since_write = False
+            self._last_write = trio.current_time()
+            self._frames_sent += 1
+            self._bytes_sent += len(framed)
+            if self._secure.has_unsent:
+                self._writer_lot.unpark()  # the socket was full: the writer finishes
+            return
         size = len(framed)
         if (
             queue
