@@ -9,9 +9,10 @@ and encryption::
             await node.publish("news", b"hello")
             print(await events.receive())
 
-Available so far: the overlay (Pastry routing, discovery, Scribe-like trees),
-cluster membership, publish/subscribe, broadcast and request/reply; tunnels
-are being built on the same trees.
+The four patterns: request/reply (``node.request``; members ``node.serve`` or
+``node.requests()``), broadcast (``node.broadcast``; ``node.broadcasts()``),
+publish/subscribe (``node.publish``; ``node.subscribe()``) and tunnels
+(``node.tunnel()``; ``node.tunnels()``). See docs/patterns.md.
 """
 
 from ._node import MAX_MESSAGE_SIZE as MAX_MESSAGE_SIZE
@@ -25,6 +26,7 @@ from .crypto.keys import Network as Network
 from .crypto.keys import NetworkKey as NetworkKey
 from .errors import ConfigError as ConfigError
 from .errors import HandshakeError as HandshakeError
+from .errors import InternalError as InternalError
 from .errors import IrisError as IrisError
 from .errors import KeyFormatError as KeyFormatError
 from .errors import MessageTooLargeError as MessageTooLargeError

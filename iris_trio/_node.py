@@ -16,7 +16,7 @@ import math
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Final
+from typing import Any, Final
 
 import trio
 
@@ -25,6 +25,7 @@ from .crypto.identity import NodeIdentity
 from .crypto.keys import DEV_NETWORK, Network, NetworkKey
 from .errors import (
     ConfigError,
+    InternalError,
     MessageTooLargeError,
     NoRespondersError,
     ProtocolError,
@@ -562,7 +563,7 @@ class Node:
             address = request.data.decode("utf-8", "replace")
             deadline = trio.current_time() + request.timeout_ms / 1000
             self._nursery.start_soon(
-                self._open_member_end, entry, requester, request_id, address, deadline
+                _guarded, self._open_member_end, entry, requester, request_id, address, deadline
             )
 
     async def _open_member_end(
@@ -772,6 +773,25 @@ async def _handle(
         limiter.release_on_behalf_of(token)
 
 
+async def _guarded(
+    function: Callable[..., Awaitable[object]],
+    *args: object,
+    task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run one of the node's own tasks; an unexpected exception from it (a bug:
+    network failures are handled where they happen) becomes one InternalError."""
+    try:
+        if task_status is trio.TASK_STATUS_IGNORED:
+            await function(*args)
+        else:
+            await function(*args, task_status=task_status)
+    except Exception as exc:
+        cause: BaseException = exc
+        while isinstance(cause, BaseExceptionGroup) and len(cause.exceptions) == 1:
+            cause = cause.exceptions[0]
+        raise InternalError(f"the node failed: {cause!r}") from cause
+
+
 def _network(network: str | Network | None, key: NetworkKey | bytes | None) -> Network:
     if isinstance(network, Network):
         if key is not None:
@@ -821,9 +841,9 @@ async def serve_node(
         config=config,
     )
     node = Node(driver, cluster)
-    async with trio.open_nursery() as nursery:
+    async with open_unwrapped_nursery() as nursery:
         node._nursery = nursery
-        await nursery.start(driver.run)
+        await nursery.start(_guarded, driver.run)
         if cluster is not None:
             driver.join_tree(name_id(CLUSTER, cluster))
         task_status.started(node)

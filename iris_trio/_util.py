@@ -42,5 +42,6 @@ async def open_unwrapped_nursery() -> AsyncIterator[trio.Nursery]:
             yield nursery
     except BaseExceptionGroup as group:
         if len(group.exceptions) == 1 and not isinstance(group.exceptions[0], BaseExceptionGroup):
-            raise group.exceptions[0] from None
+            lone = group.exceptions[0]
+            raise lone from lone.__cause__  # its own cause kept; the group hidden
         raise

@@ -16,6 +16,7 @@ from __future__ import annotations
 __all__ = [
     "ConfigError",
     "HandshakeError",
+    "InternalError",
     "IrisError",
     "KeyFormatError",
     "MessageTooLargeError",
@@ -65,3 +66,8 @@ class NoRespondersError(IrisError):
 
 class RemoteError(IrisError):
     """The member's handler failed; the message is the handler's error text."""
+
+
+class InternalError(IrisError):
+    """A node's own task failed unexpectedly (a bug in iris_trio, not a network
+    failure); the original exception is its ``__cause__``. The node is stopped."""

@@ -179,6 +179,19 @@ async def test_join_on_the_dev_network_and_the_user_exception_leaves_unwrapped()
             raise BoomError
 
 
+async def test_a_failing_node_task_is_one_internal_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from iris_trio.overlay.trees import TreeNode
+
+    def broken_tick(self: TreeNode, now: float) -> None:
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(TreeNode, "tick", broken_tick)
+    with pytest.raises(iris_trio.InternalError, match="a bug") as caught:
+        async with iris_trio.join(discovery="off"):
+            await trio.sleep(5)
+    assert isinstance(caught.value.__cause__, KeyError)
+
+
 async def test_broadcast_reaches_every_member_exactly_once() -> None:
     async with nodes(10) as (group, _), trio.open_nursery() as holders:
         members = group[2:10]

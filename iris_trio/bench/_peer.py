@@ -6,7 +6,7 @@ member or subscriber, and (for the measuring roles) one JSON line of figures
 when it is done. Roles:
 
 - ``subscriber`` / ``broadcasts``: receive ``--count`` messages on topic /
-  cluster NAME (or stop 3 s after the last one), then report the count, the
+  cluster NAME (or stop 10 s after the last one), then report the count, the
   receive rate and the one-way latency (messages carry their send time).
 - ``echo``: answer requests of cluster NAME with their own data, until killed.
 - ``sink``: take tunnels of cluster NAME; on each, read a count (ASCII), then
@@ -65,7 +65,7 @@ async def _collect(channel: Subscription, count: int) -> dict[str, Any]:
         try:
             message = channel.receive_nowait()
         except trio.WouldBlock:
-            with trio.move_on_after(3 if received else 60) as idle:
+            with trio.move_on_after(10 if received else 60) as idle:
                 message = await channel.receive()
             if idle.cancelled_caught:
                 break

@@ -1,4 +1,4 @@
-"""Tree frames (kinds 21-26)."""
+"""Tree frames (kinds 21-27)."""
 
 from __future__ import annotations
 
@@ -105,7 +105,7 @@ class TreeReply(Frame):
     data: bytes
 
 
-@frame_kind(31, Blob(exact=16))
+@frame_kind(27, Blob(exact=16))
 @dataclasses.dataclass(frozen=True, slots=True)
 class TreeAck(Frame):
     """Parent to child: "I am linked to the root" (so the child is too).

@@ -1,4 +1,4 @@
-"""Tunnel frames (kinds 27-30), sent on the direct link between the two ends."""
+"""Tunnel frames (kinds 64-67), sent on the direct link between the two ends."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ __all__ = ["CHUNK_SIZE", "TunnelAllow", "TunnelClose", "TunnelData", "TunnelInit
 CHUNK_SIZE = 64 * 1024
 
 
-@frame_kind(27, Blob(exact=16), Blob(exact=16), UInt(64))
+@frame_kind(64, Blob(exact=16), Blob(exact=16), UInt(64))
 @dataclasses.dataclass(frozen=True, slots=True)
 class TunnelInit(Frame):
     """Member to requester: "I take the tunnel you asked for as ``tunnel``; I call
@@ -24,7 +24,7 @@ class TunnelInit(Frame):
     allowance: int
 
 
-@frame_kind(28, Blob(exact=16), UInt(64))
+@frame_kind(65, Blob(exact=16), UInt(64))
 @dataclasses.dataclass(frozen=True, slots=True)
 class TunnelAllow(Frame):
     """The receiver has room for ``allowance`` more bytes (an increment)."""
@@ -33,7 +33,7 @@ class TunnelAllow(Frame):
     allowance: int
 
 
-@frame_kind(29, Blob(exact=16), UInt(64), Optional(UInt(64)), Blob(CHUNK_SIZE))
+@frame_kind(66, Blob(exact=16), UInt(64), Optional(UInt(64)), Blob(CHUNK_SIZE))
 @dataclasses.dataclass(frozen=True, slots=True)
 class TunnelData(Frame):
     """A piece of a message.
@@ -52,7 +52,7 @@ class TunnelData(Frame):
     data: bytes
 
 
-@frame_kind(30, Blob(exact=16), UInt(64), Text(1024))
+@frame_kind(67, Blob(exact=16), UInt(64), Text(1024))
 @dataclasses.dataclass(frozen=True, slots=True)
 class TunnelClose(Frame):
     """The sender's end is closed after frame ``sequence - 1``.
