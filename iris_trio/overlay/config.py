@@ -22,7 +22,8 @@ class OverlayConfig:
             heartbeat interval). Merely slow peers keep talking and stay.
         exchange_interval: each node pushes its state to one random neighbour
             this often (anti-entropy: repairs tables, merges healed partitions).
-        ack_timeout: a routed hop not acknowledged in this time is resent to the
+        ack_timeout: a routed hop not acknowledged in this time (or in the
+            peer's measured acknowledgement time, if longer) is resent to the
             same next hop while it is connected, through another once it is gone.
         ack_delay: an acknowledgement waits at most this long for a routed
             message going back the same way to ride on (then it goes alone).

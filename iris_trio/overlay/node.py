@@ -38,6 +38,9 @@ from .ids import clockwise, from_bytes, ring_distance, shared_prefix, short, to_
 from .leafset import LeafSet
 from .routing_table import RoutingTable
 
+#: Routed message ids remembered at most (about 20 MB).
+_MAX_SEEN = 1 << 17
+
 __all__ = [
     "Connect",
     "Deliver",
@@ -120,10 +123,17 @@ class _Peer:
         "last_sent",
         "outbound",
         "ref",
+        "rttvar",
+        "srtt",
         "suspected",
     )
 
     def __init__(self, node: int, address: str, now: float, *, outbound: bool) -> None:
+        # Smoothed time from sending a hop to its acknowledgement, and its
+        # variation (as TCP's retransmission timer): a peer that is merely behind
+        # under load is given longer before a hop is sent again.
+        self.srtt: float | None = None
+        self.rttvar = 0.0
         self.address = address
         self.ref: NodeRef = (to_bytes(node), address)
         self.outbound = outbound
@@ -163,12 +173,20 @@ class _Pending:
         "next_hop",
         "previous",
         "reroutes",
+        "sent_at",
         "tried",
     )
 
     def __init__(
-        self, frame: Route, key: int, next_hop: int, deadline: float, previous: int | None
+        self,
+        frame: Route,
+        key: int,
+        next_hop: int,
+        deadline: float,
+        previous: int | None,
+        sent_at: float,
     ) -> None:
+        self.sent_at = sent_at
         self.previous = previous
         self.frame = frame
         self.key = key
@@ -226,7 +244,9 @@ class OverlayNode:
         # peer, or go in one RouteAck once ``ack_delay`` has passed.
         self._acks_owed: dict[int, list[bytes]] = {}
         self._ack_due = math.inf
-        self._seen: dict[bytes, float] = {}
+        # Message ids seen, oldest first: an OrderedDict, because a plain dict
+        # emptied from the front makes each next(iter()) scan the holes (quadratic).
+        self._seen: collections.OrderedDict[bytes, float] = collections.OrderedDict()
         self._outbox: list[Effect] = []
         self._now = 0.0
         self._repair_leaves = False
@@ -343,17 +363,17 @@ class OverlayNode:
         if kind is Route:
             assert isinstance(frame, Route)
             for message_id in frame.acks:
-                self._pending.pop(message_id, None)
+                self._acked(node, message_id)
             self._owe_ack(node, frame.message_id)
             if frame.message_id in self._seen:
                 self._duplicates += 1
                 return
-            self._seen[frame.message_id] = now
+            self._remember(frame.message_id, now)
             self._forward_or_deliver(frame, from_bytes(frame.key), now, previous=node)
         elif kind is RouteAck:
             assert isinstance(frame, RouteAck)
             for message_id in frame.message_ids:
-                self._pending.pop(message_id, None)
+                self._acked(node, message_id)
         elif kind is OverlayState:
             assert isinstance(frame, OverlayState)
             known, useless, own = self._peer_ids, self._useless, self._own_ref[0]
@@ -376,7 +396,7 @@ class OverlayNode:
         """Route ``payload`` to the live node closest to ``key``; returns the message id."""
         self._now = now
         message_id = self.rng.randbytes(16)
-        self._seen[message_id] = now
+        self._remember(message_id, now)
         self._routed += 1
         frame = Route(message_id, to_bytes(key), to_bytes(self.id), 0, payload)
         self._forward_or_deliver(frame, key, now, previous=None)
@@ -465,6 +485,35 @@ class OverlayNode:
                     tuple(owed) if owed else (),
                 )
             self._outbox.append(Send(node, frame))
+
+    def _remember(self, message_id: bytes, now: float) -> None:
+        """Note a routed message for duplicate suppression (memory stays bounded:
+        beyond ``_MAX_SEEN`` ids, the oldest are forgotten before their window)."""
+        seen = self._seen
+        seen[message_id] = now
+        if len(seen) > _MAX_SEEN:
+            seen.popitem(last=False)
+
+    def _acked(self, node: int, message_id: bytes) -> None:
+        pending = self._pending.pop(message_id, None)
+        if pending is None or pending.attempts != 1 or pending.next_hop != node:
+            return  # only first sends measure the round trip (Karn's rule)
+        peer = self._peers.get(node)
+        if peer is not None:
+            sample = self._now - pending.sent_at
+            if peer.srtt is None:
+                peer.srtt, peer.rttvar = sample, sample / 2
+            else:
+                peer.rttvar = 0.75 * peer.rttvar + 0.25 * abs(peer.srtt - sample)
+                peer.srtt = 0.875 * peer.srtt + 0.125 * sample
+
+    def _ack_timeout(self, node: int) -> float:
+        """How long a hop to ``node`` waits for its acknowledgement."""
+        floor = self.config.ack_timeout
+        peer = self._peers.get(node)
+        if peer is None or peer.srtt is None:
+            return floor
+        return min(max(floor, peer.srtt + 4 * peer.rttvar), self.config.dead_after)
 
     def _owe_ack(self, node: int, message_id: bytes) -> None:
         owed = self._acks_owed.get(node)
@@ -625,25 +674,32 @@ class OverlayNode:
         self._forwarded += 1
         self._send(next_hop, forwarded)
         self._pending[frame.message_id] = _Pending(
-            forwarded, key, next_hop, now + self.config.ack_timeout, previous
+            forwarded, key, next_hop, now + self._ack_timeout(next_hop), previous, now
         )
 
     def _resend(self, pending: _Pending, now: float, *, gone: bool = False) -> None:
         """Send an unacknowledged hop again.
 
-        While its next hop is connected the same hop is retried (a lost frame or
-        a slow peer; another path could deliver twice); once the hop is gone, or
-        after ``route_attempts`` tries, the message goes through another next hop.
+        While its next hop is connected the same hop is retried, each time
+        waiting twice as long (a lost frame or a slow peer; another path could
+        deliver twice); once the hop is gone, or after ``route_attempts`` tries
+        (twice as many while the peer is not suspected), the message goes through
+        another next hop. The wait adapts to each peer's measured acknowledgement
+        time, so a peer that is merely behind under load is not flooded with
+        copies.
         """
         message_id = pending.frame.message_id
         config = self.config
-        if (
-            not gone
-            and pending.next_hop in self._peers
-            and pending.attempts < config.route_attempts
+        peer = None if gone else self._peers.get(pending.next_hop)
+        if peer is not None and (
+            pending.attempts < config.route_attempts
+            # A live peer that is merely slow keeps its hops longer: sending them
+            # elsewhere would deliver to the wrong node.
+            or (not peer.suspected and pending.attempts < 2 * config.route_attempts)
         ):
             pending.attempts += 1
-            pending.deadline = now + config.ack_timeout
+            backoff = 2 ** min(pending.attempts - 1, 4)
+            pending.deadline = now + self._ack_timeout(pending.next_hop) * backoff
             self._send(pending.next_hop, pending.frame)
             return
         if pending.reroutes >= config.route_attempts:
@@ -662,7 +718,8 @@ class OverlayNode:
         pending.attempts = 1
         pending.next_hop = next_hop
         pending.tried.add(next_hop)
-        pending.deadline = now + config.ack_timeout
+        pending.sent_at = now
+        pending.deadline = now + self._ack_timeout(next_hop)
         self._send(next_hop, pending.frame)
 
     def _retransmit(self, now: float) -> None:
@@ -673,10 +730,10 @@ class OverlayNode:
         horizon = now - self.config.dedupe_window
         seen = self._seen
         while seen:
-            oldest = next(iter(seen))
-            if seen[oldest] > horizon:
+            at = next(iter(seen.values()))
+            if at > horizon:
                 break
-            del seen[oldest]
+            seen.popitem(last=False)
         for address in [a for a, d in self._dialing.items() if now - d.since > 30.0]:
             self._end_dial(address)
         for address in [a for a, until in self._backoff.items() if until <= now]:

@@ -1,0 +1,79 @@
+"""The sans-IO overlay node alone: acknowledgements and retransmission of routed hops."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from iris_trio.overlay.config import OverlayConfig
+from iris_trio.overlay.frames import Heartbeat, Route, RouteAck
+from iris_trio.overlay.node import _MAX_SEEN, Deliver, Effect, OverlayNode, Send
+
+A_ID, B_ID = 1 << 120, 2 << 120
+
+
+def linked_pair(config: OverlayConfig) -> tuple[OverlayNode, OverlayNode]:
+    a = OverlayNode(A_ID, "a:1", config=config)
+    b = OverlayNode(B_ID, "b:1", config=config)
+    a.connected(0.0, B_ID, "b:1")
+    b.connected(0.0, A_ID, "a:1")
+    a.take_effects()
+    b.take_effects()
+    return a, b
+
+
+def routes_sent(effects: Sequence[Effect], to: int) -> list[Route]:
+    return [
+        e.frame
+        for e in effects
+        if isinstance(e, Send) and e.node == to and isinstance(e.frame, Route)
+    ]
+
+
+def test_acknowledgements_ride_on_the_next_route_back_or_go_batched() -> None:
+    config = OverlayConfig()
+    a, b = linked_pair(config)
+    a.route(0.0, B_ID, b"question")
+    (question,) = routes_sent(a.take_effects(), B_ID)
+    b.received(0.001, A_ID, question)
+    assert [e for e in b.take_effects() if isinstance(e, Send)] == []  # the ack waits
+    b.route(0.002, A_ID, b"answer")
+    (answer,) = routes_sent(b.take_effects(), A_ID)
+    assert answer.acks == (question.message_id,)  # ...and rides on the answer
+    a.received(0.003, B_ID, answer)
+    assert a.statistics().routed == 1 and not a._pending
+    # Nothing to ride on: one RouteAck for all that is owed, after ack_delay.
+    for number in range(3):
+        a.route(0.01, B_ID, b"%d" % number)
+    for route in routes_sent(a.take_effects(), B_ID):
+        b.received(0.011, A_ID, route)
+    b.take_effects()
+    b.tick(0.011 + config.ack_delay)
+    acks = [
+        e.frame for e in b.take_effects() if isinstance(e, Send) and isinstance(e.frame, RouteAck)
+    ]
+    assert len(acks) == 1 and len(acks[0].message_ids) == 3
+
+
+def test_a_live_but_slow_next_hop_keeps_its_message() -> None:
+    """A hop that is heard from (heartbeats) but slow to acknowledge is retried,
+    waiting longer each time, and never bypassed by delivering elsewhere."""
+    config = OverlayConfig()
+    a, _ = linked_pair(config)
+    a.route(0.0, B_ID, b"patience")
+    sends = len(routes_sent(a.take_effects(), B_ID))
+    now = 0.0
+    while now < 20.0:
+        now += 0.1
+        a.received(now, B_ID, Heartbeat())  # B is alive, just behind
+        a.tick(now)
+        effects = a.take_effects()
+        assert not [e for e in effects if isinstance(e, Deliver)]
+        sends += len(routes_sent(effects, B_ID))
+    assert 2 <= sends <= 2 * config.route_attempts  # retried, with growing waits
+
+
+def test_duplicate_suppression_memory_is_bounded() -> None:
+    a, _ = linked_pair(OverlayConfig())
+    for number in range(_MAX_SEEN + 1000):
+        a._remember(number.to_bytes(16, "big"), 0.0)
+    assert len(a._seen) == _MAX_SEEN
