@@ -8,7 +8,8 @@ when it is done. Roles:
 - ``subscriber`` / ``broadcasts``: receive ``--count`` messages on topic /
   cluster NAME (or stop 10 s after the last one), then report the count, the
   receive rate and the one-way latency (messages carry their send time).
-- ``echo``: answer requests of cluster NAME with their own data, until killed.
+- ``echo``: answer requests of cluster NAME with their own data, until killed;
+  ``tagged``: the same, with this node's id (hex) and ":" in front.
 - ``sink``: take tunnels of cluster NAME; on each, read a count (ASCII), then
   that many messages, then answer ``done``.
 """
@@ -109,11 +110,12 @@ async def run(role: str, name: str, seeds: list[str], count: int) -> None:
             async with node.join(name), node.broadcasts(capacity=count + 1) as messages:
                 _say("ready")
                 _say(json.dumps(await _collect(messages, count)))
-        elif role == "echo":
+        elif role in ("echo", "tagged"):
+            tag = node.id.hex().encode() + b":" if role == "tagged" else b""
             async with node.requests(name, limit=1024) as incoming:
                 _say("ready")
                 async for request in incoming:
-                    await request.reply(request.data)
+                    await request.reply(tag + request.data)
         elif role == "sink":
             async with node.tunnels(name) as incoming, trio.open_nursery() as nursery:
                 _say("ready")
@@ -126,7 +128,7 @@ async def run(role: str, name: str, seeds: list[str], count: int) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point (``python -m iris_trio.bench._peer``)."""
     parser = argparse.ArgumentParser(prog="iris_trio.bench._peer")
-    parser.add_argument("role", choices=["subscriber", "broadcasts", "echo", "sink"])
+    parser.add_argument("role", choices=["subscriber", "broadcasts", "echo", "tagged", "sink"])
     parser.add_argument("name")
     parser.add_argument("--seed", action="append", default=[])
     parser.add_argument("--count", type=int, default=0)

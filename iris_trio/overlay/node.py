@@ -223,6 +223,8 @@ class OverlayNode:
         self.rng = rng or random.Random()
         self.forward_hook = forward
         self.leaves = LeafSet(node_id, self.config.leaf_size)
+        #: When the leaf set last changed (which node is closest to a key may have).
+        self.leaves_changed_at = -math.inf
         self.table = RoutingTable(node_id)
         #: Peers the layers above keep connected (tree links), whatever the tables say.
         self.pinned: set[int] = set()
@@ -333,7 +335,8 @@ class OverlayNode:
             return
         peer = self._peers[node] = _Peer(node, address, now, outbound=outbound)
         self._peer_ids.add(peer.ref[0])
-        self.leaves.add(node)
+        if self.leaves.add(node):
+            self.leaves_changed_at = now
         self.table.add(node)
         self._send_state(node, reply=False)  # both ends do: one state each way
 
@@ -612,6 +615,7 @@ class OverlayNode:
             self._dead += reason.startswith("silent")
             self._outbox.append(Disconnect(node, reason))
         if self.leaves.remove(node):
+            self.leaves_changed_at = now
             # Connected peers that were beyond the leaf set may belong in it now.
             for peer_id in self._peers:
                 self.leaves.add(peer_id)

@@ -92,12 +92,16 @@ class TreeConfig:
         join_retry: a join not answered by a parent in this time is sent again.
         report_interval: a changed capacity is reported to the parent at most
             this often (besides the heartbeats).
+        settle_time: for this long after its leaf set changed, a root with no
+            member below it answers "retry" rather than "no responders" (the
+            tree may be moving to it).
     """
 
     heartbeat_interval: float = 1.0
     child_timeout: float = 4.0
     join_retry: float = 2.0
     report_interval: float = 0.02
+    settle_time: float = 0.5
 
 
 @dataclasses.dataclass(slots=True)
@@ -479,10 +483,15 @@ class TreeNode:
         """Hand a request to this member or to a child subtree, by spare capacity.
 
         With nobody to hand it to, the root answers "no responders"; a node below
-        it (whose branch emptied while the request was on its way) answers
-        "retry", and the requester sends it again to what the tree is now.
+        it (whose branch emptied while the request was on its way), or a root
+        whose leaf set changed in the last ``settle_time``, answers "retry", and
+        the requester sends it again to what the tree is now.
         """
-        nobody = RETRY if from_parent else NO_RESPONDERS
+        settling = self._now - self.overlay.leaves_changed_at < self.config.settle_time
+        # Below the root, or at a root that may have just become one (its leaf
+        # set changed a moment ago, and the members' branches are still moving
+        # to it), nobody here means "try again", not "nobody in the cluster".
+        nobody = RETRY if from_parent or settling else NO_RESPONDERS
         tree = from_bytes(request.tree)
         state = self.trees.get(tree)
         if state is None or not state.needed:

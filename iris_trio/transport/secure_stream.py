@@ -107,6 +107,13 @@ class SecureStream(trio.abc.Stream):
             self._count_sent()
         return out
 
+    def _seal_or_break(self, data: bytes | bytearray | memoryview) -> bytearray:
+        try:
+            return self._seal(data)
+        except NonceExhaustedError as exc:
+            self._send_broken = exc
+            raise trio.BrokenResourceError("record nonces exhausted") from exc
+
     def _count_sent(self) -> None:
         self.records_sent += 1
         if self.records_sent % self._rekey_interval == 0:
@@ -134,11 +141,7 @@ class SecureStream(trio.abc.Stream):
             if not data:
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 return
-            try:
-                wire = self._seal(data)
-            except NonceExhaustedError as exc:
-                self._send_broken = exc
-                raise trio.BrokenResourceError("record nonces exhausted") from exc
+            wire = self._seal_or_break(data)
             try:
                 if self._unsent is not None:  # what an eager write left, first
                     unsent, self._unsent = self._unsent, None
@@ -174,11 +177,7 @@ class SecureStream(trio.abc.Stream):
             raise trio.ClosedResourceError("the secure stream was closed")
         if self._send_broken is not None:
             raise trio.BrokenResourceError("the secure stream is broken") from self._send_broken
-        try:
-            wire = self._seal(data)
-        except NonceExhaustedError as exc:
-            self._send_broken = exc
-            raise trio.BrokenResourceError("record nonces exhausted") from exc
+        wire = self._seal_or_break(data)
         try:
             written = os.write(self._fd, wire)
         except BlockingIOError:
