@@ -35,7 +35,14 @@ from .discovery import DiscoveryConfig, run_discovery
 from .frames import Heartbeat, Leave, OverlayState, Route, RouteAck
 from .ids import from_bytes
 from .node import Connect, Deliver, Disconnect, Effect, OverlayNode, Send
-from .tree_frames import TreeAck, TreeHeartbeat, TreePrune, TreePublish, TreeRequest
+from .tree_frames import (
+    TreeAck,
+    TreeHeartbeat,
+    TreePrune,
+    TreePublish,
+    TreeReply,
+    TreeRequest,
+)
 from .trees import ReplyDelivery, RequestDelivery, TreeConfig, TreeDelivery, TreeNode
 
 __all__ = ["OverlayDriver"]
@@ -55,6 +62,7 @@ _OVERLAY_FRAMES = (
     TreeHeartbeat,
     TreePrune,
     TreePublish,
+    TreeReply,
     TreeRequest,
 )
 

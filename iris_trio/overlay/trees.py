@@ -229,6 +229,8 @@ class TreeNode:
                 self._report_change(tree, state)
         elif isinstance(frame, TreeHeartbeat):
             self._child_alive(from_bytes(frame.tree), node, now, frame.spare, frame.received)
+        elif isinstance(frame, TreeReply):
+            self._deliveries.append(ReplyDelivery(frame))
         elif isinstance(frame, TreeAck):
             tree = from_bytes(frame.tree)
             state = self.trees.get(tree)
@@ -367,9 +369,15 @@ class TreeNode:
     def reply(
         self, now: float, requester: int, request_id: bytes, status: int, data: bytes
     ) -> None:
-        """Answer a request: routed to the node that made it."""
+        """Answer a request: straight to the node that made it over the link to
+        it, if there is one (the reply is then in the kernel at once, with no
+        hop to acknowledge); else routed to it."""
         self._now = now
-        self.overlay.route(now, requester, self._codec.encode(TreeReply(request_id, status, data)))
+        reply = TreeReply(request_id, status, data)
+        if requester == self.overlay.id:
+            self._deliveries.append(ReplyDelivery(reply))
+        elif not self.overlay.send_direct(now, requester, reply):
+            self.overlay.route(now, requester, self._codec.encode(reply))
 
     def take_effects(self) -> list[Effect | TreeDelivery | RequestDelivery | ReplyDelivery]:
         """The overlay's effects, with tree traffic handled here, then the events
