@@ -1,9 +1,10 @@
 """``join()`` / ``serve_node()`` / :class:`Node`: the I/O shell root.
 
 A node owns one nursery: the overlay driver (links, timers, discovery, trees)
-runs in it, and leaving the ``async with`` leaves the overlay gracefully.
-This module currently offers publish/subscribe and cluster membership; the
-other patterns (request/reply, broadcast, tunnels) build on the same trees.
+and the member side of tunnel openings run in it, and leaving the ``async
+with`` leaves the overlay gracefully. :class:`Node` offers the four patterns
+(publish/subscribe, broadcast, request/reply, tunnels) over the overlay's
+trees; their semantics are in docs/patterns.md.
 """
 
 from __future__ import annotations
