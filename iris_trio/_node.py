@@ -508,7 +508,7 @@ class Node:
             raise ConfigError("window must be at least 1 byte")
         pending = _PendingRequest(_TUNNEL, window)
         try:
-            await self._call(cluster, self.address.encode(), timeout, pending)
+            await self._call(cluster, b"", timeout, pending)
         except BaseException:
             if pending.tunnel is not None:  # taken just as we gave up
                 pending.tunnel.abort("the requester gave up")
@@ -561,7 +561,7 @@ class Node:
         elif len(entry[0]) >= entry[0].limit:
             self._driver.reply(requester, request_id, OVERLOADED, b"too many tunnels waiting")
         else:
-            address = request.data.decode("utf-8", "replace")
+            address = request.address
             deadline = trio.current_time() + request.timeout_ms / 1000
             self._nursery.start_soon(
                 _guarded, self._open_member_end, entry, requester, request_id, address, deadline

@@ -7,6 +7,9 @@ from collections.abc import Sequence
 from iris_trio.overlay.config import OverlayConfig
 from iris_trio.overlay.frames import Heartbeat, Route, RouteAck
 from iris_trio.overlay.node import _MAX_SEEN, Deliver, Effect, OverlayNode, Send
+from iris_trio.overlay.tree_frames import TreeReply
+from iris_trio.overlay.trees import ReplyDelivery, ReplyHandover, TreeNode
+from iris_trio.wire.frames import FrameCodec
 
 A_ID, B_ID = 1 << 120, 2 << 120
 
@@ -77,3 +80,17 @@ def test_duplicate_suppression_memory_is_bounded() -> None:
     for number in range(_MAX_SEEN + 1000):
         a._remember(number.to_bytes(16, "big"), 0.0)
     assert len(a._seen) == _MAX_SEEN
+
+
+def test_a_routed_reply_for_a_node_not_known_here_is_handed_over() -> None:
+    """A requester that joined a moment ago may not be known on the reply's way:
+    the node the reply reaches connects to the address the request carried."""
+    alone = TreeNode(OverlayNode(A_ID, "a:1", config=OverlayConfig()))
+    codec = FrameCodec()
+    stranger = B_ID
+    alone.overlay.route(0.0, stranger, codec.encode(TreeReply(b"r" * 16, 0, b"hi", "b:1")))
+    alone.overlay.route(0.0, A_ID, codec.encode(TreeReply(b"s" * 16, 0, b"mine", "a:1")))
+    effects = alone.take_effects()
+    handovers = [e for e in effects if isinstance(e, ReplyHandover)]
+    assert [(h.requester, h.address, h.reply.data) for h in handovers] == [(B_ID, "b:1", b"hi")]
+    assert [e.reply.data for e in effects if isinstance(e, ReplyDelivery)] == [b"mine"]

@@ -21,7 +21,7 @@ async def test_five_member_processes_share_ten_thousand_requests_from_three_clie
     ):
         with trio.fail_after(30):
             for node in (first, second, third):
-                await node.wait_converged(quiet=1.0)  # every node knows where the clients are
+                await node.wait_joined()
 
         async def lane(client: iris_trio.Node, prefix: bytes) -> None:
             for number in range(625):

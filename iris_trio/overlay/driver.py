@@ -34,7 +34,7 @@ from .config import OverlayConfig
 from .discovery import DiscoveryConfig, run_discovery
 from .frames import Heartbeat, Leave, OverlayState, Route, RouteAck
 from .ids import from_bytes
-from .node import Connect, Deliver, Disconnect, Effect, OverlayNode, Send
+from .node import Connect, Deliver, Disconnect, OverlayNode, Send
 from .tree_frames import (
     TreeAck,
     TreeHeartbeat,
@@ -43,7 +43,15 @@ from .tree_frames import (
     TreeReply,
     TreeRequest,
 )
-from .trees import ReplyDelivery, RequestDelivery, TreeConfig, TreeDelivery, TreeNode
+from .trees import (
+    ReplyDelivery,
+    ReplyHandover,
+    RequestDelivery,
+    TreeConfig,
+    TreeDelivery,
+    TreeEffect,
+    TreeNode,
+)
 
 __all__ = ["OverlayDriver"]
 
@@ -293,6 +301,15 @@ class OverlayDriver:
                 if self.on_peer_lost is not None:
                     self.on_peer_lost(node)
 
+    async def _hand_over(self, handover: ReplyHandover) -> None:
+        """Connect to a requester we do not know yet and give it its reply."""
+        with trio.move_on_after(self.link_config.handshake_timeout * 2):
+            try:
+                link = await self.connect_peer(handover.requester, handover.address)
+                link.send_nowait(handover.reply)
+            except (OSError, trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                self._dropped += 1
+
     def _topology_changed(self) -> None:
         if self.trees is not None:
             self.trees.topology_changed(trio.current_time())
@@ -361,9 +378,7 @@ class OverlayDriver:
             if due < scope.deadline:  # noqa: PLR1730 - setting a deadline is not free
                 scope.deadline = due
 
-    def _carry_out(
-        self, effects: list[Effect | TreeDelivery | RequestDelivery | ReplyDelivery]
-    ) -> None:
+    def _carry_out(self, effects: list[TreeEffect]) -> None:
         for effect in effects:
             if isinstance(effect, Send):
                 link = self._links.get(effect.node)
@@ -383,6 +398,8 @@ class OverlayDriver:
                 self.on_request(effect)
             elif isinstance(effect, ReplyDelivery) and self.on_reply is not None:
                 self.on_reply(effect)
+            elif isinstance(effect, ReplyHandover):
+                self._nursery_start(functools.partial(self._hand_over, effect))
 
     # ------------------------------------------------------------------ queries
 

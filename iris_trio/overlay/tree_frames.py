@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..wire.fields import Blob, UInt
+from ..wire.fields import Blob, Text, UInt
 from ..wire.frames import Frame, frame_kind
 
 __all__ = [
@@ -64,7 +64,9 @@ class TreePublish(Frame):
     data: bytes
 
 
-@frame_kind(25, Blob(exact=16), Blob(exact=16), Blob(exact=16), UInt(32), UInt(8), Blob())
+@frame_kind(
+    25, Blob(exact=16), Blob(exact=16), Blob(exact=16), Text(256), UInt(32), UInt(8), Blob()
+)
 @dataclasses.dataclass(frozen=True, slots=True)
 class TreeRequest(Frame):
     """A request for one member of a tree: routed to the root, then down the tree
@@ -74,20 +76,23 @@ class TreeRequest(Frame):
         tree: the cluster's tree id.
         request_id: unique per request (the requester matches the reply by it).
         requester: the requesting node's id (replies are routed to it).
+        address: where the requester accepts links (for tunnels, and for a reply
+            that reaches a node that does not know the requester yet).
         timeout_ms: the time the requester still waits, in milliseconds.
-        kind: 0 a request; 1 a tunnel to open (data: the requester's address).
+        kind: 0 a request; 1 a tunnel to open.
         data: the request.
     """
 
     tree: bytes
     request_id: bytes
     requester: bytes
+    address: str
     timeout_ms: int
     kind: int
     data: bytes
 
 
-@frame_kind(26, Blob(exact=16), UInt(8), Blob())
+@frame_kind(26, Blob(exact=16), UInt(8), Blob(), Text(256))
 @dataclasses.dataclass(frozen=True, slots=True)
 class TreeReply(Frame):
     """The answer to a :class:`TreeRequest`, routed to the requester.
@@ -98,11 +103,15 @@ class TreeReply(Frame):
             the cluster, 3 the member was overloaded, 4 the member did not handle
             it (leaving, or not serving): send it again.
         data: the reply or the error message (UTF-8).
+        address: the requester's address, from its request: a node that the
+            routed reply reaches without knowing the requester (it joined a
+            moment ago) connects there and hands the reply over.
     """
 
     request_id: bytes
     status: int
     data: bytes
+    address: str = ""
 
 
 @frame_kind(27, Blob(exact=16))

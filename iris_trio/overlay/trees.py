@@ -17,6 +17,7 @@ handles tree traffic itself and passes everything else through.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 
@@ -42,6 +43,7 @@ __all__ = [
     "REPLY",
     "RETRY",
     "ReplyDelivery",
+    "ReplyHandover",
     "RequestDelivery",
     "TreeConfig",
     "TreeDelivery",
@@ -49,6 +51,9 @@ __all__ = [
     "TreeState",
     "tree_problems",
 ]
+
+#: Requesters whose addresses are remembered for replies.
+_MAX_ADDRESSES = 4096
 
 #: TreeReply status codes (RETRY: the member did not handle it; send it again).
 REPLY, REMOTE_ERROR, NO_RESPONDERS, OVERLOADED, RETRY = 0, 1, 2, 3, 4
@@ -70,6 +75,16 @@ class ReplyDelivery:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class ReplyHandover:
+    """A routed reply reached this node, which does not know its requester (the
+    requester joined a moment ago): connect to ``address`` and send ``reply``."""
+
+    requester: int
+    address: str
+    reply: TreeReply
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class TreeDelivery:
     """An event published on a tree this node is a member of."""
 
@@ -80,6 +95,8 @@ class TreeDelivery:
 
 
 _TREE_FRAMES = (TreeHeartbeat, TreePrune)
+#: What :meth:`TreeNode.take_effects` returns.
+TreeEffect = Effect | TreeDelivery | RequestDelivery | ReplyDelivery | ReplyHandover
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -172,9 +189,11 @@ class TreeNode:
         # (tree, publisher) -> last sequence delivered or forwarded: duplicates and
         # late (reordered) events are dropped, so each publisher's events stay in order.
         self._last_seen: dict[tuple[int, int], int] = {}
-        self._deliveries: list[TreeDelivery | RequestDelivery | ReplyDelivery] = []
+        self._deliveries: list[TreeDelivery | RequestDelivery | ReplyDelivery | ReplyHandover] = []
         #: Events dropped as duplicates or out of order, and with no tree to go to.
         self._report_due = math.inf  # the earliest deferred capacity report
+        # Requesters' addresses, from their requests, for the replies.
+        self._addresses: collections.OrderedDict[int, str] = collections.OrderedDict()
         self.events_duplicate = 0
         self.events_orphaned = 0
         overlay.forward_hook = self._forwarding
@@ -363,7 +382,8 @@ class TreeNode:
         """Send a request to one member of ``tree`` (see :class:`TreeRequest`)."""
         self._now = now
         requester = to_bytes(self.overlay.id)
-        frame = TreeRequest(to_bytes(tree), request_id, requester, timeout_ms, kind, data)
+        address = self.overlay.address
+        frame = TreeRequest(to_bytes(tree), request_id, requester, address, timeout_ms, kind, data)
         self.overlay.route(now, tree, self._codec.encode(frame))
 
     def reply(
@@ -373,18 +393,18 @@ class TreeNode:
         it, if there is one (the reply is then in the kernel at once, with no
         hop to acknowledge); else routed to it."""
         self._now = now
-        reply = TreeReply(request_id, status, data)
+        reply = TreeReply(request_id, status, data, self._addresses.get(requester, ""))
         if requester == self.overlay.id:
             self._deliveries.append(ReplyDelivery(reply))
         elif not self.overlay.send_direct(now, requester, reply):
             self.overlay.route(now, requester, self._codec.encode(reply))
 
-    def take_effects(self) -> list[Effect | TreeDelivery | RequestDelivery | ReplyDelivery]:
+    def take_effects(self) -> list[TreeEffect]:
         """The overlay's effects, with tree traffic handled here, then the events
         delivered to this node as a member."""
         if not self.overlay.has_effects and not self._deliveries:
             return []
-        passed: list[Effect | TreeDelivery | RequestDelivery | ReplyDelivery] = []
+        passed: list[TreeEffect] = []
         while True:
             effects = self.overlay.take_effects()
             if not effects:
@@ -472,7 +492,11 @@ class TreeNode:
             self._dispatch(frame)
             return True
         if isinstance(frame, TreeReply):
-            self._deliveries.append(ReplyDelivery(frame))
+            requester = from_bytes(effect.route.key)
+            if requester == self.overlay.id:
+                self._deliveries.append(ReplyDelivery(frame))
+            elif frame.address:  # we do not know the requester yet: hand it over
+                self._deliveries.append(ReplyHandover(requester, frame.address, frame))
             return True
         assert isinstance(frame, TreeJoin)
         join = frame
@@ -500,6 +524,7 @@ class TreeNode:
         # set changed a moment ago, and the members' branches are still moving
         # to it), nobody here means "try again", not "nobody in the cluster".
         nobody = RETRY if from_parent or settling else NO_RESPONDERS
+        self._note_address(from_bytes(request.requester), request.address)
         tree = from_bytes(request.tree)
         state = self.trees.get(tree)
         if state is None or not state.needed:
@@ -541,6 +566,14 @@ class TreeNode:
         state.child_spare.pop(child, None)
         state.sent.pop(child, None)
         state.acknowledged.pop(child, None)
+
+    def _note_address(self, node: int, address: str) -> None:
+        """Remember a requester's address for the reply (a bounded cache)."""
+        addresses = self._addresses
+        addresses[node] = address
+        addresses.move_to_end(node)
+        if len(addresses) > _MAX_ADDRESSES:
+            addresses.popitem(last=False)
 
     def _set_linked(self, tree: int, state: TreeState) -> None:
         """This node is linked to the root now: so are its children; tell them."""
