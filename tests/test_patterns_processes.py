@@ -23,11 +23,24 @@ async def test_five_member_processes_share_ten_thousand_requests_from_three_clie
             for node in (first, second, third):
                 await node.wait_joined()
 
-        async def lane(client: iris_trio.Node, prefix: bytes) -> None:
-            for number in range(625):
+        async def lane(client: iris_trio.Node, prefix: bytes, count: int = 625) -> None:
+            for number in range(count):
                 question = prefix + b"%d" % number
                 answered[question] = await client.request(cluster, question, timeout=20)
 
+        # At once, from the two clients that only just joined (their replies may
+        # reach nodes that do not know them yet): every one is answered.
+        with trio.fail_after(60):
+            async with trio.open_nursery() as early:
+                for index, client in enumerate((second, third)):
+                    early.start_soon(lane, client, b"early%d." % index, 300)
+        assert len(answered) == 600
+        answered.clear()
+        # Then, once the overlay has settled, the load is shared evenly.
+        with trio.fail_after(30):
+            for node in (first, second, third):
+                await node.wait_converged(quiet=1.0)
+        await trio.sleep(1.5)  # a heartbeat round: every member's capacity is known
         with trio.fail_after(120):
             async with trio.open_nursery() as load:
                 for index, client in enumerate((first, second, third, first)):
