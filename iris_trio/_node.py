@@ -34,7 +34,7 @@ from .errors import (
 )
 from .overlay.config import OverlayConfig
 from .overlay.discovery import DiscoveryConfig, DiscoveryMode
-from .overlay.driver import OverlayDriver
+from .overlay.driver import OverlayDriver, split_address
 from .overlay.ids import from_bytes, name_id
 from .overlay.tree_frames import TreeRequest
 from .overlay.trees import (
@@ -831,12 +831,12 @@ async def serve_node(
     mode: DiscoveryMode = discovery or ("loopback" if dev else "lan")
     if dev and mode == "lan":
         raise ConfigError("the dev network discovers on loopback only")
-    host, _, port = (listen or ("127.0.0.1:0" if dev else "0.0.0.0:0")).rpartition(":")
+    host, port = split_address(listen or ("127.0.0.1:0" if dev else "0.0.0.0:0"))
     driver = OverlayDriver(
         identity or NodeIdentity.generate(),
         chosen,
-        host=host.strip("[]"),
-        port=int(port),
+        host=host,
+        port=port,
         seeds=list(seeds),
         discovery=DiscoveryConfig(mode=mode),
         config=config,

@@ -53,7 +53,7 @@ from .trees import (
     TreeNode,
 )
 
-__all__ = ["OverlayDriver"]
+__all__ = ["OverlayDriver", "split_address"]
 
 log = logging.getLogger("iris_trio.overlay")
 
@@ -75,7 +75,12 @@ _OVERLAY_FRAMES = (
 )
 
 
-def _split(address: str) -> tuple[str, int]:
+def split_address(address: str) -> tuple[str, int]:
+    """("host", port) of "host:port" or "[v6 host]:port".
+
+    Raises:
+        ValueError: the port is not a number.
+    """
     host, _, port = address.rpartition(":")
     return host.strip("[]"), int(port)
 
@@ -83,7 +88,7 @@ def _split(address: str) -> tuple[str, int]:
 def advertised(address: str, observed_host: str | None) -> str:
     """A peer's listen address, with an unspecified host (it listens on all
     interfaces) replaced by the host we saw it connect or beacon from."""
-    host, port = _split(address)
+    host, port = split_address(address)
     if host in ("", "0.0.0.0", "::") and observed_host:
         host = observed_host
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -234,7 +239,7 @@ class OverlayDriver:
     # ------------------------------------------------------------------- links
 
     async def _accepted(self, link: Link) -> None:
-        observed = _split(link.remote_address)[0] if link.remote_address else None
+        observed = split_address(link.remote_address)[0] if link.remote_address else None
         try:
             address = advertised(link.peer_hello.listen, observed)
         except ValueError:  # the peer told no usable address: it cannot be gossiped
@@ -244,7 +249,7 @@ class OverlayDriver:
     async def _dial(self, address: str, failed: trio.Event | None = None) -> None:
         self._dials += 1
         try:
-            host, port = _split(address)
+            host, port = split_address(address)
             async with connect_tcp_link(
                 host,
                 port,
@@ -512,13 +517,6 @@ class OverlayDriver:
             state = self.trees.trees.get(tree)
             nodes = state.children if state is not None else ()
         return [link for n in nodes if (link := self._links.get(n)) is not None]
-
-    def next_hop_link(self, key: int) -> Link | None:
-        """The link a message for ``key`` leaves on (None if delivered here)."""
-        if self.overlay is None:
-            return None
-        node = self.overlay.next_hop(key)
-        return None if node is None else self._links.get(node)
 
     def leave_tree(self, tree: int) -> None:
         """Stop being a member of ``tree``."""

@@ -94,7 +94,6 @@ class TreeDelivery:
     data: bytes
 
 
-_TREE_FRAMES = (TreeHeartbeat, TreePrune)
 #: What :meth:`TreeNode.take_effects` returns.
 TreeEffect = Effect | TreeDelivery | RequestDelivery | ReplyDelivery | ReplyHandover
 
