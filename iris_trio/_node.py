@@ -136,14 +136,17 @@ class Node:
         self._clusters: collections.Counter[str] = collections.Counter()
         self._sent_to_trees = 0
         self._count: collections.Counter[str] = collections.Counter()
-        self._broadcast_receivers: set[Subscription] = set()
+        self._broadcast_receivers: set[Subscription] = set()  # of every cluster joined
+        self._member_receivers: set[Subscription] = set()  # of one cluster each
         driver.on_tree_event = self._on_event
         driver.on_request = self._on_request
         driver.on_reply = self._on_reply
         self._pending: dict[bytes, _PendingRequest] = {}
-        self._incoming: dict[int, tuple[IncomingRequests, int]] = {}  # tree -> (queue, limit)
+        # Per tree, the local receivers of requests and of tunnels (several, when a
+        # relay serves more than one client of a cluster): (queue, limit or window).
+        self._incoming: dict[int, list[tuple[IncomingRequests, int]]] = {}
         self._tunnels: dict[bytes, Tunnel] = {}  # by the local end's id
-        self._tunnel_inboxes: dict[int, tuple[IncomingTunnels, int]] = {}  # tree -> (inbox, window)
+        self._tunnel_inboxes: dict[int, list[tuple[IncomingTunnels, int]]] = {}
         self._local_path = _LocalPath(self)
         self._nursery: trio.Nursery | None = None
         driver.on_other_frame = self._on_link_frame
@@ -256,10 +259,28 @@ class Node:
                 self._driver.leave_tree(tree)
 
     @asynccontextmanager
-    async def broadcasts(self, *, capacity: int = 1024) -> AsyncIterator[Subscription]:
-        """Receive the broadcasts sent to the clusters this node is a member of."""
+    async def broadcasts(
+        self, cluster: str | None = None, *, capacity: int = 1024
+    ) -> AsyncIterator[Subscription]:
+        """Receive broadcasts for the ``async with`` body.
+
+        Without ``cluster``, those sent to every cluster this node is a member of;
+        with it, this node is a member of ``cluster`` for the body as well (as
+        :meth:`join`) and receives that cluster's broadcasts only.
+        """
         if capacity < 1:
             raise ConfigError("capacity must be at least 1")
+        if cluster is not None:
+            async with self.join(cluster):
+                tree = name_id(CLUSTER, cluster)
+                receiver = Subscription(cluster, capacity, tree=tree, on_close=self._unsubscribe)
+                self._member_receivers.add(receiver)
+                self._receivers.setdefault(tree, set()).add(receiver)
+                try:
+                    yield receiver
+                finally:
+                    await receiver.aclose()
+            return
         receiver = Subscription("", capacity, tree=-1, on_close=self._unsubscribe)
         self._broadcast_receivers.add(receiver)
         for cluster in self._clusters:
@@ -282,6 +303,10 @@ class Node:
             self._driver.join_tree(tree)
 
     def _unsubscribe(self, subscription: Subscription) -> None:
+        if subscription in self._member_receivers:  # the cluster stays joined by join()
+            self._member_receivers.discard(subscription)
+            self._receivers.get(subscription.tree, set()).discard(subscription)
+            return
         if subscription in self._broadcast_receivers:
             self._broadcast_receivers.discard(subscription)
             for tree_receivers in self._receivers.values():
@@ -392,18 +417,17 @@ class Node:
 
         ``limit`` is the number of requests this member takes at once (default
         4 x CPU); it is the capacity load balancing steers by. Requests whose
-        deadline passed while queued are dropped, not handed out.
+        deadline passed while queued are dropped, not handed out. Several
+        receivers of one cluster on a node share its requests by spare capacity.
         """
         name = cluster or self.cluster
         if name is None:
             raise ConfigError("requests() needs a cluster (or join() one)")
         tree = name_id(CLUSTER, name)
-        if tree in self._incoming:
-            raise ConfigError(f"requests of {name!r} are already being received")
         limit = limit or DEFAULT_HANDLER_LIMIT
         async with self.join(name):
             incoming = IncomingRequests(lambda: self._report_spare(tree), self._stop_requests)
-            self._incoming[tree] = (incoming, limit)
+            self._incoming.setdefault(tree, []).append((incoming, limit))
             self._report_spare(tree)
             try:
                 yield incoming
@@ -436,16 +460,19 @@ class Node:
                 tasks.start_soon(_handle, handler, request, limiter, token)
 
     def _report_spare(self, tree: int) -> None:
-        incoming, limit = self._incoming.get(tree, (None, 0))
-        if incoming is not None:
-            self._driver.set_spare(tree, limit - incoming.in_flight - len(incoming))
+        entries = self._incoming.get(tree)
+        if entries is not None:
+            self._driver.set_spare(tree, sum(_spare(entry) for entry in entries))
 
     def _stop_requests(self, incoming: IncomingRequests) -> None:
         self._count["requests_expired"] += incoming.expired
-        for tree, (queue, _) in list(self._incoming.items()):
-            if queue is incoming:
+        for tree, entries in list(self._incoming.items()):
+            entries[:] = [entry for entry in entries if entry[0] is not incoming]
+            if not entries:
                 del self._incoming[tree]
                 self._driver.set_spare(tree, 0)
+            else:
+                self._report_spare(tree)
         queued, taken = incoming.take_all()
         for request in queued:
             self._answer(request, RETRY, b"the member stopped serving")
@@ -462,13 +489,13 @@ class Node:
         if request.kind == _TUNNEL:
             self._on_tunnel_request(delivery.tree, requester, request.request_id, request)
             return
-        entry = self._incoming.get(delivery.tree)
-        if entry is None:
+        entries = self._incoming.get(delivery.tree)
+        if not entries:
             self._driver.reply(
                 requester, request.request_id, RETRY, b"the member is not serving requests"
             )
             return
-        incoming = entry[0]
+        incoming = max(entries, key=_spare)[0] if len(entries) > 1 else entries[0][0]
         self._count["requests_received"] += 1
         if incoming.queued_bytes + len(request.data) > MAX_QUEUED_BYTES:
             self._count["requests_refused"] += 1
@@ -537,25 +564,25 @@ class Node:
         if window < 1 or backlog < 1:
             raise ConfigError("window and backlog must be at least 1")
         tree = name_id(CLUSTER, name)
-        if tree in self._tunnel_inboxes:
-            raise ConfigError(f"tunnels of {name!r} are already being received")
         async with self.join(name):
             inbox = IncomingTunnels(backlog, self._stop_tunnels)
-            self._tunnel_inboxes[tree] = (inbox, window)
+            self._tunnel_inboxes.setdefault(tree, []).append((inbox, window))
             try:
                 yield inbox
             finally:
                 await inbox.aclose()
 
     def _stop_tunnels(self, inbox: IncomingTunnels) -> None:
-        for tree, (entry, _) in list(self._tunnel_inboxes.items()):
-            if entry is inbox:
+        for tree, entries in list(self._tunnel_inboxes.items()):
+            entries[:] = [entry for entry in entries if entry[0] is not inbox]
+            if not entries:
                 del self._tunnel_inboxes[tree]
 
     def _on_tunnel_request(
         self, tree: int, requester: int, request_id: bytes, request: TreeRequest
     ) -> None:
-        entry = self._tunnel_inboxes.get(tree)
+        entries = self._tunnel_inboxes.get(tree)
+        entry = min(entries, key=lambda e: len(e[0])) if entries else None
         if entry is None or self._nursery is None:
             self._driver.reply(requester, request_id, RETRY, b"the member takes no tunnels")
         elif len(entry[0]) >= entry[0].limit:
@@ -642,7 +669,7 @@ class Node:
             requests_pending=sum(1 for p in self._pending.values() if p.kind == _REQUEST),
             requests_received=count["requests_received"],
             requests_expired=count["requests_expired"]
-            + sum(incoming.expired for incoming, _ in self._incoming.values()),
+            + sum(incoming.expired for group in self._incoming.values() for incoming, _ in group),
             requests_refused=count["requests_refused"],
             tunnels_opened=count["tunnels_opened"],
             tunnels_accepted=count["tunnels_accepted"],
@@ -746,6 +773,11 @@ class _LocalPath:
         self._node._tunnel_frame(self._node._driver.id, frame, None)
 
     send_control_nowait = send_nowait
+
+
+def _spare(entry: tuple[IncomingRequests, int]) -> int:
+    incoming, limit = entry
+    return limit - incoming.in_flight - len(incoming)
 
 
 def _check_message(data: bytes) -> None:

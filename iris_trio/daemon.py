@@ -1,21 +1,24 @@
-"""``iris-trio node``: run an overlay node as a process.
+"""``iris-trio node``: run an overlay node as a process, serving the Iris relay
+protocol to local clients (Iris client libraries, :func:`iris_trio.connect`).
 
-This first version runs the overlay only (the relay for client libraries comes
-with the relay issue). It prints one JSON line when ready and, with
-``--status-interval``, a JSON status line periodically; SIGINT or SIGTERM make
-it leave the overlay gracefully and exit 0.
+It prints one JSON line when ready (relay port, node id, address, peers) and,
+with ``--status-interval``, a JSON status line periodically. SIGINT or SIGTERM
+make it close every client (CLOSE with a reason), leave the overlay gracefully
+and exit 0. Every flag has an environment variable (IRIS_TRIO_*); a flag given
+on the command line wins.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import logging
 import os
 import signal
 import sys
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
@@ -24,8 +27,21 @@ from .crypto.identity import NodeIdentity
 from .crypto.keys import DEV_NETWORK, Network, NetworkKey
 from .errors import IrisError
 from .overlay.driver import OverlayDriver
+from .relay import DEFAULT_PORT, Relay, serve_relay
 
 __all__ = ["main"]
+
+_N = TypeVar("_N", int, float)
+
+
+def _number(kind: type[_N], variable: str, default: _N) -> _N:
+    text = os.environ.get(variable)
+    if text is None:
+        return default
+    try:
+        return kind(text)
+    except ValueError:
+        sys.exit(f"iris-trio node: {variable}={text!r} is not a number")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--dev",
         action="store_true",
+        default=env("IRIS_TRIO_DEV", "").lower() in {"1", "true", "yes"},
         help="the loopback-only dev network (the default without --net)",
     )
     parser.add_argument("--net", default=env("IRIS_TRIO_NET"), help="network name")
@@ -46,7 +63,18 @@ def _parser() -> argparse.ArgumentParser:
         default=env("IRIS_TRIO_LISTEN"),
         help="host:port to accept links on (dev: 127.0.0.1:0, else 0.0.0.0:0)",
     )
-    parser.add_argument("--seed", action="append", default=[], help="host:port (repeatable)")
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=_number(int, "IRIS_TRIO_PORT", DEFAULT_PORT),
+        help=f"relay port on loopback (default {DEFAULT_PORT}; 0: any free port)",
+    )
+    parser.add_argument(
+        "--seed",
+        action="append",
+        default=None,
+        help="host:port to join through (repeatable; IRIS_TRIO_SEEDS: comma-separated)",
+    )
     parser.add_argument(
         "--discovery",
         choices=["lan", "loopback", "off"],
@@ -61,7 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--status-interval",
         type=float,
-        default=0.0,
+        default=_number(float, "IRIS_TRIO_STATUS_INTERVAL", 0.0),
         help="print a JSON status line this often (seconds)",
     )
     parser.add_argument("--log-level", default=env("IRIS_TRIO_LOG_LEVEL", "WARNING"))
@@ -79,6 +107,12 @@ def _network(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Netwo
     return Network(args.net, key)
 
 
+def _seeds(args: argparse.Namespace) -> list[str]:
+    if args.seed is not None:
+        return list(args.seed)
+    return [s.strip() for s in os.environ.get("IRIS_TRIO_SEEDS", "").split(",") if s.strip()]
+
+
 def _identity(path: str | None) -> NodeIdentity:
     if path is None:
         return NodeIdentity.generate()
@@ -93,7 +127,7 @@ def _emit(record: dict[str, Any]) -> None:
     print(json.dumps(record, sort_keys=True), flush=True)
 
 
-def _status(driver: OverlayDriver) -> dict[str, Any]:
+def _status(driver: OverlayDriver, relay: Relay) -> dict[str, Any]:
     overlay = driver.overlay
     assert overlay is not None
     stats = overlay.statistics()
@@ -106,6 +140,7 @@ def _status(driver: OverlayDriver) -> dict[str, Any]:
         "peers": stats.peers,
         "table_entries": stats.table_entries,
         "peers_declared_dead": stats.peers_declared_dead,
+        "relay": dataclasses.asdict(relay.statistics()),
     }
 
 
@@ -117,32 +152,37 @@ async def _run(args: argparse.Namespace, network: Network, identity: NodeIdentit
                     serve_node,
                     network=None if network.is_dev else network,
                     listen=args.listen,
-                    seeds=args.seed,
+                    seeds=_seeds(args),
                     discovery=args.discovery,
                     identity=identity,
                 )
             )
             driver = node.driver
-            _emit(
-                {
-                    "event": "ready",
-                    "node_id": f"{driver.id:032x}",
-                    "address": driver.address,
-                    "network": network.name,
-                    "discovery": driver.discovery.mode,
-                }
-            )
-            if args.status_interval > 0:
-                nursery.start_soon(_report, driver, args.status_interval)
-            async for _ in signals:
-                break
-            nursery.cancel_scope.cancel()  # leaves the overlay gracefully
+            async with trio.open_nursery() as clients:
+                relay: Relay = await clients.start(serve_relay, node, args.port)
+                _emit(
+                    {
+                        "event": "ready",
+                        "relay_port": relay.port,
+                        "node_id": f"{driver.id:032x}",
+                        "address": driver.address,
+                        "network": network.name,
+                        "discovery": driver.discovery.mode,
+                        "peers": driver.overlay.statistics().peers if driver.overlay else 0,
+                    }
+                )
+                if args.status_interval > 0:
+                    clients.start_soon(_report, driver, relay, args.status_interval)
+                async for _ in signals:
+                    break
+                clients.cancel_scope.cancel()  # every client gets CLOSE first
+            nursery.cancel_scope.cancel()  # then the node leaves the overlay gracefully
     _emit({"event": "stopped", "node_id": f"{driver.id:032x}"})
 
 
-async def _report(driver: OverlayDriver, interval: float) -> None:
+async def _report(driver: OverlayDriver, relay: Relay, interval: float) -> None:
     while True:
-        _emit(_status(driver))
+        _emit(_status(driver, relay))
         await trio.sleep(interval)
 
 

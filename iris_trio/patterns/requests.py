@@ -58,15 +58,28 @@ class Request:
 
     async def reply(self, data: bytes) -> None:
         """Send the reply (once). A checkpoint."""
-        if type(data) is not bytes:
-            raise TypeError(f"data must be bytes, not {type(data).__name__}")
-        self._once(0, data)
+        self.reply_nowait(data)
         await trio.lowlevel.checkpoint()
 
     async def fail(self, message: str) -> None:
         """Answer with an error: the requester gets RemoteError(message). A checkpoint."""
-        self._once(1, message.encode("utf-8", "replace"))
+        self.fail_nowait(message)
         await trio.lowlevel.checkpoint()
+
+    def reply_nowait(self, data: bytes) -> None:
+        """Send the reply (once) without a checkpoint."""
+        if type(data) is not bytes:
+            raise TypeError(f"data must be bytes, not {type(data).__name__}")
+        self._once(0, data)
+
+    def fail_nowait(self, message: str) -> None:
+        """Answer with an error (once) without a checkpoint."""
+        self._once(1, message.encode("utf-8", "replace"))
+
+    @property
+    def answered(self) -> bool:
+        """True once answered (or given back because the member stopped)."""
+        return self._answered
 
 
 class IncomingRequests(trio.abc.ReceiveChannel[Request]):

@@ -1,0 +1,584 @@
+"""One relay client's connection: the handshake, then every operation mapped
+onto the node's patterns, as one task tree.
+
+The reader task parses packets and acts on them in order; each pattern that
+waits (a request, a subscription, a service's incoming requests, broadcasts and
+tunnels, every tunnel) is a child task. The writer task sends what they queue.
+The connection ends with the client's CLOSE (in-flight work finishes, then
+CLOSE("")), with its disappearance (everything it held is released), with a
+protocol violation (CLOSE(reason), logged and counted) or when the relay stops
+(CLOSE("the node is shutting down")).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import heapq
+import logging
+import math
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Final
+
+import anyio
+import trio
+
+from .._node import MAX_MESSAGE_SIZE
+from ..errors import MessageTooLargeError, NoRespondersError, RemoteError
+from ..patterns.requests import IncomingRequests, Request
+from ..patterns.subscription import Subscription
+from ..patterns.tunnel import DEFAULT_WINDOW, Tunnel
+from .bridge import TunnelBridge
+from .chunks import CHUNK_LIMIT
+from .codec import (
+    MAGIC_CLIENT,
+    MAGIC_RELAY,
+    VERSION,
+    Broadcast,
+    BroadcastDelivery,
+    ClientClose,
+    ClientInit,
+    Deny,
+    NodeClose,
+    NodeInit,
+    Packet,
+    PacketReader,
+    Publish,
+    RelayProtocolError,
+    Reply,
+    ReplyDelivery,
+    RequestDelivery,
+    Subscribe,
+    TunnelAllow,
+    TunnelBuild,
+    TunnelClose,
+    TunnelClosed,
+    TunnelConfirm,
+    TunnelConfirmed,
+    TunnelInit,
+    TunnelTransfer,
+    Unsubscribe,
+)
+from .codec import Request as RelayRequest
+from .writer import PacketWriter
+
+if TYPE_CHECKING:
+    from .._node import Node
+
+__all__ = ["NO_RESPONDERS_FAULT", "RelayConnection", "RelayLimits"]
+
+log = logging.getLogger("iris_trio.relay")
+
+#: Fault text prefix of a request to a cluster without members (the protocol
+#: has no code for it; the iris_trio client raises NoRespondersError on it).
+NO_RESPONDERS_FAULT: Final = "no responders: "
+_SHUTDOWN: Final = "the node is shutting down"
+_READ_SIZE: Final = 256 * 1024
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RelayLimits:
+    """Per-connection limits of the relay.
+
+    Attributes:
+        handshake_timeout: seconds a new connection has to send INIT.
+        pending_requests: the client's own requests in flight; beyond, its
+            further packets wait (it is not read).
+        served_requests: requests handed to a service connection at once (its
+            capacity in the cluster's load balancing).
+        queued_bytes: bytes queued for the client before producers wait.
+        event_buffer: events (and broadcasts) buffered per subscription when the
+            client reads slowly; beyond, the oldest is dropped and counted.
+        tunnels: tunnels open (or opening) on one connection.
+        tunnel_window: bytes of allowance granted to the client per tunnel.
+        max_tunnel_message: the largest tunnel message a client may send.
+        confirm_timeout: seconds a service has to confirm an inbound tunnel.
+        close_timeout: seconds a graceful CLOSE waits for in-flight work.
+    """
+
+    handshake_timeout: float = 10.0
+    pending_requests: int = 4096
+    served_requests: int = 64
+    queued_bytes: int = 4 * 1024 * 1024
+    event_buffer: int = 4096
+    tunnels: int = 1024
+    tunnel_window: int = DEFAULT_WINDOW
+    max_tunnel_message: int = 64 * 1024 * 1024
+    confirm_timeout: float = 10.0
+    close_timeout: float = 30.0
+
+
+class _GoneError(Exception):
+    """The client closed or lost its connection."""
+
+
+class _Build:
+    """An inbound tunnel offered to the service, waiting for its TUN_CONFIRM."""
+
+    __slots__ = ("bridge", "confirmed", "tunnel")
+
+    def __init__(self, tunnel: Tunnel) -> None:
+        self.tunnel = tunnel
+        self.confirmed = trio.Event()
+        self.bridge: TunnelBridge | None = None
+
+
+class RelayConnection:
+    """One client of the relay (see the module docstring)."""
+
+    def __init__(
+        self,
+        node: Node,
+        stream: trio.SocketStream,
+        limits: RelayLimits,
+        counters: Counter[str],
+    ) -> None:
+        self._node = node
+        self._stream = stream
+        self._limits = limits
+        self._counters = counters
+        self._writer = PacketWriter(stream.send_all, limits.queued_bytes)
+        self._reader = PacketReader("client")
+        self.cluster = ""
+        self._work: trio.Nursery | None = None
+        self._changed = trio.lowlevel.ParkingLot()  # requests or tunnels finished
+        # The client's own requests and tunnels.
+        self._requests: set[int] = set()
+        self._request_slots = trio.Semaphore(limits.pending_requests)
+        self._opening: set[int] = set()
+        self._tunnels: dict[int, TunnelBridge] = {}
+        # A service's incoming requests, broadcasts and tunnels.
+        self._service_scope = trio.CancelScope()
+        self._served: dict[int, Request] = {}
+        self._served_deadlines: list[tuple[float, int]] = []
+        self._served_slots = trio.Semaphore(limits.served_requests)
+        self._served_lot = trio.lowlevel.ParkingLot()
+        self._next_served = 0
+        self._builds: dict[int, _Build] = {}
+        self._next_build = 0
+        # Subscriptions and broadcast receivers, for their counters.
+        self._topics: dict[str, tuple[trio.CancelScope, Subscription]] = {}
+        self._receivers: set[Subscription] = set()
+        self._dropped_closed = 0
+        self._handlers: dict[type[Packet], Callable[[Any], Awaitable[None]]] = {
+            Broadcast: self._on_broadcast,
+            RelayRequest: self._on_request,
+            Reply: self._on_reply,
+            Subscribe: self._on_subscribe,
+            Unsubscribe: self._on_unsubscribe,
+            Publish: self._on_publish,
+            TunnelInit: self._on_tunnel_init,
+            TunnelConfirm: self._on_tunnel_confirm,
+            TunnelAllow: self._on_tunnel_allow,
+            TunnelTransfer: self._on_tunnel_transfer,
+            TunnelClose: self._on_tunnel_close,
+        }
+
+    @property
+    def events_dropped(self) -> int:
+        """Events and broadcasts this client missed by reading too slowly."""
+        live = sum(r.statistics().dropped for r in self._receivers)
+        return self._dropped_closed + live
+
+    # ---------------------------------------------------------------- lifecycle
+
+    async def run(self) -> None:
+        """Serve the client until it leaves, misbehaves, or the relay stops."""
+        final: Packet | None = NodeClose(_SHUTDOWN)
+        try:
+            async with trio.open_nursery() as outer:
+                outer.start_soon(self._write, outer.cancel_scope)
+                try:
+                    final = await self._session()
+                finally:
+                    with trio.CancelScope(shield=True), trio.move_on_after(1.0):
+                        if final is not None:
+                            self._writer.send_nowait(final)
+                        await self._writer.flush()
+                    self._writer.close()
+                    outer.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._stream.aclose()
+
+    async def _write(self, scope: trio.CancelScope) -> None:
+        try:
+            await self._writer.run()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            scope.cancel()  # the client is gone: nothing more can reach it
+
+    async def _session(self) -> Packet | None:
+        """Run the connection; return the packet that ends it (None: none)."""
+        try:
+            with trio.fail_after(self._limits.handshake_timeout):
+                init, pipelined = await self._handshake()
+        except (trio.TooSlowError, _GoneError):
+            return None
+        except RelayProtocolError as exc:
+            return self._violation(exc)
+        refusal = self._refusal(init)
+        if refusal is not None:
+            self._counters["denied"] += 1
+            return Deny(MAGIC_RELAY, refusal)
+        self.cluster = init.cluster
+        async with trio.open_nursery() as work:
+            self._work = work
+            if self.cluster:
+                await self._register(work)
+            self._writer.send_nowait(NodeInit(MAGIC_RELAY, VERSION))
+            try:
+                graceful = await self._read(pipelined)
+            except RelayProtocolError as exc:
+                work.cancel_scope.cancel()
+                return self._violation(exc)
+            if not graceful:
+                work.cancel_scope.cancel()
+                return None
+            with trio.move_on_after(self._limits.close_timeout):
+                await self._finish()
+            self._counters["closed_gracefully"] += 1
+            work.cancel_scope.cancel()
+        return NodeClose("")
+
+    def _violation(self, exc: RelayProtocolError) -> Packet:
+        self._counters["protocol_violations"] += 1
+        log.warning("relay client %s broke the protocol: %s", self._peer_name(), exc)
+        return NodeClose(f"protocol violation: {exc}")
+
+    def _peer_name(self) -> str:
+        try:
+            host, port, *_ = self._stream.socket.getpeername()
+        except OSError:
+            return "(gone)"
+        return f"{host}:{port}"
+
+    async def _receive(self) -> bytes:
+        try:
+            data = await self._stream.receive_some(_READ_SIZE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            raise _GoneError from exc
+        if not data:
+            raise _GoneError
+        return data
+
+    async def _handshake(self) -> tuple[ClientInit, list[Packet]]:
+        while True:
+            packets = self._reader.feed(await self._receive())
+            if packets:
+                init = packets[0]
+                if not isinstance(init, ClientInit):
+                    raise RelayProtocolError(f"expected INIT, got {type(init).__name__}")
+                return init, packets[1:]
+
+    @staticmethod
+    def _refusal(init: ClientInit) -> str | None:
+        if init.magic != MAGIC_CLIENT:
+            return f"Unsupported protocol magic: {init.magic!r}."
+        if init.version != VERSION:
+            return f"Unsupported protocol. Client: {init.version}. Iris: {VERSION}."
+        return None
+
+    async def _read(self, packets: list[Packet]) -> bool:
+        """Act on packets in order; True when the client sent CLOSE, False when it
+        vanished."""
+        handlers = self._handlers
+        while True:
+            for packet in packets:
+                if type(packet) is ClientClose:
+                    return True
+                handler = handlers.get(type(packet))
+                if handler is None:
+                    raise RelayProtocolError(f"unexpected {type(packet).__name__}")
+                await handler(packet)
+            try:
+                packets = self._reader.feed(await self._receive())
+            except _GoneError:
+                return False
+
+    async def _finish(self) -> None:
+        """After CLOSE: stop serving, let the client's own requests finish, close
+        its tunnels cleanly."""
+        self._service_scope.cancel()
+        for scope, _ in self._topics.values():
+            scope.cancel()
+        for bridge in self._tunnels.values():
+            bridge.close()
+        while self._requests or self._tunnels or self._opening:
+            await self._changed.park()
+
+    def _spawn(self, function: Callable[..., Awaitable[None]], *args: object) -> None:
+        assert self._work is not None
+        self._work.start_soon(self._quietly, function, *args)
+
+    @staticmethod
+    async def _quietly(
+        function: Callable[..., Awaitable[None]], *args: object, **kwargs: object
+    ) -> None:
+        # The writer refuses packets once the client is gone; the session is
+        # ending then, and so is this task.
+        with contextlib.suppress(anyio.BrokenResourceError):
+            await function(*args, **kwargs)
+
+    # ----------------------------------------------------------- the service
+
+    async def _register(self, work: trio.Nursery) -> None:
+        """Be a member of the connection's cluster: requests, broadcasts, tunnels."""
+        await work.start(self._service)
+
+    async def _service(self, task_status: trio.TaskStatus[None]) -> None:
+        with self._service_scope:
+            async with trio.open_nursery() as service:
+                for pump in (self._serve_requests, self._serve_broadcasts, self._serve_tunnels):
+                    await service.start(self._quietly, pump)
+                service.start_soon(self._quietly, self._expire_served)
+                task_status.started()
+
+    async def _serve_requests(self, task_status: trio.TaskStatus[None]) -> None:
+        node, limit = self._node, self._limits.served_requests
+        incoming: IncomingRequests
+        async with node.requests(self.cluster, limit=limit) as incoming:
+            task_status.started()
+            while True:
+                await self._served_slots.acquire()
+                request = await incoming.receive()
+                self._next_served += 1
+                served_id = self._next_served
+                self._served[served_id] = request
+                heapq.heappush(self._served_deadlines, (request.deadline, served_id))
+                self._served_lot.unpark()
+                remaining = request.deadline - trio.current_time()
+                milliseconds = max(1, math.ceil(remaining * 1000))
+                await self._writer.send(RequestDelivery(served_id, request.data, milliseconds))
+
+    async def _expire_served(self) -> None:
+        """Forget requests whose requester stopped waiting (the client did not
+        answer in time), so that they no longer count against its capacity."""
+        deadlines = self._served_deadlines
+        while True:
+            now = trio.current_time()
+            while deadlines and deadlines[0][0] <= now:
+                _, served_id = heapq.heappop(deadlines)
+                request = self._served.pop(served_id, None)
+                if request is not None:
+                    self._served_slots.release()
+                    if not request.answered:
+                        request.fail_nowait("the service did not answer in time")
+            with trio.move_on_at(deadlines[0][0] if deadlines else math.inf):
+                await self._served_lot.park()
+
+    async def _on_reply(self, packet: Reply) -> None:
+        request = self._served.pop(packet.id, None)
+        if request is None:  # expired meanwhile: the requester stopped waiting
+            self._counters["unknown_replies"] += 1
+            return
+        self._served_slots.release()
+        if request.answered:  # the member stopped meanwhile
+            return
+        if not packet.success:
+            request.fail_nowait(packet.fault)
+        elif len(packet.reply) > MAX_MESSAGE_SIZE:
+            request.fail_nowait(f"the reply of {len(packet.reply)} bytes is too large")
+        else:
+            request.reply_nowait(packet.reply)
+        await trio.lowlevel.checkpoint_if_cancelled()
+
+    async def _serve_broadcasts(self, task_status: trio.TaskStatus[None]) -> None:
+        capacity = self._limits.event_buffer
+        async with self._node.broadcasts(self.cluster, capacity=capacity) as receiver:
+            self._receivers.add(receiver)
+            task_status.started()
+            try:
+                async for message in receiver:
+                    await self._writer.send(BroadcastDelivery(message))
+            finally:
+                self._forget_receiver(receiver)
+
+    async def _serve_tunnels(self, task_status: trio.TaskStatus[None]) -> None:
+        async with self._node.tunnels(self.cluster) as inbox:
+            task_status.started()
+            while True:
+                while len(self._tunnels) + len(self._builds) >= self._limits.tunnels:
+                    await self._changed.park()
+                tunnel = await inbox.receive()
+                self._next_build += 1
+                self._builds[self._next_build] = _Build(tunnel)
+                self._spawn(self._offer_tunnel, self._next_build)
+
+    async def _offer_tunnel(self, build_id: int) -> None:
+        build = self._builds[build_id]
+        try:
+            async with build.tunnel:
+                self._writer.send_nowait(TunnelBuild(build_id, CHUNK_LIMIT))
+                with trio.move_on_after(self._limits.confirm_timeout):
+                    await build.confirmed.wait()
+                del self._builds[build_id]
+                if build.bridge is None:
+                    build.tunnel.abort("the service did not take the tunnel in time")
+                    return
+                await self._relay_tunnel(build.bridge)
+        finally:
+            self._builds.pop(build_id, None)
+            self._changed.unpark_all()
+
+    async def _on_tunnel_confirm(self, packet: TunnelConfirm) -> None:
+        build = self._builds.get(packet.build_id)
+        if build is None or build.confirmed.is_set():
+            self._writer.send_nowait(
+                TunnelClosed(packet.tunnel_id, "the tunnel was not confirmed in time")
+            )
+            return
+        self._check_new_tunnel(packet.tunnel_id)
+        build.bridge = self._bridge(packet.tunnel_id, build.tunnel)
+        build.confirmed.set()
+        await trio.lowlevel.checkpoint_if_cancelled()
+
+    # ---------------------------------------------------- the client's own work
+
+    async def _on_request(self, packet: RelayRequest) -> None:
+        if packet.id in self._requests:
+            raise RelayProtocolError(f"request id {packet.id} is already pending")
+        await self._request_slots.acquire()  # beyond the limit the client waits
+        self._requests.add(packet.id)
+        self._spawn(self._request, packet)
+
+    async def _request(self, packet: RelayRequest) -> None:
+        try:
+            try:
+                reply = await self._node.request(
+                    packet.cluster, packet.request, timeout=packet.timeout_ms / 1000
+                )
+            except trio.TooSlowError:
+                answer = ReplyDelivery(packet.id, True)
+            except NoRespondersError as exc:
+                fault = NO_RESPONDERS_FAULT + str(exc)
+                answer = ReplyDelivery(packet.id, False, False, fault=fault)
+            except (RemoteError, MessageTooLargeError) as exc:
+                answer = ReplyDelivery(packet.id, False, False, fault=str(exc))
+            else:
+                answer = ReplyDelivery(packet.id, False, True, reply=reply)
+            await self._writer.send(answer)
+        finally:
+            self._requests.discard(packet.id)
+            self._request_slots.release()
+            self._changed.unpark_all()
+
+    async def _on_broadcast(self, packet: Broadcast) -> None:
+        self._check_size(packet.message)
+        await self._node.broadcast(packet.cluster, packet.message)
+
+    async def _on_publish(self, packet: Publish) -> None:
+        self._check_size(packet.event)
+        await self._node.publish(packet.topic, packet.event)
+
+    @staticmethod
+    def _check_size(message: bytes) -> None:
+        if len(message) > MAX_MESSAGE_SIZE:
+            size = len(message)
+            raise RelayProtocolError(f"a message of {size} bytes exceeds {MAX_MESSAGE_SIZE}")
+
+    async def _on_subscribe(self, packet: Subscribe) -> None:
+        if packet.topic in self._topics:  # a client-side mistake; no reason to drop it
+            self._counters["duplicate_subscriptions"] += 1
+            await trio.lowlevel.checkpoint()
+            return
+        assert self._work is not None
+        await self._work.start(self._quietly, self._subscription, packet.topic)
+
+    async def _subscription(
+        self, topic: str, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        with trio.CancelScope() as scope:
+            async with self._node.subscribe(topic, capacity=self._limits.event_buffer) as events:
+                self._topics[topic] = (scope, events)
+                self._receivers.add(events)
+                task_status.started()
+                try:
+                    async for event in events:
+                        await self._writer.send(Publish(topic, event))
+                finally:
+                    self._forget_receiver(events)
+                    if self._topics.get(topic, (None, None))[1] is events:
+                        del self._topics[topic]
+
+    def _forget_receiver(self, receiver: Subscription) -> None:
+        self._receivers.discard(receiver)
+        self._dropped_closed += receiver.statistics().dropped
+
+    async def _on_unsubscribe(self, packet: Unsubscribe) -> None:
+        entry = self._topics.pop(packet.topic, None)
+        if entry is None:  # not subscribed: a client-side mistake, ignored
+            self._counters["unknown_unsubscriptions"] += 1
+        else:
+            entry[0].cancel()
+        await trio.lowlevel.checkpoint()
+
+    # ------------------------------------------------------------------ tunnels
+
+    def _check_new_tunnel(self, tunnel_id: int) -> None:
+        if tunnel_id in self._tunnels or tunnel_id in self._opening:
+            raise RelayProtocolError(f"tunnel id {tunnel_id} is already in use")
+
+    def _bridge(self, tunnel_id: int, tunnel: Tunnel) -> TunnelBridge:
+        bridge = TunnelBridge(
+            tunnel_id,
+            tunnel,
+            self._writer,
+            window=self._limits.tunnel_window,
+            max_message=self._limits.max_tunnel_message,
+        )
+        self._tunnels[tunnel_id] = bridge
+        return bridge
+
+    async def _relay_tunnel(self, bridge: TunnelBridge) -> None:
+        try:
+            await bridge.run()
+        finally:
+            del self._tunnels[bridge.client_id]
+            self._changed.unpark_all()
+
+    async def _on_tunnel_init(self, packet: TunnelInit) -> None:
+        self._check_new_tunnel(packet.tunnel_id)
+        if len(self._tunnels) + len(self._opening) >= self._limits.tunnels:
+            self._counters["tunnels_refused"] += 1
+            self._writer.send_nowait(TunnelConfirmed(packet.tunnel_id, True))
+        else:
+            self._opening.add(packet.tunnel_id)
+            self._spawn(self._open_tunnel, packet)
+        await trio.lowlevel.checkpoint_if_cancelled()
+
+    async def _open_tunnel(self, packet: TunnelInit) -> None:
+        opened = False
+        try:
+            timeout = packet.timeout_ms / 1000
+            async with self._node.tunnel(packet.cluster, timeout=timeout) as tunnel:
+                opened = True
+                bridge = self._bridge(packet.tunnel_id, tunnel)
+                self._opening.discard(packet.tunnel_id)
+                self._writer.send_nowait(TunnelConfirmed(packet.tunnel_id, False, CHUNK_LIMIT))
+                await self._relay_tunnel(bridge)
+        except (trio.TooSlowError, NoRespondersError, RemoteError):
+            if opened:
+                raise
+            self._writer.send_nowait(TunnelConfirmed(packet.tunnel_id, True))
+        finally:
+            self._opening.discard(packet.tunnel_id)
+            self._changed.unpark_all()
+
+    async def _on_tunnel_allow(self, packet: TunnelAllow) -> None:
+        bridge = self._tunnels.get(packet.tunnel_id)
+        if bridge is not None:  # else: closed meanwhile
+            bridge.allow(packet.allowance)
+        await trio.lowlevel.checkpoint_if_cancelled()
+
+    async def _on_tunnel_transfer(self, packet: TunnelTransfer) -> None:
+        bridge = self._tunnels.get(packet.tunnel_id)
+        if bridge is not None:  # else: closed meanwhile, the chunk is moot
+            bridge.transfer(packet.size, packet.chunk)
+        await trio.lowlevel.checkpoint_if_cancelled()
+
+    async def _on_tunnel_close(self, packet: TunnelClose) -> None:
+        bridge = self._tunnels.get(packet.tunnel_id)
+        if bridge is not None:
+            bridge.close()
+        await trio.lowlevel.checkpoint_if_cancelled()

@@ -1,0 +1,145 @@
+"""The node's relay endpoint: Iris client libraries and other processes attach here.
+
+:func:`serve_relay` listens on loopback only (127.0.0.1 and ::1) and runs one
+:class:`~iris_trio.relay.connection.RelayConnection` task tree per client.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections import Counter
+from typing import TYPE_CHECKING, Final
+
+import trio
+
+from .._util import open_unwrapped_nursery
+from .connection import RelayConnection, RelayLimits
+
+if TYPE_CHECKING:
+    from .._node import Node
+
+__all__ = ["DEFAULT_PORT", "Relay", "RelayStatistics", "serve_relay"]
+
+log = logging.getLogger("iris_trio.relay")
+
+#: The port the original Iris node serves its clients on.
+DEFAULT_PORT: Final = 55555
+_HOSTS: Final = ("127.0.0.1", "::1")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RelayStatistics:
+    """Counters of a relay endpoint.
+
+    Attributes:
+        connections_accepted / connections_open: clients attached, ever and now.
+        denied: handshakes refused (wrong magic or version, bad cluster).
+        protocol_violations: connections closed for malformed input.
+        closed_gracefully: connections ended by the client's CLOSE.
+        unknown_replies: replies to requests that had already expired.
+        events_dropped: events and broadcasts a slow client missed.
+        internal_errors: connections ended by a failure of the relay itself.
+    """
+
+    connections_accepted: int
+    connections_open: int
+    denied: int
+    protocol_violations: int
+    closed_gracefully: int
+    unknown_replies: int
+    events_dropped: int
+    internal_errors: int
+
+
+class Relay:
+    """A running relay endpoint (from :func:`serve_relay`)."""
+
+    def __init__(self, node: Node, port: int, limits: RelayLimits) -> None:
+        self.node = node
+        self.port = port
+        self.limits = limits
+        self.counters: Counter[str] = Counter()
+        self.connections: set[RelayConnection] = set()
+
+    async def _serve_client(self, stream: trio.SocketStream) -> None:
+        connection = RelayConnection(self.node, stream, self.limits, self.counters)
+        self.connections.add(connection)
+        self.counters["connections_accepted"] += 1
+        try:
+            await connection.run()
+        except Exception:  # a bug: it ends this client's connection, not the node
+            self.counters["internal_errors"] += 1
+            log.exception("relay connection failed")
+        finally:
+            self.connections.discard(connection)
+            self.counters["events_dropped"] += connection.events_dropped
+
+    def statistics(self) -> RelayStatistics:
+        """The relay's counters (see :class:`RelayStatistics`)."""
+        count = self.counters
+        return RelayStatistics(
+            connections_accepted=count["connections_accepted"],
+            connections_open=len(self.connections),
+            denied=count["denied"],
+            protocol_violations=count["protocol_violations"],
+            closed_gracefully=count["closed_gracefully"],
+            unknown_replies=count["unknown_replies"],
+            events_dropped=count["events_dropped"]
+            + sum(c.events_dropped for c in self.connections),
+            internal_errors=count["internal_errors"],
+        )
+
+
+async def _open_listeners(port: int) -> list[trio.SocketListener]:
+    """Listeners on 127.0.0.1 and ::1 at one port (either may fail, not both)."""
+    listeners: list[trio.SocketListener] = []
+    failures: list[OSError] = []
+    for host in _HOSTS:
+        try:
+            listeners += await trio.open_tcp_listeners(port, host=host)
+        except OSError as exc:
+            failures.append(exc)
+            continue
+        if port == 0:  # the second address takes the port the first was given
+            port = listeners[0].socket.getsockname()[1]
+    if not listeners:
+        raise OSError(f"the relay cannot listen on loopback port {port}: {failures[0]}")
+    return listeners
+
+
+async def serve_relay(
+    node: Node,
+    port: int = DEFAULT_PORT,
+    *,
+    limits: RelayLimits | None = None,
+    task_status: trio.TaskStatus[Relay] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the Iris relay protocol for ``node`` until cancelled.
+
+    Listens on ``port`` (0: any free one) of 127.0.0.1 and ::1 only and reports
+    the :class:`Relay` (its ``port`` is the one chosen) through ``task_status``.
+    On cancellation every client gets CLOSE with a reason, then its socket closes.
+
+    Raises:
+        OSError: neither loopback address could be listened on.
+    """
+    listeners = await _open_listeners(port)
+    relay = Relay(node, listeners[0].socket.getsockname()[1], limits or RelayLimits())
+    log.info("relay listening on loopback port %d", relay.port)
+    async with open_unwrapped_nursery() as nursery:
+        for listener in listeners:
+            nursery.start_soon(_accept, listener, relay, nursery)
+        task_status.started(relay)
+
+
+async def _accept(listener: trio.SocketListener, relay: Relay, nursery: trio.Nursery) -> None:
+    async with listener:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:  # EMFILE and the like: wait, keep serving
+                log.warning("relay accept failed: %s", exc)
+                await trio.sleep(0.1)
+                continue
+            nursery.start_soon(relay._serve_client, stream)
