@@ -33,6 +33,7 @@ from .errors import MessageTooLargeError as MessageTooLargeError
 from .errors import NoRespondersError as NoRespondersError
 from .errors import ProtocolError as ProtocolError
 from .errors import RemoteError as RemoteError
+from .errors import RequestTimeoutError as RequestTimeoutError
 from .patterns.requests import IncomingRequests as IncomingRequests
 from .patterns.requests import Request as Request
 from .patterns.subscription import Subscription as Subscription
@@ -42,3 +43,6 @@ __version__ = "0.1.0.dev0"
 from .patterns.tunnel import IncomingTunnels as IncomingTunnels
 from .patterns.tunnel import Tunnel as Tunnel
 from .patterns.tunnel import TunnelStatistics as TunnelStatistics
+from .relay import serve_relay as serve_relay
+from .relay.client import connect as connect
+from .relay.client import register as register

@@ -31,6 +31,7 @@ from .errors import (
     NoRespondersError,
     ProtocolError,
     RemoteError,
+    RequestTimeoutError,
 )
 from .overlay.config import OverlayConfig
 from .overlay.discovery import DiscoveryConfig, DiscoveryMode
@@ -283,8 +284,8 @@ class Node:
             return
         receiver = Subscription("", capacity, tree=-1, on_close=self._unsubscribe)
         self._broadcast_receivers.add(receiver)
-        for cluster in self._clusters:
-            self._receivers.setdefault(name_id(CLUSTER, cluster), set()).add(receiver)
+        for joined in self._clusters:
+            self._receivers.setdefault(name_id(CLUSTER, joined), set()).add(receiver)
         try:
             yield receiver
         finally:
@@ -338,7 +339,8 @@ class Node:
         Raises:
             NoRespondersError: the cluster has no member (at once).
             RemoteError: the member's handler failed (carries its message).
-            trio.TooSlowError: ``timeout`` (or the 30 s default) expired.
+            RequestTimeoutError: ``timeout`` (or the 30 s default) expired (a
+                ``trio.TooSlowError`` and a ``TimeoutError``).
             TypeError / MessageTooLargeError: ``data`` is not bytes or too large.
         """
         _check_message(data)
@@ -363,10 +365,12 @@ class Node:
         deadline = min(scope_deadline, own)
         if deadline <= now:
             await trio.lowlevel.checkpoint()  # the caller's scope expired: cancelled here
-            raise trio.TooSlowError  # timeout= was not positive
-        if own <= scope_deadline:  # our timeout binds: raise TooSlowError
-            with trio.fail_at(own):
+            raise RequestTimeoutError("the timeout was not positive")
+        if own <= scope_deadline:  # our timeout binds: raise RequestTimeoutError
+            with trio.move_on_at(own) as scope:
                 await self._exchange(cluster, data, deadline, pending)
+            if scope.cancelled_caught:
+                raise RequestTimeoutError(f"no answer from cluster {cluster!r} in time")
         else:  # the caller's scope binds: let it cancel us
             await self._exchange(cluster, data, deadline, pending)
         if pending.status == REPLY:
@@ -529,7 +533,7 @@ class Node:
         Raises:
             NoRespondersError: the cluster has no member (at once).
             RemoteError: the member could not open the tunnel.
-            trio.TooSlowError: no member took it in time.
+            RequestTimeoutError: no member took it in time.
         """
         if window < 1:
             raise ConfigError("window must be at least 1 byte")

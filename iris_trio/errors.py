@@ -13,6 +13,8 @@ Errors split the way sans-IO libraries split them: :class:`ProtocolError` and
 
 from __future__ import annotations
 
+import trio
+
 __all__ = [
     "ConfigError",
     "HandshakeError",
@@ -23,6 +25,7 @@ __all__ = [
     "NoRespondersError",
     "ProtocolError",
     "RemoteError",
+    "RequestTimeoutError",
 ]
 
 
@@ -66,6 +69,12 @@ class NoRespondersError(IrisError):
 
 class RemoteError(IrisError):
     """The member's handler failed; the message is the handler's error text."""
+
+
+class RequestTimeoutError(IrisError, trio.TooSlowError, TimeoutError):
+    """No answer came within the request's timeout (or a tunnel was not taken in
+    time). A :class:`trio.TooSlowError` and a builtin :class:`TimeoutError`, so
+    that trio code and asyncio code (the relay client) each catch it their way."""
 
 
 class InternalError(IrisError):

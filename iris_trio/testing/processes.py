@@ -23,6 +23,9 @@ class NodeProcess:
         self.node_id: int | None = None
         self.status: dict[str, Any] = {}
         self.updated = trio.Event()
+        self.ready: dict[str, Any] = {}  # the "ready" line: relay_port, address, ...
+        self.is_ready = trio.Event()
+        self.stopped = trio.Event()
 
     async def read(self) -> None:
         """Follow the process's stdout (run as a task)."""
@@ -34,7 +37,12 @@ class NodeProcess:
             for line in lines:
                 record = json.loads(line)
                 self.node_id = int(record["node_id"], 16)
-                if record["event"] == "status":
+                if record["event"] == "ready":
+                    self.ready = record
+                    self.is_ready.set()
+                elif record["event"] == "stopped":
+                    self.stopped.set()
+                elif record["event"] == "status":
                     self.status = record
                     self.updated.set()
                     self.updated = trio.Event()
