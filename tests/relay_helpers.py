@@ -12,10 +12,14 @@ from iris_trio.relay import Relay, RelayLimits, serve_relay
 
 
 @asynccontextmanager
-async def relay_node(limits: RelayLimits | None = None) -> AsyncIterator[tuple[iris_trio.Node, Relay]]:
+async def relay_node(
+    limits: RelayLimits | None = None,
+) -> AsyncIterator[tuple[iris_trio.Node, Relay]]:
     """A lone node (no discovery) serving the relay on a free loopback port."""
     async with iris_trio.join(discovery="off") as node, trio.open_nursery() as nursery:
-        relay: Relay = await nursery.start(lambda task_status: serve_relay(node, 0, limits=limits, task_status=task_status))
+        relay: Relay = await nursery.start(
+            lambda task_status: serve_relay(node, 0, limits=limits, task_status=task_status)
+        )
         try:
             yield node, relay
         finally:

@@ -46,7 +46,7 @@ class TunnelBridge:
         self._writer = writer
         self._window = window
         self._assembler = ChunkAssembler(window, max_message=max_message)
-        self._uplink: collections.deque[bytes] = collections.deque()
+        self._uplink: collections.deque[tuple[bytes, int]] = collections.deque()  # owed
         self._uplink_lot = trio.lowlevel.ParkingLot()
         self._client_allowance = 0
         self._allowance_lot = trio.lowlevel.ParkingLot()
@@ -63,15 +63,26 @@ class TunnelBridge:
     def transfer(self, size: int, chunk: bytes) -> None:
         """A chunk from the client.
 
+        The chunks of an incomplete message are given back as they arrive (the
+        message is held here, bounded by the largest message, not by the window:
+        a message larger than the window must get through); the last chunk is
+        given back once the whole message was sent on. An abandoned incomplete
+        message was thus given back already.
+
         Raises:
             RelayProtocolError: see :meth:`ChunkAssembler.chunk`.
         """
-        message, discarded = self._assembler.chunk(size, chunk)
-        if discarded:  # an incomplete message was abandoned: its bytes come back
-            self._writer.send_nowait(TunnelAllow(self.client_id, discarded))
-        if message is not None:
-            self._uplink.append(message)
+        message, _ = self._assembler.chunk(size, chunk)
+        if message is None:
+            self._give_back(len(chunk))
+        else:
+            self._uplink.append((message, len(chunk)))
             self._uplink_lot.unpark()
+
+    def _give_back(self, size: int) -> None:
+        if size:
+            self._assembler.grant(size)
+            self._writer.send_nowait(TunnelAllow(self.client_id, size))
 
     def close(self) -> None:
         """The client closed its end: send what it sent, then close cleanly."""
@@ -115,11 +126,9 @@ class TunnelBridge:
                 if not self._uplink:
                     await self.tunnel.aclose()  # _down reports the close
                     return
-                message = self._uplink.popleft()
+                message, owed = self._uplink.popleft()
                 await self.tunnel.send(message)
-                if message:
-                    self._assembler.grant(len(message))
-                    self._writer.send_nowait(TunnelAllow(self.client_id, len(message)))
+                self._give_back(owed)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self._closed(str(exc) or "the tunnel broke")
             scope.cancel()

@@ -37,7 +37,8 @@ class ChunkAssembler:
     """The receiving side of one tunnel direction.
 
     ``granted`` is the allowance the sender was given; :meth:`chunk` consumes it
-    and :meth:`consumed` gives it back once the application took a message.
+    and :meth:`grant` records what was given back (for a message taken by the
+    application, or bytes discarded).
 
     Args:
         granted: bytes the sender may send before it hears of more.
@@ -62,8 +63,8 @@ class ChunkAssembler:
         self.allowance += size
 
     def chunk(self, size: int, data: bytes) -> tuple[bytes | None, int]:
-        """Take one chunk; return (the message it completes or None, bytes of a
-        discarded incomplete message, to be given back to the sender).
+        """Take one chunk; return (the message it completes or None, bytes of an
+        incomplete message it discarded, which the caller gives back as it sees fit).
 
         Raises:
             RelayProtocolError: a message started without allowance, is larger
@@ -73,7 +74,6 @@ class ChunkAssembler:
         if size > 0:  # a first chunk
             if self._active:
                 discarded = self._got
-                self.allowance += discarded
                 self._parts, self._got = [], 0
             if self.allowance <= 0:
                 raise RelayProtocolError("a tunnel message started without allowance")

@@ -233,7 +233,8 @@ class RelayTunnel:
 
     def _chunk(self, size: int, data: bytes) -> None:
         message, discarded = self._assembler.chunk(size, data)
-        if discarded:
+        if discarded:  # the node abandoned a message: its bytes come back
+            self._assembler.grant(discarded)
             self._connection._writer.send_nowait(TunnelAllow(self.id, discarded))
         if message is not None:
             self._messages.push(message)

@@ -55,9 +55,11 @@ class RelayStatistics:
 class Relay:
     """A running relay endpoint (from :func:`serve_relay`)."""
 
-    def __init__(self, node: Node, port: int, limits: RelayLimits) -> None:
+    def __init__(self, node: Node, addresses: list[tuple[str, int]], limits: RelayLimits) -> None:
         self.node = node
-        self.port = port
+        #: The (host, port) pairs listened on: 127.0.0.1 and ::1 (where available).
+        self.addresses = addresses
+        self.port = addresses[0][1]
         self.limits = limits
         self.counters: Counter[str] = Counter()
         self.connections: set[RelayConnection] = set()
@@ -125,7 +127,8 @@ async def serve_relay(
         OSError: neither loopback address could be listened on.
     """
     listeners = await _open_listeners(port)
-    relay = Relay(node, listeners[0].socket.getsockname()[1], limits or RelayLimits())
+    addresses = [tuple(listener.socket.getsockname()[:2]) for listener in listeners]
+    relay = Relay(node, addresses, limits or RelayLimits())
     log.info("relay listening on loopback port %d", relay.port)
     async with open_unwrapped_nursery() as nursery:
         for listener in listeners:
