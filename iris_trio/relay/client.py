@@ -294,7 +294,7 @@ class Connection:
         request_id = next(self._ids)
         self._pending[request_id] = waiter
         try:
-            await self._writer.send(Request(request_id, cluster, data, milliseconds))
+            await self._send(Request(request_id, cluster, data, milliseconds))
             with anyio.move_on_after(milliseconds / 1000 + _GRACE):
                 await waiter.done.wait()
         finally:
@@ -315,12 +315,12 @@ class Connection:
     async def broadcast(self, cluster: str, data: bytes) -> None:
         """Send ``data`` to every member of ``cluster``."""
         _check_message(data)
-        await self._writer.send(Broadcast(cluster, data))
+        await self._send(Broadcast(cluster, data))
 
     async def publish(self, topic: str, data: bytes) -> None:
         """Send ``data`` to every subscriber of ``topic``."""
         _check_message(data)
-        await self._writer.send(Publish(topic, data))
+        await self._send(Publish(topic, data))
 
     @contextlib.asynccontextmanager
     async def subscribe(self, topic: str, *, capacity: int = 1024) -> AsyncIterator[Inbox[bytes]]:
@@ -336,7 +336,7 @@ class Connection:
         receivers = self._topics.setdefault(topic, set())
         receivers.add(events)
         if len(receivers) == 1:
-            await self._writer.send(Subscribe(topic))
+            await self._send(Subscribe(topic))
             await self._barrier()
         try:
             yield events
@@ -361,7 +361,7 @@ class Connection:
         request_id = next(self._ids)
         self._pending[request_id] = waiter
         try:
-            await self._writer.send(Request(request_id, "", b"", 1))
+            await self._send(Request(request_id, "", b"", 1))
             with anyio.move_on_after(_GRACE):
                 await waiter.done.wait()
         finally:
@@ -384,7 +384,7 @@ class Connection:
         tunnel_id = next(self._ids)
         self._opening[tunnel_id] = waiter
         try:
-            await self._writer.send(TunnelInit(tunnel_id, cluster, milliseconds))
+            await self._send(TunnelInit(tunnel_id, cluster, milliseconds))
             with anyio.move_on_after(milliseconds / 1000 + _GRACE):
                 await waiter.done.wait()
         finally:
@@ -469,10 +469,20 @@ class Connection:
         self._end(reason)
 
     async def _write(self) -> None:
-        try:
+        # A failed write means the connection is going: the reader learns why
+        # (the node's CLOSE reason, or the end of the stream) and ends it.
+        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             await self._writer.run()
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-            self._end("the relay connection was lost")
+
+    async def _send(self, packet: Packet) -> None:
+        """Queue ``packet``; once the connection is going, raise why it ended."""
+        try:
+            await self._writer.send(packet)
+        except anyio.BrokenResourceError:
+            with anyio.move_on_after(1.0):
+                await self._close_confirmed.wait()
+            self._check_open()
+            raise
 
     def _end(self, reason: str) -> None:
         """The connection is over: wake everything that waits on it."""

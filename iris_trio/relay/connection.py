@@ -139,6 +139,7 @@ class RelayConnection:
         self._limits = limits
         self._counters = counters
         self._writer = PacketWriter(stream.send_all, limits.queued_bytes)
+        self._writer_scope = trio.CancelScope(shield=True)
         self._reader = PacketReader("client")
         self.cluster = ""
         self._work: trio.Nursery | None = None
@@ -192,21 +193,23 @@ class RelayConnection:
                 try:
                     final = await self._session()
                 finally:
-                    with trio.CancelScope(shield=True), trio.move_on_after(1.0):
-                        if final is not None:
+                    # The writer is shielded: it sends the last packet even when the
+                    # relay is being cancelled, then stops (at most a second later).
+                    if final is not None:
+                        with contextlib.suppress(anyio.BrokenResourceError):
                             self._writer.send_nowait(final)
-                        await self._writer.flush()
                     self._writer.close()
-                    outer.cancel_scope.cancel()
+                    self._writer_scope.deadline = trio.current_time() + 1.0
         finally:
             with trio.CancelScope(shield=True):
                 await self._stream.aclose()
 
     async def _write(self, scope: trio.CancelScope) -> None:
-        try:
-            await self._writer.run()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            scope.cancel()  # the client is gone: nothing more can reach it
+        with self._writer_scope:
+            try:
+                await self._writer.run()
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                scope.cancel()  # the client is gone: nothing more can reach it
 
     async def _session(self) -> Packet | None:
         """Run the connection; return the packet that ends it (None: none)."""
