@@ -21,6 +21,7 @@ _BENCHMARKS: dict[str, str] = {
     "request": "iris_trio.bench.patterns:main_request",
     "broadcast": "iris_trio.bench.patterns:main_broadcast",
     "tunnel": "iris_trio.bench.patterns:main_tunnel",
+    "relay": "iris_trio.bench.relay",
 }
 
 
@@ -69,11 +70,11 @@ def _node(argv: list[str]) -> int:
 
 
 _COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
-    "node": (_node, "run an overlay node (--dev, --net/--key, --seed, --discovery)"),
+    "node": (_node, "run a node serving the relay (--dev, --net/--key, --port, --seed)"),
     "demo": (_demo, "show two nodes' secure link on loopback, with live figures"),
     "bench": (
         _bench,
-        "run a benchmark scenario (link, overlay, pubsub, request, broadcast, tunnel)",
+        "run a benchmark scenario (link, overlay, pubsub, request, broadcast, tunnel, relay)",
     ),
     "keygen": (_keygen, "create a network key file"),
 }

@@ -18,7 +18,7 @@ async def node_processes(count: int) -> AsyncIterator[list[NodeProcess]]:
         try:
             for _ in range(count):
                 node = await start_node(
-                    "--dev", "--discovery", "loopback", "--status-interval", "0.2"
+                    "--dev", "--port", "0", "--discovery", "loopback", "--status-interval", "0.2"
                 )
                 nodes.append(node)
                 nursery.start_soon(node.read)

@@ -100,7 +100,15 @@ async def real_processes(count: int) -> dict[str, Any]:
     nodes: list[NodeProcess] = []
     async with trio.open_nursery() as nursery:
         try:
-            arguments = ("--dev", "--discovery", "loopback", "--status-interval", "0.1")
+            arguments = (
+                "--dev",
+                "--port",
+                "0",
+                "--discovery",
+                "loopback",
+                "--status-interval",
+                "0.1",
+            )
             for _ in range(count - 1):
                 nodes.append(await start_node(*arguments))
                 nursery.start_soon(nodes[-1].read)

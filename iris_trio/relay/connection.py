@@ -305,9 +305,9 @@ class RelayConnection:
         self._service_scope.cancel()
         for scope, _ in self._topics.values():
             scope.cancel()
-        for bridge in self._tunnels.values():
-            bridge.close()
         while self._requests or self._tunnels or self._opening:
+            for bridge in self._tunnels.values():  # also those opened meanwhile
+                bridge.close()
             await self._changed.park()
 
     def _spawn(self, function: Callable[..., Awaitable[None]], *args: object) -> None:
