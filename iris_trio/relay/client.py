@@ -26,6 +26,7 @@ from typing import Final
 
 import anyio
 import anyio.abc
+import sniffio
 
 from .._node import MAX_MESSAGE_SIZE
 from ..errors import (
@@ -80,6 +81,10 @@ DEFAULT_TIMEOUT: Final = 30.0
 #: How much longer than a request's timeout the client waits for the node's verdict.
 _GRACE: Final = 5.0
 _CLOSE_TIMEOUT: Final = 10.0
+_YIELD_EVERY: Final = 64
+#: Events (and broadcasts) buffered per subscription: one read from the node can
+#: carry thousands of small events at once.
+DEFAULT_EVENT_CAPACITY: Final = 16384
 _QUEUED_BYTES: Final = 4 * 1024 * 1024
 _MAX_TUNNEL_MESSAGE: Final = 64 * 1024 * 1024
 
@@ -261,7 +266,7 @@ class Connection:
     ) -> None:
         self._stream = stream
         self.cluster = cluster
-        self._writer = PacketWriter(stream.send, _QUEUED_BYTES)
+        self._writer = PacketWriter(stream.send, _QUEUED_BYTES, fd=_eager_fd(stream))
         self._reader = PacketReader("node")
         self._ids = itertools.count(1)
         self._pending: dict[int, _Waiter] = {}
@@ -275,6 +280,7 @@ class Connection:
         self._broadcasts: Inbox[bytes] = Inbox(event_capacity)
         self._incoming_tunnels: Inbox[RelayTunnel] = Inbox()
         self._closed: str | None = None  # why the connection ended, once it did
+        self._sends = 0
         self._close_confirmed = anyio.Event()
 
     # --------------------------------------------------------------- sending
@@ -323,7 +329,9 @@ class Connection:
         await self._send(Publish(topic, data))
 
     @contextlib.asynccontextmanager
-    async def subscribe(self, topic: str, *, capacity: int = 1024) -> AsyncIterator[Inbox[bytes]]:
+    async def subscribe(
+        self, topic: str, *, capacity: int = DEFAULT_EVENT_CAPACITY
+    ) -> AsyncIterator[Inbox[bytes]]:
         """Receive the events of ``topic`` for the ``async with`` body.
 
         Returns once the node has the subscription in place. The oldest buffered
@@ -461,7 +469,9 @@ class Connection:
         reason = "the relay connection was lost"
         try:
             while self._closed is None:
-                self._dispatch(self._reader.feed(await self._stream.receive()))
+                data = await self._stream.receive()
+                self._writer.note_read()
+                self._dispatch(self._reader.feed(data))
         except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
             pass
         except ProtocolError as exc:
@@ -475,9 +485,16 @@ class Connection:
             await self._writer.run()
 
     async def _send(self, packet: Packet) -> None:
-        """Queue ``packet``; once the connection is going, raise why it ended."""
+        """Queue ``packet``; once the connection is going, raise why it ended.
+
+        Yields to other tasks at least every 64 calls (a burst still goes out
+        in large writes, and the reader is never starved by a sending loop).
+        """
         try:
             await self._writer.send(packet)
+            self._sends += 1
+            if self._sends % _YIELD_EVERY == 0:
+                await anyio.lowlevel.cancel_shielded_checkpoint()
         except anyio.BrokenResourceError:
             with anyio.move_on_after(1.0):
                 await self._close_confirmed.wait()
@@ -606,6 +623,16 @@ async def _handle(
         limiter.release()
 
 
+def _eager_fd(stream: anyio.abc.ByteStream) -> int | None:
+    """The socket's descriptor where writing to it directly keeps the order of
+    bytes: under trio, whose sends complete only once the socket took everything
+    (asyncio's transports may still buffer)."""
+    if sniffio.current_async_library() != "trio":
+        return None
+    raw = stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
+    return None if raw is None else raw.fileno()
+
+
 def _check_message(data: bytes) -> None:
     if type(data) is not bytes:
         raise TypeError(f"data must be bytes, not {type(data).__name__}")
@@ -666,7 +693,7 @@ def connect(
     port: int = DEFAULT_PORT,
     *,
     host: str = "127.0.0.1",
-    event_capacity: int = 1024,
+    event_capacity: int = DEFAULT_EVENT_CAPACITY,
     tunnel_window: int = DEFAULT_WINDOW,
 ) -> contextlib.AbstractAsyncContextManager[Connection]:
     """Connect to the node's relay on ``port`` as a plain client (``async with``).
@@ -683,7 +710,7 @@ def register(
     cluster: str,
     *,
     host: str = "127.0.0.1",
-    event_capacity: int = 1024,
+    event_capacity: int = DEFAULT_EVENT_CAPACITY,
     tunnel_window: int = DEFAULT_WINDOW,
     tunnel_backlog: int = 128,
 ) -> contextlib.AbstractAsyncContextManager[Connection]:

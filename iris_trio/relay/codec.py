@@ -350,17 +350,29 @@ def encode(packet: Packet) -> bytes:
         if not packet.timed_out:
             _varint(out, packet.chunk_limit)
         return bytes(out)
-    for field in dataclasses.fields(packet):  # type: ignore[arg-type]
-        value = getattr(packet, field.name)
-        if isinstance(value, bool):
+    for name, kind in _spec(type(packet)):
+        value = getattr(packet, name)
+        if kind == "bool":
             out.append(value)
-        elif isinstance(value, int):
+        elif kind == "int":
             _varint(out, value)
-        elif isinstance(value, bytes):
+        elif kind == "bytes":
             _binary(out, value)
         else:
             _string(out, value)
     return bytes(out)
+
+
+_SPECS: dict[type[Packet], tuple[tuple[str, str], ...]] = {}
+
+
+def _spec(cls: type[Packet]) -> tuple[tuple[str, str], ...]:
+    """The (name, type) of each field of ``cls``, in wire order."""
+    spec = _SPECS.get(cls)
+    if spec is None:
+        fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+        spec = _SPECS[cls] = tuple((f.name, str(f.type)) for f in fields)
+    return spec
 
 
 # ----------------------------------------------------------------- decoding
@@ -434,8 +446,7 @@ def _fields(cursor: _Cursor, cls: type[Packet]) -> Packet:
         tunnel_id, timed_out = cursor.varint(), cursor.boolean()
         return TunnelConfirmed(tunnel_id, timed_out, 0 if timed_out else cursor.varint())
     values: list[object] = []
-    for field in dataclasses.fields(cls):  # type: ignore[arg-type]
-        kind = field.type
+    for _, kind in _spec(cls):
         if kind == "bool":
             values.append(cursor.boolean())
         elif kind == "int":
@@ -468,19 +479,22 @@ class PacketReader:
             RelayProtocolError: the stream is malformed (unknown opcode, bad
                 bool, overlong varint, oversize length, bad UTF-8).
         """
-        self._buffer += data
+        buffer = self._buffer
+        buffer += data
         packets: list[Packet] = []
-        while self._buffer:
-            cursor = _Cursor(self._buffer, self._max_binary)
-            opcode = cursor.byte()
-            cls = self._packets.get(opcode)
-            if cls is None:
-                raise RelayProtocolError(f"unknown opcode {opcode:#04x}")
-            try:
+        cursor = _Cursor(buffer, self._max_binary)
+        start = 0
+        try:
+            while start < len(buffer):
+                opcode = cursor.byte()
+                cls = self._packets.get(opcode)
+                if cls is None:
+                    raise RelayProtocolError(f"unknown opcode {opcode:#04x}")
                 packets.append(_fields(cursor, cls))
-            except _IncompleteError:
-                break
-            del self._buffer[: cursor.position]
+                start = cursor.position
+        except _IncompleteError:
+            pass
+        del buffer[:start]  # once: not per packet, which would be quadratic
         return packets
 
     @property

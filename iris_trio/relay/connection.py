@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import heapq
 import logging
 import math
@@ -138,7 +139,7 @@ class RelayConnection:
         self._stream = stream
         self._limits = limits
         self._counters = counters
-        self._writer = PacketWriter(stream.send_all, limits.queued_bytes)
+        self._writer = PacketWriter(stream.send_all, limits.queued_bytes, fd=stream.socket.fileno())
         self._writer_scope = trio.CancelScope(shield=True)
         self._reader = PacketReader("client")
         self.cluster = ""
@@ -155,6 +156,7 @@ class RelayConnection:
         self._served_deadlines: list[tuple[float, int]] = []
         self._served_slots = trio.Semaphore(limits.served_requests)
         self._served_lot = trio.lowlevel.ParkingLot()
+        self._sweep_at = math.inf  # when the expiry sweeper wakes next
         self._next_served = 0
         self._builds: dict[int, _Build] = {}
         self._next_build = 0
@@ -263,6 +265,7 @@ class RelayConnection:
             raise _GoneError from exc
         if not data:
             raise _GoneError
+        self._writer.note_read()
         return data
 
     async def _handshake(self) -> tuple[ClientInit, list[Packet]]:
@@ -349,7 +352,8 @@ class RelayConnection:
                 served_id = self._next_served
                 self._served[served_id] = request
                 heapq.heappush(self._served_deadlines, (request.deadline, served_id))
-                self._served_lot.unpark()
+                if request.deadline < self._sweep_at:  # sooner than the sweeper wakes
+                    self._served_lot.unpark()
                 remaining = request.deadline - trio.current_time()
                 milliseconds = max(1, math.ceil(remaining * 1000))
                 await self._writer.send(RequestDelivery(served_id, request.data, milliseconds))
@@ -367,7 +371,8 @@ class RelayConnection:
                     self._served_slots.release()
                     if not request.answered:
                         request.fail_nowait("the service did not answer in time")
-            with trio.move_on_at(deadlines[0][0] if deadlines else math.inf):
+            self._sweep_at = deadlines[0][0] if deadlines else math.inf
+            with trio.move_on_at(self._sweep_at):
                 await self._served_lot.park()
 
     async def _on_reply(self, packet: Reply) -> None:
@@ -392,8 +397,7 @@ class RelayConnection:
             self._receivers.add(receiver)
             task_status.started()
             try:
-                async for message in receiver:
-                    await self._writer.send(BroadcastDelivery(message))
+                await self._forward(receiver, BroadcastDelivery)
             finally:
                 self._forget_receiver(receiver)
 
@@ -497,12 +501,25 @@ class RelayConnection:
                 self._receivers.add(events)
                 task_status.started()
                 try:
-                    async for event in events:
-                        await self._writer.send(Publish(topic, event))
+                    await self._forward(events, functools.partial(Publish, topic))
                 finally:
                     self._forget_receiver(events)
                     if self._topics.get(topic, (None, None))[1] is events:
                         del self._topics[topic]
+
+    async def _forward(self, source: Subscription, packet: Callable[[bytes], Packet]) -> None:
+        """Send what arrives on ``source`` to the client until it closes; everything
+        buffered goes at once each time (the source fills in bursts, and taking
+        one item per turn would let it overflow while the client keeps up)."""
+        writer = self._writer
+        async for first in source:
+            await writer.send(packet(first))
+            while True:
+                try:
+                    data = source.receive_nowait()
+                except (trio.WouldBlock, trio.ClosedResourceError):
+                    break
+                await writer.send(packet(data))
 
     def _forget_receiver(self, receiver: Subscription) -> None:
         self._receivers.discard(receiver)
