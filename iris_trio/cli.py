@@ -22,6 +22,8 @@ _BENCHMARKS: dict[str, str] = {
     "broadcast": "iris_trio.bench.patterns:main_broadcast",
     "tunnel": "iris_trio.bench.patterns:main_tunnel",
     "relay": "iris_trio.bench.relay",
+    "peers": "iris_trio.bench.peers",
+    "report": "iris_trio.bench.report",
 }
 
 
@@ -74,7 +76,7 @@ _COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "demo": (_demo, "show two nodes' secure link on loopback, with live figures"),
     "bench": (
         _bench,
-        "run a benchmark scenario (link, overlay, pubsub, request, broadcast, tunnel, relay)",
+        "run a benchmark (link, overlay, pubsub, request, broadcast, tunnel, relay, peers; report)",
     ),
     "keygen": (_keygen, "create a network key file"),
 }

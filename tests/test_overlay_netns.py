@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,68 +18,22 @@ import pytest
 import trio
 
 from iris_trio.crypto import NetworkKey
+from iris_trio.testing import netns
+from iris_trio.testing.netns import why_not
 from iris_trio.testing.processes import NodeProcess, leaves_match, wait_for
 
 PREFIX = f"itr{os.getpid() % 100000}"
-BRIDGE_NS = f"{PREFIX}br"
 
 
-def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=10)
-
-
-def _can_create_namespaces() -> str | None:
-    if os.geteuid() != 0:
-        return "network namespaces need root"
-    if shutil.which("ip") is None:
-        return "iproute2 (the ip command) is not installed"
-    probe = f"{PREFIX}probe"
-    try:
-        _ip("netns", "add", probe)
-    except (subprocess.CalledProcessError, OSError) as exc:
-        return f"cannot create a network namespace here: {exc}"
-    _ip("netns", "del", probe)
-    return None
-
-
-_REASON = _can_create_namespaces()
+_REASON = why_not(PREFIX)
 pytestmark = pytest.mark.skipif(_REASON is not None, reason=_REASON or "")
-
-
-def host_ns(index: int) -> str:
-    return f"{PREFIX}h{index}"
 
 
 @pytest.fixture
 def lan() -> Iterator[list[str]]:
     """Four hosts 10.77.0.1-4 on one bridge; everything removed afterwards by name."""
-    created: list[str] = []
-    try:
-        _ip("netns", "add", BRIDGE_NS)
-        created.append(BRIDGE_NS)
-        _ip("-n", BRIDGE_NS, "link", "add", "br0", "type", "bridge")
-        _ip("-n", BRIDGE_NS, "link", "set", "br0", "up")
-        hosts = []
-        for index in range(1, 5):
-            name = host_ns(index)
-            _ip("netns", "add", name)
-            created.append(name)
-            host_end, bridge_end = f"{PREFIX}v{index}a", f"{PREFIX}v{index}b"
-            _ip("link", "add", host_end, "type", "veth", "peer", "name", bridge_end)
-            _ip("link", "set", host_end, "netns", name)
-            _ip("link", "set", bridge_end, "netns", BRIDGE_NS)
-            _ip("-n", BRIDGE_NS, "link", "set", bridge_end, "master", "br0", "up")
-            _ip("-n", name, "link", "set", host_end, "name", "eth0")
-            _ip("-n", name, "addr", "add", f"10.77.0.{index}/24", "brd", "+", "dev", "eth0")
-            _ip("-n", name, "link", "set", "eth0", "up")
-            _ip("-n", name, "link", "set", "lo", "up")
-            hosts.append(name)
-        yield hosts
-    finally:
-        for name in reversed(created):
-            subprocess.run(
-                ["ip", "netns", "del", name], capture_output=True, timeout=10, check=False
-            )
+    with netns.lan(PREFIX, 4) as hosts:
+        yield [host.namespace for host in hosts]
 
 
 def _key_file(directory: Path, name: str) -> Path:
@@ -133,10 +86,10 @@ async def test_lan_discovery_cut_and_merge(lan: list[str], tmp_path: Path) -> No
             assert stranger.status.get("peers", 0) == 0
 
             # Cut host 3's cable: the others drop it after the silence bound.
-            _ip("-n", lan[2], "link", "set", "eth0", "down")
+            netns.ip("-n", lan[2], "link", "set", "eth0", "down")
             await wait_for(nodes[:2], leaves_match, timeout=15)
             # Plug it back: discovery never stops, so the ring merges again.
-            _ip("-n", lan[2], "link", "set", "eth0", "up")
+            netns.ip("-n", lan[2], "link", "set", "eth0", "up")
             await wait_for(nodes, leaves_match, timeout=60)
             assert all(n.status["peers"] == 2 for n in nodes)
         finally:

@@ -12,6 +12,13 @@ when it is done. Roles:
   ``tagged``: the same, with this node's id (hex) and ":" in front.
 - ``sink``: take tunnels of cluster NAME; on each, read a count (ASCII), then
   that many messages, then answer ``done``.
+- ``publisher``: after a line on stdin, publish ``--count`` stamped messages of
+  ``--size`` bytes on topic NAME; report the send rate.
+- ``requester``: after a line on stdin, ``--count`` sequential requests to
+  cluster NAME (p50/p99), then ``--duration`` seconds with 64 in flight.
+
+``--net``/``--key``/``--discovery lan``/``--listen`` put it on a real network
+(hosts in network namespaces); the default is the dev network without discovery.
 """
 
 from __future__ import annotations
@@ -19,37 +26,19 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
-import struct
 import sys
 import time
 from typing import Any
 
 import trio
 
-from .. import join
+from .. import Node, join
+from ..crypto.keys import NetworkKey
 from ..patterns.subscription import Subscription
 from ..patterns.tunnel import Tunnel
+from ._stats import StreamStats, percentiles, stamp
 
 __all__ = ["main"]
-
-_STAMP = struct.Struct(">Q")
-
-
-def stamp(payload: bytearray | bytes) -> bytes:
-    """``payload`` with its first 8 bytes replaced by the current monotonic time."""
-    return _STAMP.pack(time.monotonic_ns()) + payload[8:]
-
-
-def latency_figures(latencies_ns: list[int]) -> dict[str, float]:
-    """Mean and p99 latency in microseconds."""
-    if not latencies_ns:
-        return {"latency_mean_us": math.nan, "latency_p99_us": math.nan}
-    ordered = sorted(latencies_ns)
-    return {
-        "latency_mean_us": sum(ordered) / len(ordered) / 1000,
-        "latency_p99_us": ordered[int(0.99 * (len(ordered) - 1))] / 1000,
-    }
 
 
 def _say(line: str) -> None:
@@ -58,29 +47,17 @@ def _say(line: str) -> None:
 
 
 async def _collect(channel: Subscription, count: int) -> dict[str, Any]:
-    latencies: list[int] = []
-    received = 0
-    first = last = 0.0
-    unpack = _STAMP.unpack_from
-    while received < count:
+    stats = StreamStats(count)
+    while stats.received < count:
         try:
             message = channel.receive_nowait()
         except trio.WouldBlock:
-            with trio.move_on_after(10 if received else 60) as idle:
+            with trio.move_on_after(10 if stats.received else 60) as idle:
                 message = await channel.receive()
             if idle.cancelled_caught:
                 break
-        latencies.append(time.monotonic_ns() - unpack(message)[0])
-        last = time.perf_counter()
-        if not received:
-            first = last
-        received += 1
-    elapsed = last - first
-    return {
-        "received": received,
-        "recv_per_s": (received - 1) / elapsed if elapsed > 0 else math.nan,
-        **latency_figures(latencies),
-    }
+        stats.add(message)
+    return stats.figures()
 
 
 async def _sink(tunnel: Tunnel) -> None:
@@ -93,16 +70,68 @@ async def _sink(tunnel: Tunnel) -> None:
             await tunnel.receive()  # until the far end closes
 
 
-async def run(role: str, name: str, seeds: list[str], count: int) -> None:
-    """Play ``role`` (see the module docstring). With NAME ``-``, the name is read
-    from standard input once the node's id is printed (so that the harness can
-    pick one whose tree is rooted where it wants)."""
-    async with join(seeds=seeds, discovery="off") as node:
+async def _line() -> str:
+    line: str = await trio.to_thread.run_sync(sys.stdin.readline)
+    return line.strip()
+
+
+async def _publish(node: Node, topic: str, count: int, size: int) -> dict[str, Any]:
+    payload = bytes(size)
+    begun = time.perf_counter()
+    for _ in range(count):
+        await node.publish(topic, stamp(payload))
+    return {"send_per_s": count / (time.perf_counter() - begun)}
+
+
+async def _ask(node: Node, cluster: str, count: int, duration: float) -> dict[str, Any]:
+    payload = bytes(16)
+    for _ in range(200):  # warm up
+        await node.request(cluster, payload)
+    latencies = []
+    for _ in range(count):
+        begun = time.perf_counter_ns()
+        await node.request(cluster, payload)
+        latencies.append(time.perf_counter_ns() - begun)
+    figures: dict[str, Any] = percentiles(latencies)
+    done = 0
+
+    async def lane() -> None:
+        nonlocal done
+        while True:
+            await node.request(cluster, payload)
+            done += 1
+
+    begun_s = time.perf_counter()
+    with trio.move_on_after(duration):
+        async with trio.open_nursery() as lanes:
+            for _ in range(64):
+                lanes.start_soon(lane)
+    figures["throughput"] = done / (time.perf_counter() - begun_s)
+    return figures
+
+
+async def run(args: argparse.Namespace) -> None:
+    """Play ``args.role`` (see the module docstring). With NAME ``-``, the name is
+    read from standard input once the node's id is printed (so that the harness
+    can pick one whose tree is rooted where it wants)."""
+    role, name, count = args.role, args.name, args.count
+    network: dict[str, Any] = {"discovery": args.discovery, "listen": args.listen}
+    if args.net:
+        network |= {"network": args.net, "key": NetworkKey.from_file(args.key)}
+    async with join(seeds=args.seed, **network) as node:
         _say(f"{node.address} {node.id.hex()}")
         if name == "-":
-            name = (await trio.to_thread.run_sync(sys.stdin.readline)).strip()
+            name = await _line()
         await node.wait_joined()
-        if role == "subscriber":
+        if role == "publisher":  # the topic's tree is linked once a subscriber joined it
+            _say("ready")
+            await _line()
+            _say(json.dumps(await _publish(node, name, count, args.size)))
+        elif role == "requester":
+            _say("ready")
+            await _line()
+            _say(json.dumps(await _ask(node, name, count, args.duration)))
+        elif role == "subscriber":
             async with node.subscribe(name, capacity=count + 1) as events:
                 _say("ready")
                 _say(json.dumps(await _collect(events, count)))
@@ -125,15 +154,24 @@ async def run(role: str, name: str, seeds: list[str], count: int) -> None:
             raise SystemExit(f"unknown role {role!r}")
 
 
+_ROLES = ("subscriber", "broadcasts", "echo", "tagged", "sink", "publisher", "requester")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point (``python -m iris_trio.bench._peer``)."""
     parser = argparse.ArgumentParser(prog="iris_trio.bench._peer")
-    parser.add_argument("role", choices=["subscriber", "broadcasts", "echo", "tagged", "sink"])
+    parser.add_argument("role", choices=[*_ROLES])
     parser.add_argument("name")
     parser.add_argument("--seed", action="append", default=[])
     parser.add_argument("--count", type=int, default=0)
+    parser.add_argument("--size", type=int, default=1024)
+    parser.add_argument("--duration", type=float, default=3.0)
+    parser.add_argument("--discovery", choices=["lan", "loopback", "off"], default="off")
+    parser.add_argument("--listen", default=None)
+    parser.add_argument("--net", default=None, help="a real network (with --key)")
+    parser.add_argument("--key", default=None)
     args = parser.parse_args(argv)
-    trio.run(run, args.role, args.name, args.seed, args.count)
+    trio.run(run, args)
 
 
 if __name__ == "__main__":

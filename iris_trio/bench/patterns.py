@@ -27,7 +27,7 @@ import trio
 from .. import Node, join
 from ..overlay.ids import from_bytes, name_id, ring_distance
 from ._common import emit
-from ._peer import stamp
+from ._stats import stamp
 
 __all__ = ["main_broadcast", "main_pubsub", "main_request", "main_tunnel"]
 
