@@ -229,3 +229,27 @@ async def test_broadcast_reaches_every_member_exactly_once() -> None:
         await trio.sleep(0.2)
         assert all(box == [b"%d" % i for i in range(50)] for box in boxes)
         holders.cancel_scope.cancel()
+
+
+async def test_a_publisher_that_leaves_right_after_publishing_loses_nothing() -> None:
+    """What is queued on a leaving node's links still goes out (the links'
+    writers flush before the end record, even as the node is cancelled)."""
+    count = 3000
+    async with iris_trio.join(discovery="off", config=FAST) as subscriber_node:
+        topic = "leaving"
+        async with subscriber_node.subscribe(topic, capacity=count) as events:
+            async with iris_trio.join(
+                discovery="off", seeds=[subscriber_node.address], config=FAST
+            ) as publisher:
+                await publisher.wait_joined()
+                await subscriber_node.wait_converged(quiet=0.5)
+                payload = bytes(1024)
+                for _ in range(count):
+                    await publisher.publish(topic, payload)
+            # The publisher has left; everything it published must arrive.
+            received = 0
+            with trio.move_on_after(10):
+                while received < count:
+                    await events.receive()
+                    received += 1
+            assert received == count

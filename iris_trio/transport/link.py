@@ -418,6 +418,13 @@ class Link:
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     async def _run_writer(self) -> None:
+        # Shielded: when the link's owner is cancelled (the node is stopping), what
+        # is queued still goes out; the owner's aclose() ends the writer (flush,
+        # then the end record), bounded by close_timeout, then a forceful close.
+        with trio.CancelScope(shield=True):
+            await self._write_until_closed()
+
+    async def _write_until_closed(self) -> None:
         secure = self._secure
         config = self.config
         try:
