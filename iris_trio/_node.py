@@ -37,7 +37,7 @@ from .overlay.config import OverlayConfig
 from .overlay.discovery import DiscoveryConfig, DiscoveryMode
 from .overlay.driver import OverlayDriver, split_address
 from .overlay.ids import from_bytes, name_id
-from .overlay.tree_frames import TreeRequest
+from .overlay.tree_frames import MAX_EVENTS, TreeRequest
 from .overlay.trees import (
     NO_RESPONDERS,
     OVERLOADED,
@@ -72,6 +72,8 @@ _RETRY_PAUSE: Final = 0.02
 _LINK_WAIT: Final = 5.0
 #: publish()/broadcast() calls between two yields to the scheduler.
 _YIELD_EVERY: Final = 64
+#: A batch of events is sent once it holds this many bytes (or MAX_EVENTS events).
+_BATCH_BYTES: Final = 64 * 1024
 #: Bytes of requests a member queues before refusing more (as Iris).
 MAX_QUEUED_BYTES: Final = 64 * 1024 * 1024
 CLUSTER, TOPIC = "cluster", "topic"
@@ -136,6 +138,12 @@ class Node:
         self._receivers: dict[int, set[Subscription]] = {}
         self._clusters: collections.Counter[str] = collections.Counter()
         self._sent_to_trees = 0
+        # Events published in a burst go out together, one frame per tree: they
+        # wait here until the publisher yields (or a batch is full).
+        self._outgoing: dict[int, list[bytes]] = {}
+        self._outgoing_bytes: dict[int, int] = {}
+        self._outgoing_lot = trio.lowlevel.ParkingLot()
+        driver.on_leaving = self._flush_outgoing
         self._count: collections.Counter[str] = collections.Counter()
         self._broadcast_receivers: set[Subscription] = set()  # of every cluster joined
         self._member_receivers: set[Subscription] = set()  # of one cluster each
@@ -213,12 +221,47 @@ class Node:
                 with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                     await link.wait_send_capacity()
                     waited = True
-        self._driver.publish(tree, data)
+        self._queue_event(tree, data)
         self._sent_to_trees += 1
         if not waited and self._sent_to_trees % _YIELD_EVERY == 0:
-            # Not every call yields, so that a burst fills the links' queues and
-            # goes out in large writes; but other tasks are never starved.
+            # Not every call yields, so that a burst goes out in few frames and
+            # large writes; but other tasks are never starved.
             await trio.lowlevel.cancel_shielded_checkpoint()
+
+    def _queue_event(self, tree: int, data: bytes) -> None:
+        batch = self._outgoing.get(tree)
+        if batch is not None and (
+            len(batch) >= MAX_EVENTS or self._outgoing_bytes[tree] + len(data) > _BATCH_BYTES
+        ):
+            self._flush_tree(tree)
+            batch = None
+        if batch is None:
+            if not self._outgoing:
+                self._outgoing_lot.unpark()  # the flusher runs once we yield
+            self._outgoing[tree] = [data]
+            self._outgoing_bytes[tree] = len(data)
+        else:
+            batch.append(data)
+            self._outgoing_bytes[tree] += len(data)
+
+    def _flush_tree(self, tree: int) -> None:
+        events = self._outgoing.pop(tree)
+        del self._outgoing_bytes[tree]
+        self._driver.publish(tree, events)
+
+    def _flush_outgoing(self) -> None:
+        """Send every waiting batch of events (each tree's in one frame)."""
+        for tree in list(self._outgoing):
+            self._flush_tree(tree)
+
+    async def _run_flusher(self) -> None:
+        try:
+            while True:
+                await self._outgoing_lot.park()
+                self._flush_outgoing()
+        finally:
+            if self._driver.trees is not None:
+                self._flush_outgoing()
 
     @asynccontextmanager
     async def subscribe(self, topic: str, *, capacity: int = 1024) -> AsyncIterator[Subscription]:
@@ -321,11 +364,12 @@ class Node:
             del self._receivers[subscription.tree]
             self._driver.leave_tree(subscription.tree)
 
-    def _on_event(self, event: TreeDelivery) -> None:
-        for receiver in self._receivers.get(event.tree, ()):
-            self._count["events_received"] += 1
-            if receiver._push(event.data):
-                self._count["events_dropped"] += 1
+    def _on_event(self, delivery: TreeDelivery) -> None:
+        for receiver in self._receivers.get(delivery.tree, ()):
+            self._count["events_received"] += len(delivery.events)
+            for event in delivery.events:
+                if receiver._push(event):
+                    self._count["events_dropped"] += 1
 
     # ----------------------------------------------------------- request / reply
 
@@ -881,6 +925,7 @@ async def serve_node(
     async with open_unwrapped_nursery() as nursery:
         node._nursery = nursery
         await nursery.start(_guarded, driver.run)
+        nursery.start_soon(_guarded, node._run_flusher)
         if cluster is not None:
             driver.join_tree(name_id(CLUSTER, cluster))
         task_status.started(node)

@@ -17,7 +17,7 @@ import dataclasses
 import functools
 import logging
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import trio
 
@@ -59,6 +59,8 @@ log = logging.getLogger("iris_trio.overlay")
 
 #: How long a duplicate link stays open (read, not written) after the choice.
 _RETIRE_DELAY = 2.0
+#: How long a stopping node's links wait for its goodbye to be queued on them.
+_LEAVE_WAIT = 1.0
 
 _OVERLAY_FRAMES = (
     OverlayState,
@@ -155,6 +157,9 @@ class OverlayDriver:
         self.on_reply: Callable[[ReplyDelivery], None] | None = None
         #: Called with a peer's id when the last link to it is gone.
         self.on_peer_lost: Callable[[int], None] | None = None
+        #: Called as the node starts to leave, while it can still send.
+        self.on_leaving: Callable[[], None] | None = None
+        self._left = trio.Event()
         self.id = from_bytes(identity.node_id)
         self._rng = rng or random.Random()
         self.overlay: OverlayNode | None = None
@@ -204,7 +209,10 @@ class OverlayDriver:
             try:
                 await trio.sleep_forever()
             finally:
+                if self.on_leaving is not None:
+                    self.on_leaving()
                 self._leave()
+                self._left.set()
 
     async def _serve(self, *, task_status: trio.TaskStatus[LinkListener]) -> None:
         await serve_tcp_links(
@@ -297,6 +305,12 @@ class OverlayDriver:
             self._topology_changed()
         try:
             await link.wait_closed()
+        except trio.Cancelled:
+            # The node is stopping: keep the link until its goodbye (and what it
+            # sent last) is queued on it; the link then flushes as it closes.
+            with trio.CancelScope(shield=True), trio.move_on_after(_LEAVE_WAIT):
+                await self._left.wait()
+            raise
         finally:
             self._initiators.pop(link, None)
             if self._links.get(node) is link:
@@ -439,10 +453,11 @@ class OverlayDriver:
         while self.trees is None or not self.trees.is_linked(tree):
             await self._changed.park()
 
-    def publish(self, tree: int, data: bytes) -> int:
-        """Send ``data`` to every member of ``tree``; returns its sequence number."""
+    def publish(self, tree: int, events: Sequence[bytes]) -> int:
+        """Send ``events`` (1 to MAX_EVENTS, in order) to every member of ``tree`` in
+        one frame; returns the first one's sequence number."""
         assert self.trees is not None, "the driver is not running"
-        sequence = self.trees.publish(trio.current_time(), tree, data)
+        sequence = self.trees.publish(trio.current_time(), tree, events)
         self._flush()
         return sequence
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..wire.fields import Blob, Text, UInt
+from ..wire.fields import Blob, Sequence, Text, UInt
 from ..wire.frames import Frame, frame_kind
 
 __all__ = [
+    "MAX_EVENTS",
     "TreeAck",
     "TreeHeartbeat",
     "TreeJoin",
@@ -46,22 +47,29 @@ class TreePrune(Frame):
     tree: bytes
 
 
-@frame_kind(24, Blob(exact=16), Blob(exact=16), UInt(64), Blob())
+#: Most events one TreePublish carries.
+MAX_EVENTS = 1024
+
+
+@frame_kind(24, Blob(exact=16), Blob(exact=16), UInt(64), Sequence(Blob(), MAX_EVENTS))
 @dataclasses.dataclass(frozen=True, slots=True)
 class TreePublish(Frame):
-    """An event for every member of a tree: routed to the root, then sent down.
+    """Events for every member of a tree: routed to the root, then sent down.
+
+    A publisher sends the events it publishes in a burst together, in order.
 
     Attributes:
         tree: the tree's id.
         publisher: the publishing node's id.
-        sequence: the publisher's sequence number on this tree (from 1).
-        data: the event.
+        sequence: the publisher's sequence number on this tree of the first
+            event (from 1); the others follow it, one each.
+        events: the events, in order (at least one).
     """
 
     tree: bytes
     publisher: bytes
     sequence: int
-    data: bytes
+    events: tuple[bytes, ...]
 
 
 @frame_kind(

@@ -20,6 +20,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import math
+from collections.abc import Sequence
 
 from ..errors import ProtocolError
 from ..wire.frames import Frame, FrameCodec
@@ -27,6 +28,7 @@ from .frames import Route
 from .ids import from_bytes, short, to_bytes
 from .node import Deliver, Effect, OverlayNode
 from .tree_frames import (
+    MAX_EVENTS,
     TreeAck,
     TreeHeartbeat,
     TreeJoin,
@@ -86,12 +88,13 @@ class ReplyHandover:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class TreeDelivery:
-    """An event published on a tree this node is a member of."""
+    """Events published on a tree this node is a member of (one publisher's, in
+    order; ``sequence`` is the first one's)."""
 
     tree: int
     publisher: int
     sequence: int
-    data: bytes
+    events: tuple[bytes, ...]
 
 
 #: What :meth:`TreeNode.take_effects` returns.
@@ -217,12 +220,15 @@ class TreeNode:
             self._prune_if_unneeded(tree, state)
         self._pin()
 
-    def publish(self, now: float, tree: int, data: bytes) -> int:
-        """Send ``data`` to every member of ``tree``; returns its sequence number."""
+    def publish(self, now: float, tree: int, events: Sequence[bytes]) -> int:
+        """Send ``events`` (one or more, at most MAX_EVENTS, in order) to every member
+        of ``tree`` in one frame; returns the first one's sequence number."""
+        if not 0 < len(events) <= MAX_EVENTS:
+            raise ValueError(f"a tree frame carries 1 to {MAX_EVENTS} events, not {len(events)}")
         self._now = now
         sequence = self._sequences.get(tree, 0) + 1
-        self._sequences[tree] = sequence
-        frame = TreePublish(to_bytes(tree), to_bytes(self.overlay.id), sequence, data)
+        self._sequences[tree] = sequence + len(events) - 1
+        frame = TreePublish(to_bytes(tree), to_bytes(self.overlay.id), sequence, tuple(events))
         state = self.trees.get(tree)
         if state is not None and state.root and self.overlay.next_hop(tree) is None:
             self._disseminate(frame, came_from=None)  # we are the root: straight down
@@ -442,14 +448,15 @@ class TreeNode:
             self.events_orphaned += 1  # not ours (any more): e.g. a stale parent link
             return
         key = (tree, publisher)
-        if frame.sequence <= self._last_seen.get(key, 0):
-            self.events_duplicate += 1
+        last = frame.sequence + len(frame.events) - 1
+        if last <= self._last_seen.get(key, 0):
+            self.events_duplicate += len(frame.events)
             return
-        self._last_seen[key] = frame.sequence
+        self._last_seen[key] = last
         for child in state.children:
             self.overlay.send_direct(self._now, child, frame)
         if state.member:
-            self._deliveries.append(TreeDelivery(tree, publisher, frame.sequence, frame.data))
+            self._deliveries.append(TreeDelivery(tree, publisher, frame.sequence, frame.events))
 
     def _send_join(self, tree: int, state: TreeState) -> None:
         state.join_sent_at = self._now
