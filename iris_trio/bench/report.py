@@ -51,6 +51,8 @@ def latest_results(directory: Path) -> tuple[Path, dict[str, dict[str, Any]]]:
 def _number(value: Any, digits: int = 0) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "-"
+    if isinstance(value, float) and value < 0.1 and digits == 0:
+        return f"{value:.2g}"
     if isinstance(value, float) and value < 10 and digits == 0:
         return f"{value:.2f}"
     return f"{value:,.{digits}f}"
