@@ -94,3 +94,14 @@ def test_the_relay_benchmark_in_quick_mode() -> None:
         assert figures[key] > 0, key
     assert figures["publish_delivered"] == 1.0 and figures["broadcast_delivered"] == 1.0
     assert figures["vs_go_tunnel_us_per_op"] > 0
+
+
+def test_the_report_compares_the_ratios_across_hosts() -> None:
+    def run(hosts: str, ratio: float) -> dict[str, object]:
+        return {"hosts": hosts, "ratios": {"nats": {"recv_per_s": ratio}}}
+
+    lines = report._across_hosts({"loopback": run("loopback", 0.9), "netns": run("netns", 0.6)})
+    assert "| recv_per_s | nats | 0.90 | 0.60 | 0.67 | **no** |" in lines
+    lines = report._across_hosts({"loopback": run("loopback", 0.9), "netns": run("netns", 0.8)})
+    assert "| recv_per_s | nats | 0.90 | 0.80 | 0.89 | yes |" in lines
+    assert report._across_hosts({"loopback": run("loopback", 0.9)}) == []

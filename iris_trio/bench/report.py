@@ -112,8 +112,34 @@ def render(reports: dict[str, dict[str, Any]], source: Path, images: str) -> str
             f"![request latency]({images}/peers-{hosts}-requests.png)",
             "",
         ]
+    lines += _across_hosts(reports)
     lines.append(END)
     return "\n".join(lines)
+
+
+def _across_hosts(reports: dict[str, dict[str, Any]]) -> list[str]:
+    """Whether the ratios to each peer hold on namespace hosts (within 20%)."""
+    if "loopback" not in reports or "netns" not in reports:
+        return []
+    lines = [
+        "### The ratios across hosts",
+        "",
+        "| figure | peer | ratio on loopback | ratio on namespace hosts | netns / loopback | "
+        "within 20% |",
+        "|---|---|---|---|---|---|",
+    ]
+    local, remote = reports["loopback"].get("ratios", {}), reports["netns"].get("ratios", {})
+    for peer in sorted(set(local) & set(remote)):
+        for key in ("recv_per_s", "request_p50_us", "request_64_per_s"):
+            here, there = local[peer].get(key), remote[peer].get(key)
+            if not here or not there:
+                continue
+            change = there / here
+            verdict = "yes" if 0.8 <= change <= 1.2 else "**no**"
+            lines.append(
+                f"| {key} | {peer} | {here:.2f} | {there:.2f} | {change:.2f} | {verdict} |"
+            )
+    return [*lines, ""]
 
 
 def _verdicts(report: dict[str, Any]) -> list[str]:
