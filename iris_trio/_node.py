@@ -215,12 +215,13 @@ class Node:
         _check_message(data)
         await trio.lowlevel.checkpoint_if_cancelled()
         waited = False
-        for link in self._driver.tree_links(tree):
-            if not link.has_send_capacity:
-                # A link that is going raises here: the overlay reroutes, so go on.
-                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                    await link.wait_send_capacity()
-                    waited = True
+        if tree not in self._outgoing:  # once per batch: where the batch will leave
+            for link in self._driver.tree_links(tree):
+                if not link.has_send_capacity:
+                    # A link that is going raises here: the overlay reroutes, so go on.
+                    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                        await link.wait_send_capacity()
+                        waited = True
         self._queue_event(tree, data)
         self._sent_to_trees += 1
         if not waited and self._sent_to_trees % _YIELD_EVERY == 0:

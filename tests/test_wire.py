@@ -243,3 +243,14 @@ def test_huge_declared_lengths_do_not_allocate() -> None:
 
 def test_keepalive_is_tiny() -> None:
     assert len(CODEC.encode(Keepalive())) == 3
+
+
+def test_kind_of_reads_the_kind_from_the_header_alone() -> None:
+    codec = FrameCodec()
+    for frame in (Keepalive(), Payload(7, b"x" * 300)):
+        encoded = codec.encode(frame)
+        assert codec.kind_of(encoded) == type(frame).KIND
+        assert codec.kind_of(encoded[:3]) == type(frame).KIND  # the header is enough
+    assert codec.kind_of(b"") is None
+    assert codec.kind_of(b"\x01\x02\x03") is None  # not an array
+    assert codec.kind_of(cbor2.dumps([99, 1])) is None  # another wire version

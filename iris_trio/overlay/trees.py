@@ -437,6 +437,8 @@ class TreeNode:
         return frame if isinstance(frame, (TreeJoin, TreePublish, TreeRequest, TreeReply)) else None
 
     def _join_frame(self, route: Route) -> TreeJoin | None:
+        if self._codec.kind_of(route.payload) != TreeJoin.KIND:  # most are not: no decoding
+            return None
         frame = self._tree_frame(route)
         return frame if isinstance(frame, TreeJoin) else None
 

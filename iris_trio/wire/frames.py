@@ -128,6 +128,18 @@ class FrameCodec:
         except ProtocolError as exc:
             raise ValueError(f"{type(frame).__name__}: {exc}") from None
 
+    @staticmethod
+    def kind_of(data: bytes | bytearray | memoryview) -> int | None:
+        """The kind of the frame in ``data`` from its header alone (None: not a
+        frame's header); :meth:`decode` still checks the whole frame."""
+        try:
+            if data[0] >> 5 != 4 or data[1] != WIRE_VERSION:
+                return None
+            kind: int = read_head(data, 2, 0)[0]
+        except (IndexError, ProtocolError):
+            return None
+        return kind
+
     def decode(self, data: bytes | bytearray | memoryview) -> Frame:
         """Decode one frame from exactly ``data``.
 
