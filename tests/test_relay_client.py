@@ -93,64 +93,60 @@ async def test_every_pattern_through_an_in_process_relay() -> None:
         await four_patterns(relay.port)
 
 
-async def test_two_services_of_one_cluster_share_the_requests() -> None:
-    async with relay_node() as (_, relay):
-        counts: collections.Counter[str] = collections.Counter()
+async def two_services_share(port: int) -> None:
+    counts: collections.Counter[str] = collections.Counter()
 
-        def handler(name: str) -> Any:
-            async def handle(data: bytes) -> bytes:
-                counts[name] += 1
-                await anyio.sleep(0.002)
-                return data
+    def handler(name: str) -> Any:
+        async def handle(data: bytes) -> bytes:
+            counts[name] += 1
+            await anyio.sleep(0.002)
+            return data
 
-            return handle
+        return handle
 
-        async with (
-            iris_trio.register(relay.port, "shared") as one,
-            iris_trio.register(relay.port, "shared") as two,
-            iris_trio.connect(relay.port) as client,
-            anyio.create_task_group() as tasks,
-        ):
-            tasks.start_soon(one.serve, handler("one"))
-            tasks.start_soon(two.serve, handler("two"))
+    async with (
+        iris_trio.register(port, "shared") as one,
+        iris_trio.register(port, "shared") as two,
+        iris_trio.connect(port) as client,
+        anyio.create_task_group() as tasks,
+    ):
+        tasks.start_soon(one.serve, handler("one"))
+        tasks.start_soon(two.serve, handler("two"))
 
-            async def lane(index: int) -> None:
-                for i in range(50):
-                    data = b"%d-%d" % (index, i)
-                    assert await client.request("shared", data, timeout=10) == data
+        async def lane(index: int) -> None:
+            for i in range(50):
+                data = b"%d-%d" % (index, i)
+                assert await client.request("shared", data, timeout=10) == data
 
-            async with anyio.create_task_group() as lanes:
-                for index in range(8):
-                    lanes.start_soon(lane, index)
-            tasks.cancel_scope.cancel()
-        assert counts["one"] + counts["two"] == 400
-        assert min(counts.values()) >= 100, counts  # each takes a fair part
+        async with anyio.create_task_group() as lanes:
+            for index in range(8):
+                lanes.start_soon(lane, index)
+        tasks.cancel_scope.cancel()
+    assert counts["one"] + counts["two"] == 400
+    assert min(counts.values()) >= 100, counts  # each takes a fair part
 
 
-async def test_a_hundred_parallel_clients() -> None:
-    async with relay_node() as (_, relay):
-        async with (
-            iris_trio.register(relay.port, "echo") as service,
-            anyio.create_task_group() as tasks,
-        ):
-            tasks.start_soon(service.serve, upper)
-            answered = 0
+async def a_hundred_parallel_clients(port: int) -> None:
+    async with (
+        iris_trio.register(port, "echo") as service,
+        anyio.create_task_group() as tasks,
+    ):
+        tasks.start_soon(service.serve, upper)
+        answered = 0
 
-            async def client(index: int) -> None:
-                nonlocal answered
-                async with iris_trio.connect(relay.port) as connection:
-                    for i in range(10):
-                        data = b"c%d-%d" % (index, i)
-                        assert await connection.request("echo", data, timeout=20) == data.upper()
-                        answered += 1
+        async def client(index: int) -> None:
+            nonlocal answered
+            async with iris_trio.connect(port) as connection:
+                for i in range(10):
+                    data = b"c%d-%d" % (index, i)
+                    assert await connection.request("echo", data, timeout=20) == data.upper()
+                    answered += 1
 
-            async with anyio.create_task_group() as clients:
-                for index in range(100):
-                    clients.start_soon(client, index)
-            tasks.cancel_scope.cancel()
-        assert answered == 1000
-        statistics = relay.statistics()
-        assert statistics.closed_gracefully >= 100 and statistics.protocol_violations == 0
+        async with anyio.create_task_group() as clients:
+            for index in range(100):
+                clients.start_soon(client, index)
+        tasks.cancel_scope.cancel()
+    assert answered == 1000
 
 
 async def test_a_tunnel_closed_by_the_service_ends_the_clients_stream() -> None:
@@ -235,6 +231,16 @@ def daemon(*arguments: str) -> Iterator[Daemon]:
 def test_every_pattern_through_a_daemon(backend: str) -> None:
     with daemon("--discovery", "off") as node:
         anyio.run(four_patterns, node.port, backend=backend)
+        assert node.stop() == 0
+
+
+@pytest.mark.parametrize(
+    ("scenario", "backend"),
+    [(two_services_share, "trio"), (a_hundred_parallel_clients, "asyncio")],
+)
+def test_services_and_many_clients_through_a_daemon(scenario: Any, backend: str) -> None:
+    with daemon("--discovery", "off") as node:
+        anyio.run(scenario, node.port, backend=backend)
         assert node.stop() == 0
 
 
