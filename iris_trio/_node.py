@@ -212,7 +212,7 @@ class Node:
         self._count["broadcasts_sent"] += 1
 
     async def _send_to_tree(self, tree: int, data: bytes) -> None:
-        _check_message(data)
+        check_message(data)
         await trio.lowlevel.checkpoint_if_cancelled()
         waited = False
         if tree not in self._outgoing:  # once per batch: where the batch will leave
@@ -388,7 +388,7 @@ class Node:
                 ``trio.TooSlowError`` and a ``TimeoutError``).
             TypeError / MessageTooLargeError: ``data`` is not bytes or too large.
         """
-        _check_message(data)
+        check_message(data)
         self._count["requests_sent"] += 1
         try:
             pending = await self._call(cluster, data, timeout, _PendingRequest())
@@ -829,7 +829,8 @@ def _spare(entry: tuple[IncomingRequests, int]) -> int:
     return limit - incoming.in_flight - len(incoming)
 
 
-def _check_message(data: bytes) -> None:
+def check_message(data: bytes) -> None:
+    """Raise TypeError / MessageTooLargeError unless ``data`` can be sent."""
     if type(data) is not bytes:
         raise TypeError(f"data must be bytes, not {type(data).__name__}")
     if len(data) > MAX_MESSAGE_SIZE:

@@ -28,7 +28,7 @@ import anyio
 import anyio.abc
 import sniffio
 
-from .._node import MAX_MESSAGE_SIZE
+from .._node import check_message
 from ..errors import (
     ConfigError,
     HandshakeError,
@@ -129,7 +129,7 @@ class RelayRequest:
 
     async def reply(self, data: bytes) -> None:
         """Send the reply (once)."""
-        _check_message(data)
+        check_message(data)
         self._once()
         await self._connection._writer.send(Reply(self._id, True, reply=data))
 
@@ -294,7 +294,7 @@ class Connection:
             RequestTimeoutError: ``timeout`` (default 30 s) passed.
             anyio.BrokenResourceError: the connection to the node ended.
         """
-        _check_message(data)
+        check_message(data)
         milliseconds = _milliseconds(timeout)
         waiter = _Waiter()
         request_id = next(self._ids)
@@ -320,12 +320,12 @@ class Connection:
 
     async def broadcast(self, cluster: str, data: bytes) -> None:
         """Send ``data`` to every member of ``cluster``."""
-        _check_message(data)
+        check_message(data)
         await self._send(Broadcast(cluster, data))
 
     async def publish(self, topic: str, data: bytes) -> None:
         """Send ``data`` to every subscriber of ``topic``."""
-        _check_message(data)
+        check_message(data)
         await self._send(Publish(topic, data))
 
     @contextlib.asynccontextmanager
@@ -631,13 +631,6 @@ def _eager_fd(stream: anyio.abc.ByteStream) -> int | None:
         return None
     raw = stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
     return None if raw is None else raw.fileno()
-
-
-def _check_message(data: bytes) -> None:
-    if type(data) is not bytes:
-        raise TypeError(f"data must be bytes, not {type(data).__name__}")
-    if len(data) > MAX_MESSAGE_SIZE:
-        raise MessageTooLargeError(f"{len(data)} bytes exceed {MAX_MESSAGE_SIZE}")
 
 
 def _milliseconds(timeout: float | None) -> int:
