@@ -571,3 +571,12 @@ async def test_stopping_the_relay_sends_every_client_close_with_a_reason() -> No
             nursery.cancel_scope.cancel()
             assert await one.closed() == [NodeClose("the node is shutting down")]
             assert await two.closed() == [NodeClose("the node is shutting down")]
+
+
+async def test_beyond_the_tunnel_limit_an_opening_is_refused_at_once() -> None:
+    async with relay_node(RelayLimits(tunnels=1)) as (_, relay):
+        async with raw(relay, "t") as service, raw(relay) as client:
+            await _open_tunnel(client, service)  # the one allowed
+            await client.send(tunnel_init(12, "t", 5000))
+            assert await client.expect(TunnelConfirmed, timeout=1) == TunnelConfirmed(12, True)
+            await service.nothing_for(0.2)  # no build reached the service

@@ -6,12 +6,15 @@ import json
 import statistics
 import subprocess
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import trio
 
-__all__ = ["emit", "median", "spawn_peer"]
+from ._stats import percentiles
+
+__all__ = ["calls_per_second", "emit", "first_line", "median", "round_trips", "spawn_peer"]
 
 
 def median(values: Sequence[float]) -> float:
@@ -25,15 +28,52 @@ async def spawn_peer(module: str, *args: str) -> tuple[trio.Process, int]:
         [sys.executable, "-m", module, *args],
         stdout=subprocess.PIPE,
     )
+    return process, int(await first_line(process, 20, f"benchmark peer {module}"))
+
+
+async def first_line(process: trio.Process, timeout: float, what: str) -> bytes:
+    """The first line ``process`` prints (read byte by byte: nothing more is taken)."""
     assert process.stdout is not None
     line = b""
-    with trio.fail_after(20):
+    with trio.fail_after(timeout):
         while not line.endswith(b"\n"):
             chunk = await process.stdout.receive_some(1)
             if not chunk:
-                raise RuntimeError(f"benchmark peer {module} exited before reporting its port")
+                raise RuntimeError(f"{what} exited before its first line")
             line += chunk
-    return process, int(line)
+    return line
+
+
+async def round_trips(ask: Callable[[], Awaitable[object]], count: int) -> dict[str, float]:
+    """p50/p99 of ``count`` sequential calls of ``ask`` (after 200 to warm up)."""
+    for _ in range(200):
+        await ask()
+    latencies = []
+    for _ in range(count):
+        begun = time.perf_counter_ns()
+        await ask()
+        latencies.append(time.perf_counter_ns() - begun)
+    return percentiles(latencies)
+
+
+async def calls_per_second(
+    ask: Callable[[], Awaitable[object]], in_flight: int, duration: float
+) -> float:
+    """Calls of ``ask`` per second with ``in_flight`` at once for ``duration`` s."""
+    done = 0
+
+    async def lane() -> None:
+        nonlocal done
+        while True:
+            await ask()
+            done += 1
+
+    begun = time.perf_counter()
+    with trio.move_on_after(duration):
+        async with trio.open_nursery() as lanes:
+            for _ in range(in_flight):
+                lanes.start_soon(lane)
+    return done / (time.perf_counter() - begun)
 
 
 def emit(figures: dict[str, Any], *, as_json: bool, title: str) -> None:

@@ -28,6 +28,7 @@ import contextlib
 import json
 import sys
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 import trio
@@ -36,7 +37,8 @@ from .. import Node, join
 from ..crypto.keys import NetworkKey
 from ..patterns.subscription import Subscription
 from ..patterns.tunnel import Tunnel
-from ._stats import StreamStats, percentiles, stamp
+from ._common import calls_per_second, round_trips
+from ._stats import StreamStats, stamp
 
 __all__ = ["main"]
 
@@ -85,28 +87,12 @@ async def _publish(node: Node, topic: str, count: int, size: int) -> dict[str, A
 
 async def _ask(node: Node, cluster: str, count: int, duration: float) -> dict[str, Any]:
     payload = bytes(16)
-    for _ in range(200):  # warm up
-        await node.request(cluster, payload)
-    latencies = []
-    for _ in range(count):
-        begun = time.perf_counter_ns()
-        await node.request(cluster, payload)
-        latencies.append(time.perf_counter_ns() - begun)
-    figures: dict[str, Any] = percentiles(latencies)
-    done = 0
 
-    async def lane() -> None:
-        nonlocal done
-        while True:
-            await node.request(cluster, payload)
-            done += 1
+    def ask() -> Awaitable[bytes]:
+        return node.request(cluster, payload)
 
-    begun_s = time.perf_counter()
-    with trio.move_on_after(duration):
-        async with trio.open_nursery() as lanes:
-            for _ in range(64):
-                lanes.start_soon(lane)
-    figures["throughput"] = done / (time.perf_counter() - begun_s)
+    figures: dict[str, Any] = await round_trips(ask, count)
+    figures["throughput"] = await calls_per_second(ask, 64, duration)
     return figures
 
 

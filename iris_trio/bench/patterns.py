@@ -26,7 +26,7 @@ import trio
 
 from .. import Node, join
 from ..overlay.ids import from_bytes, name_id, ring_distance
-from ._common import emit
+from ._common import calls_per_second, emit, round_trips
 from ._stats import stamp
 
 __all__ = ["main_broadcast", "main_pubsub", "main_request", "main_tunnel"]
@@ -156,35 +156,12 @@ async def request(count: int, duration: float, size: int) -> dict[str, Any]:
     """Round trips to one echo member process: sequential latency, then throughput."""
     payload = bytes(size)
     async with join(discovery="off") as node, peers(node, "echo", "cluster") as (cluster, _):
-        for _ in range(200):  # warm up
-            await node.request(cluster, payload)
-        latencies: list[int] = []
-        for _ in range(count):
-            begun = time.perf_counter_ns()
-            await node.request(cluster, payload)
-            latencies.append(time.perf_counter_ns() - begun)
-        ordered = sorted(latencies)
-        figures: dict[str, Any] = {
-            "requests": count,
-            "size": size,
-            "latency_p50_us": ordered[len(ordered) // 2] / 1000,
-            "latency_p99_us": ordered[int(0.99 * (len(ordered) - 1))] / 1000,
-        }
+        figures: dict[str, Any] = {"requests": count, "size": size}
+        figures |= await round_trips(lambda: node.request(cluster, payload), count)
         for in_flight in (1, 8, 64):
-            done = 0
-
-            async def lane() -> None:
-                nonlocal done
-                while True:
-                    await node.request(cluster, payload)
-                    done += 1
-
-            begun_s = time.perf_counter()
-            with trio.move_on_after(duration):
-                async with trio.open_nursery() as lanes:
-                    for _ in range(in_flight):
-                        lanes.start_soon(lane)
-            figures[f"throughput_{in_flight}"] = done / (time.perf_counter() - begun_s)
+            figures[f"throughput_{in_flight}"] = await calls_per_second(
+                lambda: node.request(cluster, payload), in_flight, duration
+            )
     return figures
 
 

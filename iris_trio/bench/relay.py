@@ -28,7 +28,7 @@ import anyio
 import trio
 
 from ..relay.client import Connection, connect, register
-from ._common import emit
+from ._common import emit, first_line
 
 __all__ = ["GO_NODE", "main", "run"]
 
@@ -85,14 +85,7 @@ async def _daemon() -> AsyncIterator[tuple[int, int]]:
         [*command, "--discovery", "off"], stdout=subprocess.PIPE
     )
     try:
-        assert process.stdout is not None
-        line = b""
-        with trio.fail_after(30):
-            while not line.endswith(b"\n"):
-                chunk = await process.stdout.receive_some(1)
-                if not chunk:
-                    raise RuntimeError("the node daemon exited before it was ready")
-                line += chunk
+        line = await first_line(process, 30, "the node daemon")
         yield json.loads(line)["relay_port"], process.pid
     finally:
         process.terminate()

@@ -386,6 +386,10 @@ class RelayConnection:
             self._counters["unknown_replies"] += 1
             return
         self._served_slots.release()
+        deadlines = self._served_deadlines
+        if len(deadlines) > 2 * len(self._served) + 1024:  # answered ones wait there
+            deadlines[:] = [entry for entry in deadlines if entry[1] in self._served]
+            heapq.heapify(deadlines)
         if request.answered:  # the member stopped meanwhile
             return
         if not packet.success:
