@@ -44,12 +44,12 @@ from ..testing import netns
 from ._common import emit
 from .patterns import Peer, _rooted_at
 
-__all__ = ["SYSTEMS", "main", "nats_server", "run_all"]
+__all__ = ["COMPARED", "SYSTEMS", "main", "nats_server", "run_all"]
 
 SYSTEMS: Final = ("iris_trio", "nats", "zeromq")
 _PREFIX = f"ibp{os.getpid() % 100000}"
 #: The figures compared (as the ratio iris_trio / peer).
-_COMPARED: Final = (
+COMPARED: Final = (
     "send_per_s",
     "recv_per_s",
     "delivered",
@@ -381,7 +381,7 @@ async def run_all(
         report["ratios"] = {
             peer: {
                 key: ours[key] / theirs[key] if theirs[key] else None
-                for key in _COMPARED
+                for key in COMPARED
                 if key in ours and key in theirs
             }
             for peer, theirs in report["systems"].items()

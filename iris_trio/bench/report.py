@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
+from .peers import COMPARED
+
 __all__ = ["main", "render", "write_report"]
 
 START: Final = "<!-- peers-report:start -->"
@@ -82,16 +84,7 @@ def render(reports: dict[str, dict[str, Any]], source: Path, images: str) -> str
             + " |",
             "|---|" + "---|" * (len(names) + len(names) - 1),
         ]
-        for key in (
-            "send_per_s",
-            "recv_per_s",
-            "delivered",
-            "latency_mean_us",
-            "latency_p99_us",
-            "request_p50_us",
-            "request_p99_us",
-            "request_64_per_s",
-        ):
+        for key in COMPARED:
             row = [_number(systems[n].get(key)) for n in names]
             ratios = [
                 _number(report.get("ratios", {}).get(n, {}).get(key))
