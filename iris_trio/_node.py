@@ -47,15 +47,24 @@ from .overlay.trees import (
     ReplyDelivery,
     RequestDelivery,
     TreeDelivery,
+    serves_bit,
 )
-from .patterns.requests import IncomingRequests, Request
+from .patterns.requests import IncomingRequests, Request, decode_failure, encode_failure
 from .patterns.subscription import Subscription
 from .patterns.tunnel import DEFAULT_WINDOW, IncomingTunnels, Tunnel, TunnelPath
 from .patterns.tunnel_frames import TunnelAllow, TunnelClose, TunnelData, TunnelInit
 from .transport.link import Link
 from .wire.frames import Frame
 
-__all__ = ["MAX_MESSAGE_SIZE", "Node", "NodeStatistics", "join", "serve_node"]
+__all__ = [
+    "MAX_MESSAGE_SIZE",
+    "MAX_NAME_LENGTH",
+    "MAX_TIMEOUT",
+    "Node",
+    "NodeStatistics",
+    "join",
+    "serve_node",
+]
 
 log = logging.getLogger("iris_trio")
 
@@ -63,6 +72,13 @@ log = logging.getLogger("iris_trio")
 MAX_MESSAGE_SIZE: Final = 8 * 1024 * 1024
 #: A request with neither a cancel-scope deadline nor timeout= gives up after this.
 DEFAULT_REQUEST_TIMEOUT: Final = 30.0
+#: The longest timeout= a request or tunnel opening takes (one day, in seconds).
+MAX_TIMEOUT: Final = 86400.0
+#: The longest cluster or topic name, in UTF-8 bytes.
+MAX_NAME_LENGTH: Final = 1024
+#: The most requests one member handles at once (limit=), and the largest
+#: subscription buffer (capacity=), tunnel backlog and window.
+_MAX_COUNT: Final = 2**31 - 1
 #: Requests a member handles at once unless told otherwise (as Iris: 4 x CPU).
 DEFAULT_HANDLER_LIMIT: Final = 4 * (os.cpu_count() or 1)
 #: Pause before sending again a request a member gave back unhandled.
@@ -158,6 +174,8 @@ class Node:
         self._tunnel_inboxes: dict[int, list[tuple[IncomingTunnels, int]]] = {}
         self._local_path = _LocalPath(self)
         self._nursery: trio.Nursery | None = None
+        self._closed = False
+        self._joined = False  # the overlay said it has joined: no more waiting
         driver.on_other_frame = self._on_link_frame
         driver.on_peer_lost = self._on_peer_lost
         if cluster is not None:
@@ -179,8 +197,40 @@ class Node:
         return self._driver
 
     async def wait_joined(self) -> None:
-        """Wait until this node is part of a ring."""
-        await self._driver.wait_joined()
+        """Wait until this node has joined the overlay; at once from then on.
+
+        Joined means: the node found its neighbours in the ring (every dial
+        towards its seeds and leaf set ended, each leaf told it its state, and
+        its leaf set then stayed unchanged for a moment), or it found nobody
+        although discovery and its seeds had a fair chance (about 2 s with
+        discovery on; at once with ``discovery="off"`` and no seeds). After 10 s
+        it counts as joined whatever else holds.
+
+        There is no need to call it before using the node: requests, tunnels,
+        publishing and subscribing wait for it themselves, so that a node that
+        has just started never says "no responders" for a cluster that has
+        members, and a subscription returns only once it receives. A checkpoint.
+
+        Raises:
+            trio.ClosedResourceError: the node has stopped.
+        """
+        self._check_open()
+        if not self._joined:
+            await self._driver.wait_joined()
+            self._joined = True
+        else:
+            await trio.lowlevel.checkpoint()
+
+    @property
+    def joined(self) -> bool:
+        """True once the node has joined the overlay (see :meth:`wait_joined`)."""
+        if not self._joined and self._driver.ready:
+            self._joined = True
+        return self._joined
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("the node has stopped (its join() has exited)")
 
     async def wait_converged(self, quiet: float = 3.0) -> None:
         """Wait until this node's leaf set has been stable for ``quiet`` seconds."""
@@ -195,11 +245,17 @@ class Node:
         while they are congested rather than dropping. A cancellation point; it
         yields to other tasks when it waits and at least every 64 calls.
 
+        A node that has just started first waits until it has joined the
+        overlay (see :meth:`wait_joined`), so that its first events reach the
+        subscribers already there.
+
         Raises:
-            TypeError: ``data`` is not bytes.
+            TypeError: ``data`` is not bytes, or ``topic`` not a str.
             MessageTooLargeError: ``data`` exceeds 8 MiB.
+            ConfigError: ``topic`` is empty or longer than MAX_NAME_LENGTH bytes.
+            trio.ClosedResourceError: the node has stopped.
         """
-        await self._send_to_tree(name_id(TOPIC, topic), data)
+        await self._send_to_tree(name_id(TOPIC, check_name("topic", topic)), data)
         self._count["published"] += 1
 
     async def broadcast(self, cluster: str, data: bytes) -> None:
@@ -208,13 +264,17 @@ class Node:
         Best effort, each sender's messages in order, no duplicates. Paced like
         :meth:`publish`. Raises like :meth:`publish`.
         """
-        await self._send_to_tree(name_id(CLUSTER, cluster), data)
+        await self._send_to_tree(name_id(CLUSTER, check_name("cluster", cluster)), data)
         self._count["broadcasts_sent"] += 1
 
     async def _send_to_tree(self, tree: int, data: bytes) -> None:
         check_message(data)
+        self._check_open()
         await trio.lowlevel.checkpoint_if_cancelled()
         waited = False
+        if not self._joined:
+            await self.wait_joined()
+            waited = True
         if tree not in self._outgoing:  # once per batch: where the batch will leave
             for link in self._driver.tree_links(tree):
                 if not link.has_send_capacity:
@@ -268,12 +328,24 @@ class Node:
     async def subscribe(self, topic: str, *, capacity: int = 1024) -> AsyncIterator[Subscription]:
         """Receive the events of ``topic`` for the ``async with`` body.
 
+        Returns once the subscription receives: every event published after it
+        returned reaches it (a node that has just started first joins the
+        overlay, see :meth:`wait_joined`; then the topic's tree takes this node
+        in, which is given 5 s at most). Use the subscription as a trio
+        receive channel: ``await events.receive()`` or ``async for event in
+        events``.
+
         Args:
             topic: the topic name.
             capacity: events buffered before the oldest is dropped (and counted).
+
+        Raises:
+            ConfigError: ``topic`` is empty or too long, or ``capacity`` < 1.
+            trio.ClosedResourceError: the node has stopped.
         """
-        if capacity < 1:
-            raise ConfigError("capacity must be at least 1")
+        self._check_open()
+        check_name("topic", topic)
+        check_count("capacity", capacity)
         subscription = Subscription(
             topic, capacity, tree=name_id(TOPIC, topic), on_close=self._unsubscribe
         )
@@ -286,9 +358,22 @@ class Node:
 
     @asynccontextmanager
     async def join(self, cluster: str) -> AsyncIterator[None]:
-        """Be a member of ``cluster`` as well, for the ``async with`` body."""
+        """Be a member of ``cluster`` as well, for the ``async with`` body.
+
+        A member receives the cluster's broadcasts (see :meth:`broadcasts`);
+        requests and tunnels only reach members that take them
+        (:meth:`requests`, :meth:`serve`, :meth:`tunnels`). Returns once the
+        cluster's tree has taken this node in (5 s at most).
+
+        Raises:
+            ConfigError: ``cluster`` is empty or too long.
+            trio.ClosedResourceError: the node has stopped.
+        """
+        self._check_open()
+        check_name("cluster", cluster)
         self._clusters[cluster] += 1
         if self._clusters[cluster] == 1:
+            log.info("joined cluster %r", cluster)
             self._driver.join_tree(name_id(CLUSTER, cluster))
             for receiver in self._broadcast_receivers:
                 self._receivers.setdefault(name_id(CLUSTER, cluster), set()).add(receiver)
@@ -298,6 +383,7 @@ class Node:
         finally:
             self._clusters[cluster] -= 1
             if not self._clusters[cluster]:
+                log.info("left cluster %r", cluster)
                 del self._clusters[cluster]
                 tree = name_id(CLUSTER, cluster)
                 self._receivers.pop(tree, None)
@@ -312,9 +398,15 @@ class Node:
         Without ``cluster``, those sent to every cluster this node is a member of;
         with it, this node is a member of ``cluster`` for the body as well (as
         :meth:`join`) and receives that cluster's broadcasts only.
+
+        Raises:
+            ConfigError: ``cluster`` is empty or too long, or ``capacity`` < 1.
+            trio.ClosedResourceError: the node has stopped.
         """
-        if capacity < 1:
-            raise ConfigError("capacity must be at least 1")
+        self._check_open()
+        check_count("capacity", capacity)
+        if cluster is not None:
+            check_name("cluster", cluster)
         if cluster is not None:
             async with self.join(cluster):
                 tree = name_id(CLUSTER, cluster)
@@ -336,8 +428,10 @@ class Node:
             await receiver.aclose()
 
     async def _wait_linked(self, tree: int) -> None:
-        """Wait (a while at most) until a tree just joined reaches its root, so
-        that what is sent from now on reaches this node."""
+        """Wait until the node has joined the overlay, then (a while at most)
+        until a tree just joined reaches its root, so that what is sent from now
+        on reaches this node."""
+        await self.wait_joined()
         with trio.move_on_after(_LINK_WAIT):
             await self._driver.wait_linked(tree)
 
@@ -345,6 +439,7 @@ class Node:
         receivers = self._receivers.setdefault(tree, set())
         receivers.add(receiver)
         if len(receivers) == 1:
+            log.info("subscribed to topic %r", receiver.topic)
             self._driver.join_tree(tree)
 
     def _unsubscribe(self, subscription: Subscription) -> None:
@@ -362,6 +457,7 @@ class Node:
             return
         receivers.discard(subscription)
         if not receivers:
+            log.info("unsubscribed from topic %r", subscription.topic)
             del self._receivers[subscription.tree]
             self._driver.leave_tree(subscription.tree)
 
@@ -380,15 +476,25 @@ class Node:
         The deadline is the caller's cancel scope or ``timeout`` (seconds),
         whichever is earlier; with neither, 30 s. The remaining time travels with
         the request, and the member drops it if it expires before it is handled.
+        A node that has just started first waits (within the deadline) until it
+        has joined the overlay (see :meth:`wait_joined`).
 
         Raises:
-            NoRespondersError: the cluster has no member (at once).
-            RemoteError: the member's handler failed (carries its message).
+            NoRespondersError: the cluster has no member, or none of its members
+                takes requests (at once, once the node has joined).
+            RemoteError: the member's handler failed (carries its exception's
+                type name and message).
             RequestTimeoutError: ``timeout`` (or the 30 s default) expired (a
                 ``trio.TooSlowError`` and a ``TimeoutError``).
             TypeError / MessageTooLargeError: ``data`` is not bytes or too large.
+            ConfigError: ``cluster`` is empty or too long, or ``timeout`` is not
+                a number of seconds in (0, MAX_TIMEOUT].
+            trio.ClosedResourceError: the node has stopped.
         """
         check_message(data)
+        self._check_open()
+        check_name("cluster", cluster)
+        check_timeout(timeout)
         self._count["requests_sent"] += 1
         try:
             pending = await self._call(cluster, data, timeout, _PendingRequest())
@@ -410,7 +516,6 @@ class Node:
         deadline = min(scope_deadline, own)
         if deadline <= now:
             await trio.lowlevel.checkpoint()  # the caller's scope expired: cancelled here
-            raise RequestTimeoutError("the timeout was not positive")
         if own <= scope_deadline:  # our timeout binds: raise RequestTimeoutError
             with trio.move_on_at(own) as scope:
                 await self._exchange(cluster, data, deadline, pending)
@@ -421,17 +526,21 @@ class Node:
         if pending.status == REPLY:
             return pending
         if pending.status == NO_RESPONDERS:
-            raise NoRespondersError(f"cluster {cluster!r} has no member")
-        message = pending.data.decode("utf-8", "replace")
+            why = pending.data.decode("utf-8", "replace") if pending.data else "no member"
+            raise NoRespondersError(f"cluster {cluster!r}: {why}")
         if pending.status == OVERLOADED:
+            message = pending.data.decode("utf-8", "replace")
             raise RemoteError(f"the member was overloaded: {message}")
-        raise RemoteError(message)
+        type_name, message = decode_failure(pending.data)
+        raise RemoteError(message, type_name)
 
     async def _exchange(
         self, cluster: str, data: bytes, deadline: float, pending: _PendingRequest
     ) -> None:
         """Send until a member takes the request: one that did not handle it (it was
         leaving, or not serving) answers RETRY, and sending again cannot duplicate."""
+        if not self._joined:
+            await self.wait_joined()
         while True:
             request_id = os.urandom(16)
             pending.done = trio.Event()
@@ -468,16 +577,23 @@ class Node:
         4 x CPU); it is the capacity load balancing steers by. Requests whose
         deadline passed while queued are dropped, not handed out. Several
         receivers of one cluster on a node share its requests by spare capacity.
+        Returns once requests can reach this member (see :meth:`join`).
+
+        Raises:
+            ConfigError: no cluster given (and the node joined none), a bad
+                name, or ``limit`` < 1.
+            trio.ClosedResourceError: the node has stopped.
         """
-        name = cluster or self.cluster
+        self._check_open()
+        name = self.cluster if cluster is None else check_name("cluster", cluster)
         if name is None:
             raise ConfigError("requests() needs a cluster (or join() one)")
         tree = name_id(CLUSTER, name)
-        limit = limit or DEFAULT_HANDLER_LIMIT
+        limit = DEFAULT_HANDLER_LIMIT if limit is None else check_count("limit", limit)
         async with self.join(name):
             incoming = IncomingRequests(lambda: self._report_spare(tree), self._stop_requests)
             self._incoming.setdefault(tree, []).append((incoming, limit))
-            self._report_spare(tree)
+            self._report_serves(tree)
             try:
                 yield incoming
             finally:
@@ -494,10 +610,17 @@ class Node:
         """Answer the requests of ``cluster`` with ``handler`` until cancelled.
 
         One task per request, at most ``limit`` at once (default 4 x CPU); each
-        runs under the request's deadline. An exception from the handler goes to
-        the requester as RemoteError.
+        runs under the request's deadline and is cancelled when it passes (the
+        requester has stopped waiting; its place is free again). Whatever the
+        handler does, the requester gets an answer and the member goes on: an
+        exception goes to the requester as RemoteError (its type name and
+        message), and so does a result that is not ``bytes``. Started (for
+        ``nursery.start``) once requests can reach this member.
+
+        Raises:
+            ConfigError / trio.ClosedResourceError: as :meth:`requests`.
         """
-        limit = limit or DEFAULT_HANDLER_LIMIT
+        limit = DEFAULT_HANDLER_LIMIT if limit is None else check_count("limit", limit)
         limiter = trio.CapacityLimiter(limit)
         async with self.requests(cluster, limit=limit) as incoming, trio.open_nursery() as tasks:
             task_status.started()
@@ -513,13 +636,23 @@ class Node:
         if entries is not None:
             self._driver.set_spare(tree, sum(_spare(entry) for entry in entries))
 
+    def _report_serves(self, tree: int) -> None:
+        """Tell the tree which kinds of request this member takes now."""
+        serves = 0
+        if tree in self._incoming:
+            serves |= serves_bit(_REQUEST)
+        if tree in self._tunnel_inboxes:
+            serves |= serves_bit(_TUNNEL)
+        entries = self._incoming.get(tree, ())
+        self._driver.set_spare(tree, sum(_spare(entry) for entry in entries), serves)
+
     def _stop_requests(self, incoming: IncomingRequests) -> None:
         self._count["requests_expired"] += incoming.expired
         for tree, entries in list(self._incoming.items()):
             entries[:] = [entry for entry in entries if entry[0] is not incoming]
             if not entries:
                 del self._incoming[tree]
-                self._driver.set_spare(tree, 0)
+                self._report_serves(tree)
             else:
                 self._report_spare(tree)
         queued, taken = incoming.take_all()
@@ -528,7 +661,9 @@ class Node:
         for request in taken:
             request._answered = True
             if request._started:  # maybe partly handled: never twice
-                self._answer(request, REMOTE_ERROR, b"the member stopped before answering")
+                self._answer(
+                    request, REMOTE_ERROR, encode_failure("the member stopped before answering")
+                )
             else:
                 self._answer(request, RETRY, b"the member stopped serving")
 
@@ -554,9 +689,10 @@ class Node:
             return
         deadline = trio.current_time() + request.timeout_ms / 1000
 
-        def answer(handled: Request, status: int, data: bytes) -> None:
+        def answer(handled: Request, status: int | None, data: bytes) -> None:
             incoming._answered(handled)
-            self._answer(handled, status, data)
+            if status is not None:
+                self._answer(handled, status, data)
 
         incoming._push(Request(request.data, deadline, request.request_id, requester, answer))
 
@@ -576,12 +712,17 @@ class Node:
         no deadline. ``window`` is the bytes this end buffers for its reader.
 
         Raises:
-            NoRespondersError: the cluster has no member (at once).
+            NoRespondersError: the cluster has no member, or none of its members
+                takes tunnels (at once, once the node has joined).
             RemoteError: the member could not open the tunnel.
             RequestTimeoutError: no member took it in time.
+            ConfigError: a bad cluster name, ``timeout`` or ``window``.
+            trio.ClosedResourceError: the node has stopped.
         """
-        if window < 1:
-            raise ConfigError("window must be at least 1 byte")
+        self._check_open()
+        check_name("cluster", cluster)
+        check_timeout(timeout)
+        check_count("window", window)
         pending = _PendingRequest(_TUNNEL, window)
         try:
             await self._call(cluster, b"", timeout, pending)
@@ -606,16 +747,23 @@ class Node:
         Each received :class:`Tunnel` belongs to the receiver: use it in
         ``async with tunnel:``. ``backlog`` tunnels wait to be received before
         further openings are refused; ``window`` is each tunnel's receive buffer.
+
+        Raises:
+            ConfigError: no cluster given (and the node joined none), a bad
+                name, or ``window`` or ``backlog`` < 1.
+            trio.ClosedResourceError: the node has stopped.
         """
-        name = cluster or self.cluster
+        self._check_open()
+        name = self.cluster if cluster is None else check_name("cluster", cluster)
         if name is None:
             raise ConfigError("tunnels() needs a cluster (or join() one)")
-        if window < 1 or backlog < 1:
-            raise ConfigError("window and backlog must be at least 1")
+        check_count("window", window)
+        check_count("backlog", backlog)
         tree = name_id(CLUSTER, name)
         async with self.join(name):
             inbox = IncomingTunnels(backlog, self._stop_tunnels)
             self._tunnel_inboxes.setdefault(tree, []).append((inbox, window))
+            self._report_serves(tree)
             try:
                 yield inbox
             finally:
@@ -626,6 +774,7 @@ class Node:
             entries[:] = [entry for entry in entries if entry[0] is not inbox]
             if not entries:
                 del self._tunnel_inboxes[tree]
+                self._report_serves(tree)
 
     def _on_tunnel_request(
         self, tree: int, requester: int, request_id: bytes, request: TreeRequest
@@ -659,7 +808,7 @@ class Node:
                     link = await self._driver.connect_peer(requester, address)
             except OSError as exc:
                 message = f"the member cannot reach the requester: {exc}"
-                self._driver.reply(requester, request_id, REMOTE_ERROR, message.encode())
+                self._driver.reply(requester, request_id, REMOTE_ERROR, encode_failure(message))
                 return
             tunnel = self._new_tunnel(os.urandom(16), request_id, requester, 0, window, link)
             if tunnel._send_control(lambda: TunnelInit(request_id, tunnel.local_id, window)):
@@ -837,22 +986,69 @@ def check_message(data: bytes) -> None:
         raise MessageTooLargeError(f"{len(data)} bytes exceed {MAX_MESSAGE_SIZE}")
 
 
+def check_name(what: str, name: str) -> str:
+    """Return ``name`` if it can name a cluster or topic; else raise.
+
+    Raises:
+        TypeError: ``name`` is not a str.
+        ConfigError: it is empty or longer than MAX_NAME_LENGTH bytes (UTF-8).
+    """
+    if type(name) is not str:
+        raise TypeError(f"a {what} name must be a str, not {type(name).__name__}")
+    if not name:
+        raise ConfigError(f"a {what} name must not be empty")
+    if len(name) > MAX_NAME_LENGTH // 4 and len(name.encode("utf-8", "replace")) > MAX_NAME_LENGTH:
+        raise ConfigError(f"a {what} name must be at most {MAX_NAME_LENGTH} bytes (UTF-8)")
+    return name
+
+
+def check_timeout(timeout: float | None) -> None:
+    """Raise ConfigError unless ``timeout`` is None or a number of seconds in
+    (0, MAX_TIMEOUT]; TypeError if it is not a number."""
+    if timeout is None:
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number of seconds, not {type(timeout).__name__}")
+    if not 0 < timeout <= MAX_TIMEOUT:  # NaN fails this too
+        raise ConfigError(
+            f"timeout must be more than 0 and at most {MAX_TIMEOUT:g} seconds, not {timeout!r}"
+        )
+
+
+def check_count(what: str, value: int) -> int:
+    """Return ``value`` if it is an int from 1 to 2**31 - 1; else raise
+    ConfigError (TypeError if it is not an int)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{what} must be an int, not {type(value).__name__}")
+    if not 1 <= value <= _MAX_COUNT:
+        raise ConfigError(f"{what} must be at least 1 (and at most {_MAX_COUNT}), not {value}")
+    return value
+
+
 async def _handle(
     handler: Callable[[bytes], Awaitable[bytes]],
     request: Request,
     limiter: trio.CapacityLimiter,
     token: object,
 ) -> None:
+    """Run ``handler`` on one request and answer it, whatever the handler does."""
     try:
         with trio.move_on_at(request.deadline):  # late work is dropped
             request._started = True
             try:
                 result = await handler(request.data)
             except Exception as exc:  # the handler's failure goes to the requester
-                await request.fail(str(exc) or type(exc).__name__)
+                request.fail_nowait(str(exc), type(exc).__name__)
             else:
-                await request.reply(result)
+                if type(result) is bytes:
+                    request.reply_nowait(result)
+                else:
+                    message = f"the handler returned {type(result).__name__}, not bytes"
+                    request.fail_nowait(message, "TypeError")
     finally:
+        if request.expired:  # unanswered, and its requester stopped waiting
+            request._drop()  # its place among the member's requests is free again
+        # (Else serve() is stopping: it answers what its handlers left.)
         limiter.release_on_behalf_of(token)
 
 
@@ -873,6 +1069,9 @@ async def _guarded(
         while isinstance(cause, BaseExceptionGroup) and len(cause.exceptions) == 1:
             cause = cause.exceptions[0]
         raise InternalError(f"the node failed: {cause!r}") from cause
+
+
+_dev_warned = False
 
 
 def _network(network: str | Network | None, key: NetworkKey | bytes | None) -> Network:
@@ -906,13 +1105,22 @@ async def serve_node(
     Reports the :class:`Node` through ``task_status``. See :func:`join` for the
     arguments.
     """
+    global _dev_warned  # noqa: PLW0603 - once per process
+    if cluster is not None:
+        check_name("cluster", cluster)
     chosen = _network(network, key)
     dev = chosen is DEV_NETWORK
-    if dev:
-        log.warning("iris_trio: dev network (loopback only; its key is published, not secret)")
     mode: DiscoveryMode = discovery or ("loopback" if dev else "lan")
+    if mode not in ("loopback", "lan", "off"):
+        raise ConfigError(f"discovery must be 'loopback', 'lan' or 'off', not {mode!r}")
     if dev and mode == "lan":
-        raise ConfigError("the dev network discovers on loopback only")
+        raise ConfigError(
+            "the dev network discovers on loopback only: use discovery='loopback' or 'off', "
+            "or a real network (network= and key=) for LAN discovery"
+        )
+    if dev and not _dev_warned:
+        _dev_warned = True
+        log.warning("dev network: loopback only; its key is published, not secret")
     host, port = split_address(listen or ("127.0.0.1:0" if dev else "0.0.0.0:0"))
     driver = OverlayDriver(
         identity or NodeIdentity.generate(),
@@ -924,13 +1132,17 @@ async def serve_node(
         config=config,
     )
     node = Node(driver, cluster)
-    async with open_unwrapped_nursery() as nursery:
-        node._nursery = nursery
-        await nursery.start(_guarded, driver.run)
-        nursery.start_soon(_guarded, node._run_flusher)
-        if cluster is not None:
-            driver.join_tree(name_id(CLUSTER, cluster))
-        task_status.started(node)
+    try:
+        async with open_unwrapped_nursery() as nursery:
+            node._nursery = nursery
+            await nursery.start(_guarded, driver.run)
+            nursery.start_soon(_guarded, node._run_flusher)
+            if cluster is not None:
+                log.info("joined cluster %r", cluster)
+                driver.join_tree(name_id(CLUSTER, cluster))
+            task_status.started(node)
+    finally:
+        node._closed = True
 
 
 @asynccontextmanager

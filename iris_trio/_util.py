@@ -41,7 +41,9 @@ async def open_unwrapped_nursery() -> AsyncIterator[trio.Nursery]:
         async with trio.open_nursery() as nursery:
             yield nursery
     except BaseExceptionGroup as group:
-        if len(group.exceptions) == 1 and not isinstance(group.exceptions[0], BaseExceptionGroup):
+        # The nursery wraps whatever one task (or the body) raised in a group of
+        # one; that level is ours and goes, even when what was raised is a group.
+        if len(group.exceptions) == 1:
             lone = group.exceptions[0]
             raise lone from lone.__cause__  # its own cause kept; the group hidden
         raise

@@ -68,7 +68,20 @@ class NoRespondersError(IrisError):
 
 
 class RemoteError(IrisError):
-    """The member's handler failed; the message is the handler's error text."""
+    """The member's handler failed.
+
+    Attributes:
+        message: the handler's error text.
+        type_name: the name of the exception type the handler raised (``""`` when
+            the member did not say, e.g. a relay client or ``Request.fail()``).
+
+    ``str()`` of it reads like Python's own ``"ValueError: bad input"``.
+    """
+
+    def __init__(self, message: str, type_name: str = "") -> None:
+        super().__init__(f"{type_name}: {message}" if type_name else message)
+        self.message = message
+        self.type_name = type_name
 
 
 class RequestTimeoutError(IrisError, trio.TooSlowError, TimeoutError):

@@ -36,6 +36,14 @@ class OverlayConfig:
         idle_connection_grace: a connection to a node in neither table is
             closed after this long (connections stay bounded).
         tick_interval: how often the driver should call ``tick`` at least.
+        join_quiet: a node with peers is *joined* (ready) once every dial
+            towards its seeds and leaf set has ended, every leaf has told it its
+            state, and its leaf set has then been unchanged for this long.
+        join_window: a node that found nobody is joined (alone) after this long
+            with discovery on: beacons went out and others had time to answer.
+            (With discovery off it is joined once its seeds were tried.)
+        join_limit: a node counts as joined after this long whatever else holds
+            (a seed that never answers must not hold it back for ever).
     """
 
     leaf_size: int = 8
@@ -51,6 +59,9 @@ class OverlayConfig:
     dial_backoff: float = 15.0
     idle_connection_grace: float = 20.0
     tick_interval: float = 0.25
+    join_quiet: float = 0.25
+    join_window: float = 2.0
+    join_limit: float = 10.0
 
     def __post_init__(self) -> None:
         if self.leaf_size < 1:
@@ -64,10 +75,13 @@ class OverlayConfig:
             "dial_backoff",
             "idle_connection_grace",
             "tick_interval",
+            "join_limit",
         ):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive")
         if not 0 < self.ack_delay < self.ack_timeout / 2:
             raise ConfigError("need 0 < ack_delay < ack_timeout / 2")
+        if self.join_quiet < 0 or self.join_window < 0:
+            raise ConfigError("join_quiet and join_window must not be negative")
         if self.route_attempts < 1 or self.max_hops < 1:
             raise ConfigError("route_attempts and max_hops must be at least 1")

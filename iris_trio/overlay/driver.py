@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import trio
 
+from .._logs import LogLimiter
 from ..crypto.identity import NodeIdentity
 from ..crypto.keys import Network
 from ..errors import HandshakeError
@@ -33,7 +34,7 @@ from .beacon import Beacon, BeaconCodec
 from .config import OverlayConfig
 from .discovery import DiscoveryConfig, run_discovery
 from .frames import Heartbeat, Leave, OverlayState, Route, RouteAck
-from .ids import from_bytes
+from .ids import from_bytes, short
 from .node import Connect, Deliver, Disconnect, OverlayNode, Send
 from .tree_frames import (
     TreeAck,
@@ -56,6 +57,8 @@ from .trees import (
 __all__ = ["OverlayDriver", "split_address"]
 
 log = logging.getLogger("iris_trio.overlay")
+
+_log_limiter = LogLimiter()
 
 #: How long a duplicate link stays open (read, not written) after the choice.
 _RETIRE_DELAY = 2.0
@@ -176,6 +179,7 @@ class OverlayDriver:
         self._last_sides: tuple[list[int], list[int]] = ([], [])
         self._leaves_changed_at = 0.0
         self._flushing = False
+        self._ready_logged = False
         self._tick_scope: trio.CancelScope | None = None
 
     # ------------------------------------------------------------------ running
@@ -202,7 +206,9 @@ class OverlayDriver:
                     self._found,
                     self.is_settled,
                 )
-            self.overlay.start(trio.current_time(), self.seeds)
+            self.overlay.start(
+                trio.current_time(), self.seeds, discovery=self.discovery.mode != "off"
+            )
             self._flush()
             nursery.start_soon(self._ticker)
             task_status.started(self)
@@ -268,13 +274,22 @@ class OverlayDriver:
                 on_frame=self._on_frame,
             ) as link:
                 await self._hold(link, initiator=self.id, address=address)
-        except (OSError, ValueError, HandshakeError):
-            self._dial_failed(address)
+        except (OSError, ValueError, HandshakeError) as exc:
+            self._dial_failed(address, exc)
             if failed is not None:
                 failed.set()
 
-    def _dial_failed(self, address: str) -> None:
+    def _dial_failed(self, address: str, exc: Exception | None = None) -> None:
         self._dials_failed += 1
+        if address in self.seeds:
+            _log_limiter.log(
+                log,
+                logging.WARNING,
+                ("seed", address),
+                "seed %s cannot be reached (%s); dialling it again while this node is alone",
+                address,
+                exc or "it is this node itself",
+            )
         if self.overlay is not None:
             self.overlay.connect_failed(trio.current_time(), address)
             self._flush()
@@ -284,8 +299,7 @@ class OverlayDriver:
         assert self.overlay is not None
         node = from_bytes(link.peer_id)
         if node == self.id:
-            self.overlay.connect_failed(trio.current_time(), address)
-            self._flush()
+            self._dial_failed(address)
             return
         existing = self._links.get(node)
         if existing is not None and existing.is_open:
@@ -301,6 +315,7 @@ class OverlayDriver:
         else:
             self._links[node] = link
             self._initiators[link] = initiator
+            log.info("peer %s connected (%s)", short(node), address)
             self.overlay.connected(trio.current_time(), node, address)
             self._topology_changed()
         try:
@@ -315,6 +330,7 @@ class OverlayDriver:
             self._initiators.pop(link, None)
             if self._links.get(node) is link:
                 del self._links[node]
+                log.info("peer %s disconnected (%s)", short(node), address)
                 self.overlay.disconnected(trio.current_time(), node)
                 self._topology_changed()
                 if self.on_peer_lost is not None:
@@ -384,6 +400,15 @@ class OverlayDriver:
                 self._last_leaves = leaves
                 self._leaves_changed_at = trio.current_time()
             self._last_sides = sides
+        if not self._ready_logged and overlay.check_ready(trio.current_time()):
+            self._ready_logged = True
+            log.info(
+                "joined the overlay as %s at %s: %d peers, %d in the leaf set",
+                short(self.id),
+                self.address,
+                len(self._links),
+                len(overlay.leaves),
+            )
         if self._changed:
             self._changed.unpark_all()
         self._plan_tick()
@@ -422,6 +447,11 @@ class OverlayDriver:
 
     # ------------------------------------------------------------------ queries
 
+    @property
+    def ready(self) -> bool:
+        """True once this node has joined the overlay (see :meth:`wait_joined`)."""
+        return self.overlay is not None and self.overlay.check_ready(trio.current_time())
+
     def is_settled(self, quiet: float = 3.0) -> bool:
         """True when the leaf set has not changed for ``quiet`` seconds."""
         return (
@@ -431,13 +461,17 @@ class OverlayDriver:
         )
 
     async def wait_joined(self) -> None:
-        """Wait until this node has at least one leaf (it is part of a ring)."""
-        while self.overlay is None or len(self.overlay.leaves) == 0:
-            await self._changed.park()
+        """Wait until this node has joined the overlay: it found its leaf set, or
+        found nobody while discovery and its seeds had a fair chance (see
+        :meth:`OverlayNode.check_ready <iris_trio.overlay.node.OverlayNode.check_ready>`).
+        Returns at once from then on."""
+        while not self.ready:
+            await self._changed.park()  # every tick and every input flushes
 
     async def wait_converged(self, quiet: float = 3.0) -> None:
         """Wait until the leaf set has been stable for ``quiet`` seconds."""
-        await self.wait_joined()
+        while self.overlay is None or len(self.overlay.leaves) == 0:
+            await self._changed.park()
         while not self.is_settled(quiet):
             with trio.move_on_after(quiet):
                 await self._changed.park()
@@ -475,11 +509,12 @@ class OverlayDriver:
             self.trees.reply(trio.current_time(), requester, request_id, status, data)
             self._flush()
 
-    def set_spare(self, tree: int, spare: int) -> None:
-        """Report how many more requests of ``tree`` this member can take."""
+    def set_spare(self, tree: int, spare: int, serves: int | None = None) -> None:
+        """Report how many more requests of ``tree`` this member can take (and,
+        if given, the kinds of request it takes: bits of ``serves_bit``)."""
         trees = self.trees
         if trees is not None:
-            trees.set_spare(trio.current_time(), tree, spare)
+            trees.set_spare(trio.current_time(), tree, spare, serves)
             if trees.overlay.has_effects:  # a capacity report went out
                 self._flush()
             else:  # only a deferred report, perhaps: the ticker must wake for it

@@ -115,6 +115,10 @@ class OverlayStatistics:
     maintenance_sent: int
 
 
+#: Pauses between rounds of dialling the seeds while a node is alone (seconds).
+_SEED_RETRY_MIN, _SEED_RETRY_MAX = 1.0, 30.0
+
+
 class _Peer:
     __slots__ = (
         "address",
@@ -125,6 +129,7 @@ class _Peer:
         "ref",
         "rttvar",
         "srtt",
+        "state_received",
         "suspected",
     )
 
@@ -141,6 +146,8 @@ class _Peer:
         self.last_heard = now
         self.last_sent = now
         self.suspected = False
+        #: True once the peer told us its state (its leaves and table).
+        self.state_received = False
 
 
 class _Dial:
@@ -253,6 +260,12 @@ class OverlayNode:
         self._now = 0.0
         self._repair_leaves = False
         self._next_exchange = 0.0
+        self._started_at: float | None = None
+        self._seeds: list[str] = []
+        self._seed_retry = 0.0  # the pause before seeds are dialled again (grows)
+        self._next_seed_dial = math.inf
+        self._lone_ready_at = math.inf
+        self._ready = False
         self._routed = self._forwarded = self._delivered = self._duplicates = 0
         self._rerouted = self._dropped = self._dead = self._maintenance = 0
 
@@ -308,13 +321,66 @@ class OverlayNode:
 
     # ----------------------------------------------------------------- inputs
 
-    def start(self, now: float, seeds: list[str]) -> None:
-        """Join through ``seeds`` (addresses); with none, wait to be found."""
+    @property
+    def ready(self) -> bool:
+        """True once this node has joined the overlay (see :meth:`check_ready`)."""
+        return self._ready
+
+    def check_ready(self, now: float) -> bool:
+        """Whether this node has joined: it knows its place in the ring well
+        enough that "nobody is there" is an answer to trust.
+
+        With peers: no dial towards a seed or a leaf is under way, every leaf
+        has sent its state, and the leaf set has been quiet for ``join_quiet``.
+        Alone: its seeds were all tried and, with discovery on, ``join_window``
+        has passed since it started. In any case after ``join_limit``. Once
+        joined, a node stays joined (a later change is handled by the trees'
+        settling rules, not by going back to joining).
+        """
+        if self._ready:
+            return True
+        started = self._started_at
+        if started is None:
+            return False
+        config = self.config
+        if now - started >= config.join_limit:
+            self._ready = True
+        elif any(dial.node is None or dial.leaf for dial in self._dialing.values()):
+            return False
+        elif len(self.leaves):
+            self._ready = now - self.leaves_changed_at >= config.join_quiet and all(
+                self._peers[node].state_received for node in self.leaves
+            )
+        else:
+            self._ready = now >= self._lone_ready_at
+        return self._ready
+
+    def start(self, now: float, seeds: list[str], *, discovery: bool = False) -> None:
+        """Join through ``seeds`` (addresses); with none, wait to be found.
+
+        ``discovery``: beacons are looking for others too, so a node that finds
+        nobody waits ``join_window`` before it counts as joined alone.
+        """
         self._now = now
+        self._started_at = now
+        self._lone_ready_at = now + (self.config.join_window if discovery else 0.0)
+        self._seeds = [address for address in seeds if address != self.address]
+        self._dial_seeds(now)
         self._next_exchange = now + self.config.exchange_interval * self.rng.uniform(0.5, 1.0)
-        for address in seeds:
-            if address != self.address and address not in self._dialing:
+
+    def _dial_seeds(self, now: float) -> None:
+        """Dial every seed not being dialled; while this node stays alone, again
+        after a pause that doubles (with jitter) up to ``_SEED_RETRY_MAX``."""
+        for address in self._seeds:
+            if address not in self._dialing:
                 self._dial(address, _Dial(now, None))
+        if self._seeds:
+            retry = self._seed_retry
+            # The first pause has no jitter: randomness is drawn only once a
+            # node has stayed alone (so runs that never do replay unchanged).
+            jitter = self.rng.uniform(0.75, 1.25) if retry else 1.0
+            self._seed_retry = min(_SEED_RETRY_MAX, max(_SEED_RETRY_MIN, retry * 2))
+            self._next_seed_dial = now + self._seed_retry * jitter
 
     def discovered(self, now: float, node: int, address: str) -> None:
         """A discovery beacon announced ``node`` at ``address``."""
@@ -379,6 +445,7 @@ class OverlayNode:
                 self._acked(node, message_id)
         elif kind is OverlayState:
             assert isinstance(frame, OverlayState)
+            peer.state_received = True
             known, useless, own = self._peer_ids, self._useless, self._own_ref[0]
             for raw, address in chain(frame.leaves, frame.table):
                 if (
@@ -449,6 +516,11 @@ class OverlayNode:
                 and not self.held[node]
             ):
                 self._drop(node, now, reason="not needed by the tables")
+        if not self._peers and now >= self._next_seed_dial:
+            self._dial_seeds(now)  # alone: the seeds may be up by now
+        elif self._peers:
+            self._seed_retry = 0.0
+            self._next_seed_dial = now
         if now >= self._ack_due:
             self.flush_acks(now)
         self._retransmit(now)

@@ -27,16 +27,19 @@ class TreeJoin(Frame):
     tree: bytes
 
 
-@frame_kind(22, Blob(exact=16), UInt(32), UInt(64))
+@frame_kind(22, Blob(exact=16), UInt(32), UInt(64), UInt(8))
 @dataclasses.dataclass(frozen=True, slots=True)
 class TreeHeartbeat(Frame):
     """Child to parent, periodically and when its capacity changes: "I am still
-    your child, my subtree can take ``spare`` more requests now, and I have had
-    ``received`` requests from you" (so the parent knows how many are on the way)."""
+    your child, my subtree can take ``spare`` more requests now, I have had
+    ``received`` requests from you" (so the parent knows how many are on the
+    way), "and members in my subtree take the kinds of request in ``serves``"
+    (a bit per kind: 1 requests, 2 tunnels)."""
 
     tree: bytes
     spare: int
     received: int
+    serves: int = 0
 
 
 @frame_kind(23, Blob(exact=16))

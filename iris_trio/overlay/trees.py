@@ -51,6 +51,7 @@ __all__ = [
     "TreeDelivery",
     "TreeNode",
     "TreeState",
+    "serves_bit",
     "tree_problems",
 ]
 
@@ -59,6 +60,15 @@ _MAX_ADDRESSES = 4096
 
 #: TreeReply status codes (RETRY: the member did not handle it; send it again).
 REPLY, REMOTE_ERROR, NO_RESPONDERS, OVERLOADED, RETRY = 0, 1, 2, 3, 4
+
+
+#: What each kind of TreeRequest is, for "no member takes ..." answers.
+_KIND_NAMES = {0: "requests", 1: "tunnels"}
+
+
+def serves_bit(kind: int) -> int:
+    """The bit of :attr:`TreeHeartbeat.serves` for requests of ``kind``."""
+    return 1 << kind
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -137,8 +147,12 @@ class TreeState:
     heartbeat_due: float = 0.0
     #: Requests this node can take now as a member (set by the layer above).
     spare: int = 0
+    #: The kinds of request this node's member takes (bits of serves_bit()).
+    serves: int = 0
     #: Spare capacity each child last reported for its subtree.
     child_spare: dict[int, int] = dataclasses.field(default_factory=dict)
+    #: The kinds of request each child's subtree takes (absent: not reported yet).
+    child_serves: dict[int, int] = dataclasses.field(default_factory=dict)
     #: Requests sent to each child, and how many it said it had received.
     sent: dict[int, int] = dataclasses.field(default_factory=dict)
     acknowledged: dict[int, int] = dataclasses.field(default_factory=dict)
@@ -154,6 +168,7 @@ class TreeState:
     received: int = 0
     reported_spare: int | None = None
     reported_received: int = 0
+    reported_serves: int = 0
     reported_at: float = -1.0
     report_pending: bool = False
 
@@ -166,6 +181,13 @@ class TreeState:
         """Spare capacity of this node's subtree, as it knows it."""
         own = self.spare - self.kept if self.member else 0
         return max(0, own) + sum(max(0, self.child_score(child)) for child in self.children)
+
+    def subtree_serves(self) -> int:
+        """The kinds of request some member of this node's subtree takes."""
+        serves = self.serves if self.member else 0
+        for child_serves in self.child_serves.values():
+            serves |= child_serves
+        return serves
 
     @property
     def attached(self) -> bool:
@@ -252,7 +274,7 @@ class TreeNode:
             if state is not None and tree in self.trees:
                 self._report_change(tree, state)
         elif isinstance(frame, TreeHeartbeat):
-            self._child_alive(from_bytes(frame.tree), node, now, frame.spare, frame.received)
+            self._child_alive(from_bytes(frame.tree), node, now, frame)
         elif isinstance(frame, TreeReply):
             self._deliveries.append(ReplyDelivery(frame))
         elif isinstance(frame, TreeAck):
@@ -263,7 +285,8 @@ class TreeNode:
         elif isinstance(frame, TreePrune):
             tree = from_bytes(frame.tree)
             state = self.trees.get(tree)
-            if state is not None and state.children.pop(node, None) is not None:
+            if state is not None and node in state.children:
+                self._forget_child(state, node)
                 self._prune_if_unneeded(tree, state)
                 self._pin()
 
@@ -305,11 +328,13 @@ class TreeNode:
         """Leave a dead parent or a root that is no longer the closest node, and
         join again if needed; prune unneeded state. False if the tree is gone."""
         if state.parent is not None and not self.overlay.is_connected(state.parent):
-            state.parent = None  # the parent died: find another
+            state.parent = None  # the parent died: find another, now
             state.linked = False
+            state.join_sent_at = None
         if state.root and self.overlay.next_hop(tree) is not None:
-            state.root = False  # someone closer appeared: join the true root
+            state.root = False  # someone closer appeared: join the true root, now
             state.linked = False
+            state.join_sent_at = None
         if not state.needed:
             self._prune_if_unneeded(tree, state)
             return False
@@ -319,12 +344,15 @@ class TreeNode:
             self._send_join(tree, state)
         return True
 
-    def set_spare(self, now: float, tree: int, spare: int) -> None:
-        """Tell the tree how many more requests this member can take now."""
+    def set_spare(self, now: float, tree: int, spare: int, serves: int | None = None) -> None:
+        """Tell the tree how many more requests this member can take now (and,
+        if given, which kinds of request it takes: bits of :func:`serves_bit`)."""
         self._now = now
         state = self.trees.get(tree)
         if state is not None:
             state.spare = spare
+            if serves is not None:
+                state.serves = serves
             due = state.own_view_at + self.config.report_interval
             if now >= due:
                 self._refresh_own_view(state)
@@ -344,11 +372,13 @@ class TreeNode:
         state.heartbeat_due = self._now + self.config.heartbeat_interval
         if state.parent is not None:
             spare = max(0, min(state.subtree_spare(), 2**32 - 1))
+            serves = state.subtree_serves()
             state.reported_spare = spare
             state.reported_received = state.received
+            state.reported_serves = serves
             state.reported_at = self._now
             state.report_pending = False
-            frame = TreeHeartbeat(to_bytes(tree), spare, state.received)
+            frame = TreeHeartbeat(to_bytes(tree), spare, state.received, serves)
             self.overlay.send_direct(self._now, state.parent, frame)
 
     def _report_change(self, tree: int, state: TreeState) -> None:
@@ -357,6 +387,7 @@ class TreeNode:
         if state.parent is None or (
             max(0, state.subtree_spare()) == state.reported_spare
             and state.received == state.reported_received
+            and state.subtree_serves() == state.reported_serves
         ):
             return
         due = state.reported_at + self.config.report_interval
@@ -520,29 +551,37 @@ class TreeNode:
         return True
 
     def _dispatch(self, request: TreeRequest, *, from_parent: bool = False) -> None:
-        """Hand a request to this member or to a child subtree, by spare capacity.
+        """Hand a request to this member or to a child subtree that takes its kind,
+        by spare capacity.
 
         With nobody to hand it to, the root answers "no responders"; a node below
         it (whose branch emptied while the request was on its way), or a root
-        whose leaf set changed in the last ``settle_time``, answers "retry", and
-        the requester sends it again to what the tree is now.
+        that has not joined the overlay yet or whose leaf set changed in the last
+        ``settle_time``, answers "retry", and the requester sends it again to
+        what the tree is now.
         """
-        settling = self._now - self.overlay.leaves_changed_at < self.config.settle_time
         # Below the root, or at a root that may have just become one (its leaf
         # set changed a moment ago, and the members' branches are still moving
         # to it), nobody here means "try again", not "nobody in the cluster".
-        nobody = RETRY if from_parent or settling else NO_RESPONDERS
-        self._note_address(from_bytes(request.requester), request.address)
+        now = self._now
+        overlay = self.overlay
+        settling = now - overlay.leaves_changed_at < self.config.settle_time
+        nobody = RETRY if from_parent or settling or not overlay.check_ready(now) else NO_RESPONDERS
+        requester = from_bytes(request.requester)
+        self._note_address(requester, request.address)
         tree = from_bytes(request.tree)
         state = self.trees.get(tree)
         if state is None or not state.needed:
-            self.reply(self._now, from_bytes(request.requester), request.request_id, nobody, b"")
+            self.reply(now, requester, request.request_id, nobody, b"")
             return
+        bit = serves_bit(request.kind)
         candidates: dict[int | None, int] = {}
-        if state.member:
+        if state.member and state.serves & bit:
             candidates[None] = state.own_view - state.own_since
         for child in state.children:
-            candidates[child] = state.child_score(child)
+            serves = state.child_serves.get(child)
+            if serves is None or serves & bit:  # not reported yet: it may take it
+                candidates[child] = state.child_score(child)
         while candidates:
             chosen = self._pick(candidates)
             if chosen is None:
@@ -550,13 +589,15 @@ class TreeNode:
                 state.own_since += 1
                 self._deliveries.append(RequestDelivery(tree, request))
                 return
-            if self.overlay.send_direct(self._now, chosen, request):
+            if overlay.send_direct(now, chosen, request):
                 state.sent[chosen] = state.sent.get(chosen, 0) + 1
                 return
             # That child's link is gone: forget it, try another.
             self._forget_child(state, chosen)
             del candidates[chosen]
-        self.reply(self._now, from_bytes(request.requester), request.request_id, nobody, b"")
+        # The cluster has members, but none takes this kind of request.
+        what = _KIND_NAMES.get(request.kind, "this kind of request")
+        self.reply(now, requester, request.request_id, nobody, f"no member takes {what}".encode())
 
     def _pick(self, candidates: dict[int | None, int]) -> int | None:
         """A target at random, weighted by spare capacity, so equal members share
@@ -572,6 +613,7 @@ class TreeNode:
     def _forget_child(state: TreeState, child: int) -> None:
         state.children.pop(child, None)
         state.child_spare.pop(child, None)
+        state.child_serves.pop(child, None)
         state.sent.pop(child, None)
         state.acknowledged.pop(child, None)
 
@@ -594,10 +636,12 @@ class TreeNode:
         state = self.trees.get(tree)
         return state is not None and state.linked
 
-    def _child_alive(self, tree: int, child: int, now: float, spare: int, received: int) -> None:
+    def _child_alive(self, tree: int, child: int, now: float, frame: TreeHeartbeat) -> None:
+        received = frame.received
         state = self.trees.setdefault(tree, TreeState())
         state.children[child] = now
-        state.child_spare[child] = spare
+        state.child_spare[child] = frame.spare
+        state.child_serves[child] = frame.serves
         if received > state.sent.get(child, 0):  # the child kept count longer than we did
             state.sent[child] = received
         state.acknowledged[child] = received

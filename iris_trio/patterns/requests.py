@@ -9,9 +9,26 @@ import trio
 
 from .._util import receive_parked
 
-__all__ = ["IncomingRequests", "Request"]
+__all__ = ["IncomingRequests", "Request", "decode_failure", "encode_failure"]
 
-Answer = Callable[["Request", int, bytes], None]
+#: Called once per request with its answer: a status and its data, or (None,
+#: b"") when it is dropped unanswered (the requester had stopped waiting).
+Answer = Callable[["Request", int | None, bytes], None]
+
+
+def encode_failure(message: str, type_name: str = "") -> bytes:
+    """The data of a failed request's answer: the exception type's name (may be
+    empty), a newline, the message."""
+    return f"{type_name}\n{message}".encode("utf-8", "replace")
+
+
+def decode_failure(data: bytes) -> tuple[str, str]:
+    """(type name, message) of a failure's data (see :func:`encode_failure`)."""
+    text = data.decode("utf-8", "replace")
+    type_name, newline, message = text.partition("\n")
+    if not newline or (type_name and not all(p.isidentifier() for p in type_name.split("."))):
+        return "", text  # not in that form: all of it is the message
+    return type_name, message
 
 
 class Request:
@@ -61,9 +78,10 @@ class Request:
         self.reply_nowait(data)
         await trio.lowlevel.checkpoint()
 
-    async def fail(self, message: str) -> None:
-        """Answer with an error: the requester gets RemoteError(message). A checkpoint."""
-        self.fail_nowait(message)
+    async def fail(self, message: str, type_name: str = "") -> None:
+        """Answer with an error: the requester gets ``RemoteError(message,
+        type_name)``. A checkpoint."""
+        self.fail_nowait(message, type_name)
         await trio.lowlevel.checkpoint()
 
     def reply_nowait(self, data: bytes) -> None:
@@ -72,9 +90,16 @@ class Request:
             raise TypeError(f"data must be bytes, not {type(data).__name__}")
         self._once(0, data)
 
-    def fail_nowait(self, message: str) -> None:
+    def fail_nowait(self, message: str, type_name: str = "") -> None:
         """Answer with an error (once) without a checkpoint."""
-        self._once(1, message.encode("utf-8", "replace"))
+        self._once(1, encode_failure(str(message), str(type_name)))
+
+    def _drop(self) -> None:
+        """Give up on this request without answering (its requester stopped
+        waiting): its place among the member's requests in flight is free again."""
+        if not self._answered:
+            self._answered = True
+            self._answer(self, None, b"")
 
     @property
     def answered(self) -> bool:
