@@ -16,12 +16,15 @@ LINES = [b"hello, cluster", b"this reaches every member", b"exactly once, in ord
 
 
 async def member(name: str, seed: str, ready: trio.Event) -> None:
-    async with iris_trio.join("chat", seeds=[seed], discovery="off") as node:
-        await node.wait_joined()
-        async with node.broadcasts() as messages:
-            ready.set()
-            for _ in LINES:
-                print(f"{name} heard: {(await messages.receive()).decode()}")
+    # broadcasts() returns once this member receives: it has joined the overlay
+    # and the cluster's tree has taken it in.
+    async with (
+        iris_trio.join("chat", seeds=[seed], discovery="off") as node,
+        node.broadcasts() as messages,
+    ):
+        ready.set()
+        for _ in LINES:
+            print(f"{name} heard: {(await messages.receive()).decode()}")
 
 
 async def main() -> None:
@@ -31,7 +34,6 @@ async def main() -> None:
             nursery.start_soon(member, name, speaker.address, ready)
         for ready in readies:
             await ready.wait()
-        await trio.sleep(0.5)  # let the cluster's tree form
         for line in LINES:
             await speaker.broadcast("chat", line)
 

@@ -16,12 +16,15 @@ TICKS = 10
 
 
 async def subscriber(name: str, ready: trio.Event, seed: str) -> None:
-    async with iris_trio.join(seeds=[seed], discovery="off") as node:
-        await node.wait_joined()
-        async with node.subscribe("prices") as ticks:
-            ready.set()
-            for _ in range(TICKS):
-                print(f"{name} got {(await ticks.receive()).decode()}")
+    # subscribe() returns once the subscription receives every tick published
+    # from then on.
+    async with (
+        iris_trio.join(seeds=[seed], discovery="off") as node,
+        node.subscribe("prices") as ticks,
+    ):
+        ready.set()
+        for _ in range(TICKS):
+            print(f"{name} got {(await ticks.receive()).decode()}")
 
 
 async def main() -> None:
@@ -31,10 +34,9 @@ async def main() -> None:
             nursery.start_soon(subscriber, name, ready, ticker.address)
         for ready in readies:
             await ready.wait()
-        await trio.sleep(0.5)  # let the topic's tree form
         for tick in range(TICKS):
             await ticker.publish("prices", f"IRIS {100 + tick}.00".encode())
-            await trio.sleep(0.05)
+            await trio.sleep(0.05)  # a ticker's pace
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ async def main() -> None:
 
 async def _member(name: str, seed: str, *, task_status: trio.TaskStatus[iris_trio.Node]) -> None:
     async with iris_trio.join("echo", seeds=[seed], discovery="off") as node:
-        await node.wait_joined()
+        await node.wait_joined()  # it has found the others (requests would wait for it too)
         task_status.started(node)
         await trio.sleep_forever()
 

@@ -37,7 +37,7 @@ async def store(tunnel: iris_trio.Tunnel, directory: Path) -> None:
 
 async def storage_member(seed: str, directory: Path, *, task_status: trio.TaskStatus[None]) -> None:
     async with iris_trio.join(seeds=[seed], discovery="off") as node:
-        await node.wait_joined()
+        await node.wait_joined()  # it has found the others (requests would wait for it too)
         async with node.tunnels("storage") as incoming, trio.open_nursery() as copies:
             task_status.started()
             async for tunnel in incoming:

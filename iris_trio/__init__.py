@@ -16,6 +16,8 @@ publish/subscribe (``node.publish``; ``node.subscribe()``) and tunnels
 """
 
 from ._node import MAX_MESSAGE_SIZE as MAX_MESSAGE_SIZE
+from ._node import MAX_NAME_LENGTH as MAX_NAME_LENGTH
+from ._node import MAX_TIMEOUT as MAX_TIMEOUT
 from ._node import Node as Node
 from ._node import NodeStatistics as NodeStatistics
 from ._node import join as join
@@ -34,6 +36,7 @@ from .errors import NoRespondersError as NoRespondersError
 from .errors import ProtocolError as ProtocolError
 from .errors import RemoteError as RemoteError
 from .errors import RequestTimeoutError as RequestTimeoutError
+from .overlay.discovery import DiscoveryConfig as DiscoveryConfig
 from .patterns.requests import IncomingRequests as IncomingRequests
 from .patterns.requests import Request as Request
 from .patterns.subscription import Subscription as Subscription

@@ -397,7 +397,9 @@ class Node:
 
         Without ``cluster``, those sent to every cluster this node is a member of;
         with it, this node is a member of ``cluster`` for the body as well (as
-        :meth:`join`) and receives that cluster's broadcasts only.
+        :meth:`join`) and receives that cluster's broadcasts only. Returns once
+        the broadcasts sent from then on reach the receiver (the node has joined
+        the overlay and each cluster's tree has taken it in; 5 s at most each).
 
         Raises:
             ConfigError: ``cluster`` is empty or too long, or ``capacity`` < 1.
@@ -423,6 +425,8 @@ class Node:
         for joined in self._clusters:
             self._receivers.setdefault(name_id(CLUSTER, joined), set()).add(receiver)
         try:
+            for joined in list(self._clusters):  # receiving once each tree has us
+                await self._wait_linked(name_id(CLUSTER, joined))
             yield receiver
         finally:
             await receiver.aclose()
@@ -1095,7 +1099,7 @@ async def serve_node(
     key: NetworkKey | bytes | None = None,
     listen: str | None = None,
     seeds: Sequence[str] = (),
-    discovery: DiscoveryMode | None = None,
+    discovery: DiscoveryMode | DiscoveryConfig | None = None,
     identity: NodeIdentity | None = None,
     config: OverlayConfig | None = None,
     task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED,
@@ -1110,7 +1114,12 @@ async def serve_node(
         check_name("cluster", cluster)
     chosen = _network(network, key)
     dev = chosen is DEV_NETWORK
-    mode: DiscoveryMode = discovery or ("loopback" if dev else "lan")
+    settings: DiscoveryConfig | None = None
+    mode: DiscoveryMode
+    if isinstance(discovery, DiscoveryConfig):
+        settings, mode = discovery, discovery.mode
+    else:
+        mode = discovery or ("loopback" if dev else "lan")
     if mode not in ("loopback", "lan", "off"):
         raise ConfigError(f"discovery must be 'loopback', 'lan' or 'off', not {mode!r}")
     if dev and mode == "lan":
@@ -1128,7 +1137,7 @@ async def serve_node(
         host=host,
         port=port,
         seeds=list(seeds),
-        discovery=DiscoveryConfig(mode=mode),
+        discovery=settings or DiscoveryConfig(mode=mode),
         config=config,
     )
     node = Node(driver, cluster)
@@ -1153,7 +1162,7 @@ async def join(
     key: NetworkKey | bytes | None = None,
     listen: str | None = None,
     seeds: Sequence[str] = (),
-    discovery: DiscoveryMode | None = None,
+    discovery: DiscoveryMode | DiscoveryConfig | None = None,
     identity: NodeIdentity | None = None,
     config: OverlayConfig | None = None,
 ) -> AsyncIterator[Node]:
@@ -1165,7 +1174,8 @@ async def join(
             them, the dev network: loopback only, zero configuration, not secret.
         listen: "host:port" to accept links on (dev: 127.0.0.1:0; else 0.0.0.0:0).
         seeds: addresses to join through, in addition to discovery.
-        discovery: "loopback", "lan" or "off" (dev: loopback; else lan).
+        discovery: "loopback", "lan" or "off" (dev: loopback; else lan), or a
+            DiscoveryConfig for ports and intervals of its own.
         identity: the node's key pair (default: a fresh one).
         config: overlay timing and sizing.
 
