@@ -371,6 +371,14 @@ class Node:
         """
         self._check_open()
         check_name("cluster", cluster)
+        async with self._membership(cluster):
+            await self._wait_linked(name_id(CLUSTER, cluster))
+            yield
+
+    @asynccontextmanager
+    async def _membership(self, cluster: str) -> AsyncIterator[None]:
+        """Be a member of ``cluster`` for the body, without waiting for the tree
+        (so that a receiver can be in place before the tree hears of us)."""
         self._clusters[cluster] += 1
         if self._clusters[cluster] == 1:
             log.info("joined cluster %r", cluster)
@@ -378,7 +386,6 @@ class Node:
             for receiver in self._broadcast_receivers:
                 self._receivers.setdefault(name_id(CLUSTER, cluster), set()).add(receiver)
         try:
-            await self._wait_linked(name_id(CLUSTER, cluster))
             yield
         finally:
             self._clusters[cluster] -= 1
@@ -594,11 +601,14 @@ class Node:
             raise ConfigError("requests() needs a cluster (or join() one)")
         tree = name_id(CLUSTER, name)
         limit = DEFAULT_HANDLER_LIMIT if limit is None else check_count("limit", limit)
-        async with self.join(name):
+        async with self._membership(name):
+            # In place before the tree hears of this member, so that its first
+            # report already says it takes requests.
             incoming = IncomingRequests(lambda: self._report_spare(tree), self._stop_requests)
             self._incoming.setdefault(tree, []).append((incoming, limit))
             self._report_serves(tree)
             try:
+                await self._wait_linked(tree)
                 yield incoming
             finally:
                 await incoming.aclose()
@@ -764,11 +774,12 @@ class Node:
         check_count("window", window)
         check_count("backlog", backlog)
         tree = name_id(CLUSTER, name)
-        async with self.join(name):
+        async with self._membership(name):
             inbox = IncomingTunnels(backlog, self._stop_tunnels)
             self._tunnel_inboxes.setdefault(tree, []).append((inbox, window))
             self._report_serves(tree)
             try:
+                await self._wait_linked(tree)
                 yield inbox
             finally:
                 await inbox.aclose()

@@ -153,6 +153,8 @@ class TreeState:
     child_spare: dict[int, int] = dataclasses.field(default_factory=dict)
     #: The kinds of request each child's subtree takes (absent: not reported yet).
     child_serves: dict[int, int] = dataclasses.field(default_factory=dict)
+    #: When a child last joined or said its subtree takes other kinds of request.
+    serves_changed_at: float = -math.inf
     #: Requests sent to each child, and how many it said it had received.
     sent: dict[int, int] = dataclasses.field(default_factory=dict)
     acknowledged: dict[int, int] = dataclasses.field(default_factory=dict)
@@ -391,8 +393,8 @@ class TreeNode:
         ):
             return
         due = state.reported_at + self.config.report_interval
-        if self._now >= due:
-            self._report(tree, state)
+        if self._now >= due or state.subtree_serves() != state.reported_serves:
+            self._report(tree, state)  # (what the subtree takes changes rarely: at once)
         else:
             state.report_pending = True
             self._report_due = min(self._report_due, due)
@@ -509,6 +511,7 @@ class TreeNode:
             self._pin()
             return True
         state.children[previous] = self._now
+        state.serves_changed_at = self._now  # it may take requests: it will say
         if state.attached:
             if state.linked:
                 self.overlay.send_direct(self._now, previous, TreeAck(join.tree))
@@ -546,6 +549,7 @@ class TreeNode:
         state.join_sent_at = None
         if effect.previous is not None:
             state.children[effect.previous] = self._now
+            state.serves_changed_at = self._now
         self._set_linked(tree, state)
         self._pin()
         return True
@@ -595,7 +599,10 @@ class TreeNode:
             # That child's link is gone: forget it, try another.
             self._forget_child(state, chosen)
             del candidates[chosen]
-        # The cluster has members, but none takes this kind of request.
+        # The cluster has members, but none takes this kind of request (if one
+        # just joined or changed, its word may be on the way: retry then).
+        if now - state.serves_changed_at < self.config.settle_time:
+            nobody = RETRY
         what = _KIND_NAMES.get(request.kind, "this kind of request")
         self.reply(now, requester, request.request_id, nobody, f"no member takes {what}".encode())
 
@@ -641,7 +648,9 @@ class TreeNode:
         state = self.trees.setdefault(tree, TreeState())
         state.children[child] = now
         state.child_spare[child] = frame.spare
-        state.child_serves[child] = frame.serves
+        if state.child_serves.get(child) != frame.serves:
+            state.child_serves[child] = frame.serves
+            state.serves_changed_at = now
         if received > state.sent.get(child, 0):  # the child kept count longer than we did
             state.sent[child] = received
         state.acknowledged[child] = received
