@@ -273,6 +273,9 @@ async def test_an_unanswered_request_times_out_and_a_late_reply_is_discarded() -
             assert isinstance(delivered, RequestDelivery)
             assert await client.expect(ReplyDelivery) == ReplyDelivery(7, True)
             assert 0.25 < trio.current_time() - started < 2.0
+            # The member's deadline is the remaining time rounded up to a whole
+            # millisecond, so it may pass a moment after the requester's.
+            await trio.sleep(0.05)
             await service.send(reply(delivered.id, b"too late"))
             await service.barrier()  # still connected
             await client.nothing_for(0.2)
@@ -508,6 +511,41 @@ async def test_malformed_input_closes_that_connection_only(garbage: bytes, why: 
             await service.send(reply(delivered.id, b"yes"))
             assert await good.expect(ReplyDelivery) == ReplyDelivery(1, False, True, reply=b"yes")
         assert relay.statistics().protocol_violations == 1
+
+
+@pytest.mark.parametrize(
+    "packet",
+    [broadcast("", b"x"), publish("", b"x"), subscribe(""), broadcast("c" * 1025, b"x")],
+    ids=["broadcast", "publish", "subscribe", "long-cluster"],
+)
+async def test_a_name_the_node_refuses_is_a_violation_where_nothing_answers(
+    packet: bytes,
+) -> None:
+    async with relay_node() as (_, relay):
+        async with raw(relay) as bad:
+            await bad.send(packet)
+            rest = await bad.closed()
+            assert len(rest) == 1 and isinstance(rest[0], NodeClose)
+            assert rest[0].reason.startswith("protocol violation: a ")
+            assert "name must" in rest[0].reason
+        assert relay.statistics().protocol_violations == 1
+
+
+async def test_a_name_the_node_refuses_is_answered_where_the_protocol_can() -> None:
+    async with relay_node() as (_, relay):
+        async with raw(relay) as client:
+            await client.send(request(1, "", b"?", 2000), tunnel_init(2, "", 2000))
+            answer = await client.expect(ReplyDelivery)
+            assert isinstance(answer, ReplyDelivery) and not answer.success
+            assert answer.fault == "ConfigError: a cluster name must not be empty"
+            assert await client.expect(TunnelConfirmed) == TunnelConfirmed(2, True)
+        async with await trio.open_tcp_stream("127.0.0.1", relay.port) as stream:
+            denied = Raw(stream)
+            await denied.send(init("c" * 1025))
+            (deny,) = await denied.closed()
+            assert isinstance(deny, Deny) and deny.reason.startswith("Invalid cluster name: ")
+        assert relay.statistics().denied == 1
+        assert relay.statistics().protocol_violations == 0
 
 
 async def test_close_finishes_in_flight_requests_then_confirms() -> None:

@@ -13,6 +13,12 @@ MessageTooLargeError), and the streams it hands out raise anyio's
 ``EndOfStream`` / ``BrokenResourceError`` / ``ClosedResourceError``.
 A connection the node closes or loses makes every waiting call raise
 ``anyio.BrokenResourceError`` with the reason.
+
+A service is a member of its cluster for as long as its connection is open.
+When its :meth:`Connection.serve` loop ends (cancelled, or failed) the client
+closes the connection, as the Iris client libraries do when their handler loop
+dies: the relay protocol has no other way to leave a cluster, and a member that
+takes requests nobody handles would make each of them wait out its timeout.
 """
 
 from __future__ import annotations
@@ -70,7 +76,7 @@ from .codec import (
     Unsubscribe,
     encode,
 )
-from .connection import NO_RESPONDERS_FAULT
+from .connection import NO_RESPONDERS_FAULT, split_fault
 from .inbox import Inbox
 from .server import DEFAULT_PORT
 from .writer import PacketWriter
@@ -87,6 +93,10 @@ _YIELD_EVERY: Final = 64
 DEFAULT_EVENT_CAPACITY: Final = 16384
 _QUEUED_BYTES: Final = 4 * 1024 * 1024
 _MAX_TUNNEL_MESSAGE: Final = 64 * 1024 * 1024
+#: Why a service's connection closes when its serving loop ends.
+_STOPPED_SERVING: Final = "the connection closed: its service stopped serving (serve() ended)"
+#: The fault of a request the service received but never handed to its handler.
+_NOT_HANDLED: Final = "the service stopped serving before handling the request"
 
 
 class _Waiter:
@@ -280,6 +290,8 @@ class Connection:
         self._broadcasts: Inbox[bytes] = Inbox(event_capacity)
         self._incoming_tunnels: Inbox[RelayTunnel] = Inbox()
         self._closed: str | None = None  # why the connection ended, once it did
+        self._closing: str | None = None  # why this side sent CLOSE, once it did
+        self._serving = 0  # serve() loops running
         self._sends = 0
         self._close_confirmed = anyio.Event()
 
@@ -316,7 +328,8 @@ class Connection:
             return answer.reply
         if answer.fault.startswith(NO_RESPONDERS_FAULT):
             raise NoRespondersError(answer.fault[len(NO_RESPONDERS_FAULT) :])
-        raise RemoteError(answer.fault)
+        type_name, message = split_fault(answer.fault)
+        raise RemoteError(message, type_name)
 
     async def broadcast(self, cluster: str, data: bytes) -> None:
         """Send ``data`` to every member of ``cluster``."""
@@ -429,13 +442,55 @@ class Connection:
         self, handler: Callable[[bytes], Awaitable[bytes]], *, limit: int | None = None
     ) -> None:
         """Answer requests with ``handler`` until cancelled or the connection ends;
-        at most ``limit`` at once (default 4 x CPU), each under its deadline. An
-        exception from the handler goes to the requester as RemoteError."""
+        at most ``limit`` at once (default 4 x CPU), each under its deadline.
+
+        Whatever the handler does, the requester gets an answer and serving goes
+        on: an exception goes to the requester as RemoteError (its type name and
+        message), and so does a result that is not ``bytes`` (a TypeError).
+
+        When serving ends (this call is cancelled, or fails: a BaseException from
+        the handler), the service leaves its cluster by closing the connection:
+        the requests it received and never handed to the handler are failed at
+        once (RemoteError), the node sends those still queued for it to other
+        members, and the connection's own requests in flight still get their
+        answers; anything else then raises ``anyio.BrokenResourceError``.
+        """
+        requests = self.requests  # ConfigError for a plain client
         limiter = anyio.Semaphore(limit or 4 * (os.cpu_count() or 1))
-        async with anyio.create_task_group() as tasks:
-            async for request in self.requests:
-                await limiter.acquire()
-                tasks.start_soon(_handle, handler, request, limiter)
+        self._serving += 1
+        try:
+            async with anyio.create_task_group() as tasks:
+                while True:
+                    # Room first: a request taken is always in a handler's hands.
+                    await limiter.acquire()
+                    try:
+                        request = await requests.receive()
+                    except anyio.EndOfStream:  # the connection closed cleanly
+                        return
+                    tasks.start_soon(_handle, handler, request, limiter)
+        finally:
+            self._serving -= 1
+            if not self._serving:
+                self._stop_serving()
+
+    def _stop_serving(self) -> None:
+        """The serving loop is gone: leave the cluster now (see :meth:`serve`)."""
+        if self._closed is not None or self._closing is not None:
+            return
+        self._closing = _STOPPED_SERVING
+        unhandled: list[RelayRequest] = []
+        with contextlib.suppress(anyio.WouldBlock, anyio.EndOfStream, anyio.BrokenResourceError):
+            while True:
+                unhandled.append(self._requests.receive_nowait())
+        self._requests.close(_STOPPED_SERVING)
+        with contextlib.suppress(anyio.BrokenResourceError):
+            for request in unhandled:  # never seen by a handler: failed, not lost
+                request._answered = True
+                self._writer.send_nowait(Reply(request._id, False, fault=_NOT_HANDLED))
+            # The node stops handing requests to this connection as it reads CLOSE;
+            # it fails those handed over and not answered (a handler may have
+            # begun them), and answers CLOSE once the client's own work is done.
+            self._writer.send_nowait(ClientClose())
 
     def _check_service(self) -> None:
         if not self.cluster:
@@ -444,6 +499,8 @@ class Connection:
     def _check_open(self) -> None:
         if self._closed is not None:
             raise anyio.BrokenResourceError(self._closed or "the connection is closed")
+        if self._closing is not None:
+            raise anyio.BrokenResourceError(self._closing)
 
     # ---------------------------------------------------------- connection
 
@@ -490,6 +547,8 @@ class Connection:
         Yields to other tasks at least every 64 calls (a burst still goes out
         in large writes, and the reader is never starved by a sending loop).
         """
+        if self._closing is not None:  # the node reads nothing after our CLOSE
+            raise anyio.BrokenResourceError(self._closing)
         try:
             await self._writer.send(packet)
             self._sends += 1
@@ -521,8 +580,10 @@ class Connection:
     async def _close(self) -> None:
         """Graceful close: CLOSE, and wait for the node to confirm."""
         if self._closed is None:
-            with contextlib.suppress(anyio.BrokenResourceError):
-                self._writer.send_nowait(ClientClose())
+            if self._closing is None:
+                self._closing = "the connection is closed"
+                with contextlib.suppress(anyio.BrokenResourceError):
+                    self._writer.send_nowait(ClientClose())
             with anyio.move_on_after(_CLOSE_TIMEOUT):
                 await self._close_confirmed.wait()
         self._end("")
@@ -565,7 +626,7 @@ class Connection:
             if tunnel is not None:
                 tunnel._end(packet.reason)
         elif isinstance(packet, NodeClose):
-            self._closed = packet.reason or "the connection is closed"
+            self._closed = packet.reason or self._closing or "the connection is closed"
             self._end(self._closed)
         else:
             raise ProtocolError(f"unexpected {type(packet).__name__} from the node")
@@ -613,8 +674,15 @@ async def _handle(
         with anyio.move_on_after(request.deadline - anyio.current_time()):
             try:
                 result = await handler(request.data)
+                if type(result) is not bytes:
+                    raise TypeError(f"the handler returned {type(result).__name__}, not bytes")
+                check_message(result)  # MessageTooLargeError
             except Exception as exc:  # the handler's failure goes to the requester
-                await request.fail(str(exc) or type(exc).__name__)
+                # Typed like str(RemoteError): the requester's RemoteError (iris_trio's
+                # client or node) gets the type name back.
+                text = str(exc)
+                name = type(exc).__name__
+                await request.fail(f"{name}: {text}" if text else name)
             else:
                 await request.reply(result)
     except anyio.BrokenResourceError:

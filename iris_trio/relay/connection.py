@@ -18,6 +18,7 @@ import functools
 import heapq
 import logging
 import math
+import re
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final
@@ -25,8 +26,8 @@ from typing import TYPE_CHECKING, Any, Final
 import anyio
 import trio
 
-from .._node import MAX_MESSAGE_SIZE
-from ..errors import MessageTooLargeError, NoRespondersError, RemoteError
+from .._node import MAX_MESSAGE_SIZE, MAX_TIMEOUT, check_name
+from ..errors import ConfigError, MessageTooLargeError, NoRespondersError, RemoteError
 from ..patterns.requests import IncomingRequests, Request
 from ..patterns.subscription import Subscription
 from ..patterns.tunnel import DEFAULT_WINDOW, Tunnel
@@ -67,7 +68,7 @@ from .writer import PacketWriter
 if TYPE_CHECKING:
     from .._node import Node
 
-__all__ = ["NO_RESPONDERS_FAULT", "RelayConnection", "RelayLimits"]
+__all__ = ["NO_RESPONDERS_FAULT", "RelayConnection", "RelayLimits", "split_fault"]
 
 log = logging.getLogger("iris_trio.relay")
 
@@ -76,6 +77,30 @@ log = logging.getLogger("iris_trio.relay")
 NO_RESPONDERS_FAULT: Final = "no responders: "
 _SHUTDOWN: Final = "the node is shutting down"
 _READ_SIZE: Final = 256 * 1024
+#: A fault naming an exception type the way ``str(RemoteError)`` does:
+#: "ValueError: bad input" (the type's last dotted part is capitalised).
+_TYPED_FAULT: Final = re.compile(r"((?:[A-Za-z_]\w*\.)*[A-Z]\w*): (.*)", re.DOTALL)
+
+
+def split_fault(fault: str) -> tuple[str, str]:
+    """(type name, message) of a relay fault text: "ValueError: bad" gives
+    ("ValueError", "bad"); a fault in no such form is all message ("", fault)."""
+    match = _TYPED_FAULT.fullmatch(fault)
+    if match is None:
+        return "", fault
+    return match[1], match[2]
+
+
+def _fault(exc: BaseException) -> str:
+    """The fault text of a local error, typed like ``str(RemoteError)``."""
+    if isinstance(exc, RemoteError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _seconds(timeout_ms: int) -> float:
+    """A client's timeout in seconds, within what the node takes (1 ms .. MAX_TIMEOUT)."""
+    return min(max(timeout_ms, 1) / 1000, MAX_TIMEOUT)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -143,6 +168,9 @@ class RelayConnection:
         self._writer_scope = trio.CancelScope(shield=True)
         self._reader = PacketReader("client")
         self.cluster = ""
+        self._peer = self._peer_name()
+        self._connected = False  # INIT accepted (and logged)
+        self._ending: str | None = None  # why the connection ends, for the log
         self._work: trio.Nursery | None = None
         self._changed = trio.lowlevel.ParkingLot()  # requests or tunnels finished
         # The client's own requests and tunnels.
@@ -188,6 +216,16 @@ class RelayConnection:
 
     async def run(self) -> None:
         """Serve the client until it leaves, misbehaves, or the relay stops."""
+        try:
+            await self._run()
+        except Exception:
+            self._ending = self._ending or "a failure of the relay (logged)"
+            raise
+        finally:
+            if self._connected:
+                log.info("relay client %s closed: %s", self._peer, self._ending or _SHUTDOWN)
+
+    async def _run(self) -> None:
         final: Packet | None = NodeClose(_SHUTDOWN)
         try:
             async with trio.open_nursery() as outer:
@@ -211,6 +249,7 @@ class RelayConnection:
             try:
                 await self._writer.run()
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                self._ending = self._ending or "the connection was lost"
                 scope.cancel()  # the client is gone: nothing more can reach it
 
     async def _session(self) -> Packet | None:
@@ -225,6 +264,7 @@ class RelayConnection:
         refusal = self._refusal(init)
         if refusal is not None:
             self._counters["denied"] += 1
+            log.info("relay client %s denied: %s", self._peer, refusal)
             return Deny(MAGIC_RELAY, refusal)
         self.cluster = init.cluster
         async with trio.open_nursery() as work:
@@ -232,14 +272,22 @@ class RelayConnection:
             if self.cluster:
                 await self._register(work)
             self._writer.send_nowait(NodeInit(MAGIC_RELAY, VERSION))
+            self._connected = True
+            log.info(
+                "relay client connected from %s (%s)",
+                self._peer,
+                f"service of cluster {self.cluster!r}" if self.cluster else "client",
+            )
             try:
                 graceful = await self._read(pipelined)
             except RelayProtocolError as exc:
                 work.cancel_scope.cancel()
                 return self._violation(exc)
             if not graceful:
+                self._ending = self._ending or "the client disconnected"
                 work.cancel_scope.cancel()
                 return None
+            self._ending = "the client closed the connection"
             with trio.move_on_after(self._limits.close_timeout):
                 await self._finish()
             self._counters["closed_gracefully"] += 1
@@ -248,15 +296,16 @@ class RelayConnection:
 
     def _violation(self, exc: RelayProtocolError) -> Packet:
         self._counters["protocol_violations"] += 1
-        log.warning("relay client %s broke the protocol: %s", self._peer_name(), exc)
-        return NodeClose(f"protocol violation: {exc}")
+        log.warning("relay client %s broke the protocol: %s", self._peer, exc)
+        self._ending = f"protocol violation: {exc}"
+        return NodeClose(self._ending)
 
     def _peer_name(self) -> str:
         try:
             host, port, *_ = self._stream.socket.getpeername()
         except OSError:
             return "(gone)"
-        return f"{host}:{port}"
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     async def _receive(self) -> bytes:
         try:
@@ -283,6 +332,11 @@ class RelayConnection:
             return f"Unsupported protocol magic: {init.magic!r}."
         if init.version != VERSION:
             return f"Unsupported protocol. Client: {init.version}. Iris: {VERSION}."
+        if init.cluster:
+            try:
+                check_name("cluster", init.cluster)
+            except ConfigError as exc:
+                return f"Invalid cluster name: {exc}."
         return None
 
     async def _read(self, packets: list[Packet]) -> bool:
@@ -393,7 +447,8 @@ class RelayConnection:
         if request.answered:  # the member stopped meanwhile
             return
         if not packet.success:
-            request.fail_nowait(packet.fault)
+            type_name, message = split_fault(packet.fault)
+            request.fail_nowait(message, type_name)
         elif len(packet.reply) > MAX_MESSAGE_SIZE:
             request.fail_nowait(f"the reply of {len(packet.reply)} bytes is too large")
         else:
@@ -463,15 +518,22 @@ class RelayConnection:
         try:
             try:
                 reply = await self._node.request(
-                    packet.cluster, packet.request, timeout=packet.timeout_ms / 1000
+                    packet.cluster, packet.request, timeout=_seconds(packet.timeout_ms)
                 )
             except trio.TooSlowError:
                 answer = ReplyDelivery(packet.id, True)
             except NoRespondersError as exc:
                 fault = NO_RESPONDERS_FAULT + str(exc)
                 answer = ReplyDelivery(packet.id, False, False, fault=fault)
-            except (RemoteError, MessageTooLargeError) as exc:
-                answer = ReplyDelivery(packet.id, False, False, fault=str(exc))
+            except (
+                RemoteError,
+                MessageTooLargeError,
+                ConfigError,
+                trio.ClosedResourceError,
+            ) as exc:
+                # ConfigError: a cluster name the node refuses ("" is answered at
+                # once: the iris_trio client's barrier relies on it).
+                answer = ReplyDelivery(packet.id, False, False, fault=_fault(exc))
             else:
                 answer = ReplyDelivery(packet.id, False, True, reply=reply)
             await self._writer.send(answer)
@@ -482,11 +544,17 @@ class RelayConnection:
 
     async def _on_broadcast(self, packet: Broadcast) -> None:
         self._check_size(packet.message)
-        await self._node.broadcast(packet.cluster, packet.message)
+        try:
+            await self._node.broadcast(packet.cluster, packet.message)
+        except ConfigError as exc:  # a name the node refuses: the protocol has no answer
+            raise RelayProtocolError(str(exc)) from None
 
     async def _on_publish(self, packet: Publish) -> None:
         self._check_size(packet.event)
-        await self._node.publish(packet.topic, packet.event)
+        try:
+            await self._node.publish(packet.topic, packet.event)
+        except ConfigError as exc:  # a name the node refuses: the protocol has no answer
+            raise RelayProtocolError(str(exc)) from None
 
     @staticmethod
     def _check_size(message: bytes) -> None:
@@ -499,6 +567,10 @@ class RelayConnection:
             self._counters["duplicate_subscriptions"] += 1
             await trio.lowlevel.checkpoint()
             return
+        try:
+            check_name("topic", packet.topic)
+        except ConfigError as exc:  # the protocol has no answer to carry it
+            raise RelayProtocolError(str(exc)) from None
         assert self._work is not None
         await self._work.start(self._quietly, self._subscription, packet.topic)
 
@@ -580,16 +652,18 @@ class RelayConnection:
     async def _open_tunnel(self, packet: TunnelInit) -> None:
         opened = False
         try:
-            timeout = packet.timeout_ms / 1000
+            timeout = _seconds(packet.timeout_ms)
             async with self._node.tunnel(packet.cluster, timeout=timeout) as tunnel:
                 opened = True
                 bridge = self._bridge(packet.tunnel_id, tunnel)
                 self._opening.discard(packet.tunnel_id)
                 self._writer.send_nowait(TunnelConfirmed(packet.tunnel_id, False, CHUNK_LIMIT))
                 await self._relay_tunnel(bridge)
-        except (trio.TooSlowError, NoRespondersError, RemoteError):
+        except (trio.TooSlowError, NoRespondersError, RemoteError, ConfigError):
             if opened:
                 raise
+            # The protocol has no fault for a tunnel: every failure to open one
+            # (a cluster name the node refuses too) is answered timed out.
             self._writer.send_nowait(TunnelConfirmed(packet.tunnel_id, True))
         finally:
             self._opening.discard(packet.tunnel_id)

@@ -33,7 +33,7 @@ from ..errors import HandshakeError, ProtocolError
 from ..wire.frames import Frame, FrameCodec, Hello, Keepalive
 from ..wire.framing import LengthPrefixedReader
 from .config import LinkConfig
-from .handshake import HandshakeResult, perform_handshake
+from .handshake import HandshakeResult, log_handshake_failure, perform_handshake
 from .secure_stream import SecureStream
 
 __all__ = ["Link", "LinkStatistics", "open_link", "run_link"]
@@ -561,7 +561,9 @@ async def open_link(
         on_frame: push-mode consumer; without it use :meth:`Link.receive`.
 
     Raises:
-        HandshakeError: the handshake failed (the stream is closed).
+        HandshakeError: the handshake failed (the stream is closed); its text
+            names the likely cause, and it is logged (a WARNING, rate-limited
+            per remote address).
 
     On exit the link is closed gracefully (bounded by ``close_timeout``).
     """
@@ -578,7 +580,8 @@ async def open_link(
             timeout=config.handshake_timeout,
             codec=codec,
         )
-    except HandshakeError:
+    except HandshakeError as exc:
+        log_handshake_failure(stream, exc, initiator=initiator)
         await trio.aclose_forcefully(stream)
         raise
     async with established_link(

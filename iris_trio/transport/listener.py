@@ -5,7 +5,8 @@ An accepted connection first needs a handshake slot: at most
 ``max_handshakes_per_source`` from one source address. A connection that finds
 no slot is closed at once (and counted) instead of queueing, so a flood of
 silent connections cannot starve real peers; every handshake is cut at the
-handshake deadline, which frees its slot.
+handshake deadline, which frees its slot. A failed handshake is logged as a
+WARNING naming the likely cause, at most once every 30 s per source address.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from ..crypto.keys import Network
 from ..errors import HandshakeError
 from ..wire.frames import FrameCodec, Hello
 from .config import LinkConfig
-from .handshake import perform_handshake
+from .handshake import log_handshake_failure, perform_handshake
 from .link import SOFTWARE, FrameHandler, Link, established_link
 
 __all__ = ["LinkListener", "ListenerStatistics", "serve_tcp_links"]
@@ -135,7 +136,7 @@ class LinkListener:
             )
         except HandshakeError as exc:
             self._failed += 1
-            log.debug("incoming handshake from %s failed: %s", source, exc)
+            log_handshake_failure(stream, exc, initiator=False)
             await trio.aclose_forcefully(stream)
             return
         finally:

@@ -31,7 +31,9 @@ async def connect_tcp_link(
 
     Raises:
         OSError: the connection could not be made.
-        HandshakeError: the handshake failed or timed out.
+        HandshakeError: the handshake failed or timed out; its text names the
+            likely cause (e.g. another network key or name), and a failed
+            handshake is logged as a WARNING (at most one per address every 30 s).
     """
     config = config or LinkConfig()
     with trio.move_on_after(config.handshake_timeout) as scope:
