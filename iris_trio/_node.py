@@ -90,8 +90,6 @@ _LINK_WAIT: Final = 5.0
 _YIELD_EVERY: Final = 64
 #: A batch of events is sent once it holds this many bytes (or MAX_EVENTS events).
 _BATCH_BYTES: Final = 64 * 1024
-#: Bytes of requests a member queues before refusing more (as Iris).
-MAX_QUEUED_BYTES: Final = 64 * 1024 * 1024
 CLUSTER, TOPIC = "cluster", "topic"
 #: TreeRequest kinds.
 _REQUEST, _TUNNEL = 0, 1
@@ -669,7 +667,7 @@ class Node:
                 self._report_serves(tree)
             else:
                 self._report_spare(tree)
-        queued, taken = incoming.take_all()
+        queued, taken = incoming.take_every()
         for request in queued:
             self._answer(request, RETRY, b"the member stopped serving")
         for request in taken:
@@ -695,12 +693,6 @@ class Node:
             return
         incoming = max(entries, key=_spare)[0] if len(entries) > 1 else entries[0][0]
         self._count["requests_received"] += 1
-        if incoming.queued_bytes + len(request.data) > MAX_QUEUED_BYTES:
-            self._count["requests_refused"] += 1
-            self._driver.reply(
-                requester, request.request_id, OVERLOADED, b"the member's request queue is full"
-            )
-            return
         deadline = trio.current_time() + request.timeout_ms / 1000
 
         def answer(handled: Request, status: int | None, data: bytes) -> None:
@@ -708,7 +700,12 @@ class Node:
             if status is not None:
                 self._answer(handled, status, data)
 
-        incoming._push(Request(request.data, deadline, request.request_id, requester, answer))
+        arrived = Request(request.data, deadline, request.request_id, requester, answer)
+        if not incoming._push(arrived):
+            self._count["requests_refused"] += 1
+            self._driver.reply(
+                requester, request.request_id, OVERLOADED, b"the member's request queue is full"
+            )
 
     def _answer(self, request: Request, status: int, data: bytes) -> None:
         self._driver.reply(request.requester, request.request_id, status, data)

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
-import collections
 from collections.abc import Callable
 
 import trio
 
-from .._util import receive_parked
+from .queue import BoundedQueue, Overflow
 
-__all__ = ["IncomingRequests", "Request", "decode_failure", "encode_failure"]
+__all__ = [
+    "MAX_QUEUED_BYTES",
+    "IncomingRequests",
+    "Request",
+    "decode_failure",
+    "encode_failure",
+]
+
+#: Bytes of requests a member queues before refusing more (as Iris).
+MAX_QUEUED_BYTES = 64 * 1024 * 1024
+#: Requests are bounded in bytes, not in number.
+_UNCOUNTED = 2**62
 
 #: Called once per request with its answer: a status and its data, or (None,
 #: b"") when it is dropped unanswered (the requester had stopped waiting).
@@ -107,76 +117,82 @@ class Request:
         return self._answered
 
 
-class IncomingRequests(trio.abc.ReceiveChannel[Request]):
+class IncomingRequests(BoundedQueue[Request]):
     """Requests to this member, oldest first; those whose deadline passed while
-    queued are dropped (counted), never handed out."""
+    queued are dropped (counted), never handed out. Beyond ``max_bytes`` of
+    queued requests, more are refused (the requester gets RemoteError)."""
 
     def __init__(
-        self, on_change: Callable[[], None], on_close: Callable[[IncomingRequests], None]
+        self,
+        on_change: Callable[[], None],
+        on_close: Callable[[IncomingRequests], None],
+        *,
+        max_bytes: int = MAX_QUEUED_BYTES,
     ) -> None:
-        self._queue: collections.deque[Request] = collections.deque()
-        self._waiting = trio.lowlevel.ParkingLot()
+        super().__init__(
+            _UNCOUNTED,
+            Overflow.REFUSE,
+            max_bytes=max_bytes,
+            size=_request_size,
+            expired=_request_expired,
+            closed_message="no longer receiving requests",
+        )
         self._on_change = on_change
         self._on_close = on_close
-        self._closed = False
-        self.queued_bytes = 0
-        self.expired = 0
-        self._taken: set[Request] = set()  # received, not yet answered
+        self._in_hand: set[Request] = set()  # received, not yet answered
 
-    def __len__(self) -> int:
-        return len(self._queue)
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes of requests waiting to be received."""
+        return self.buffered_bytes
 
-    def _push(self, request: Request) -> None:
-        self._queue.append(request)
-        self.queued_bytes += len(request.data)
-        self._waiting.unpark()
+    @property
+    def expired(self) -> int:
+        """Requests dropped unhandled because their deadline passed while queued."""
+        return self.expired_count
+
+    def _push(self, request: Request) -> bool:
+        """Queue an arriving request; False if the queue is full (refused)."""
+        if not self.push(request):
+            return False
+        self._on_change()
+        return True
+
+    def _taken(self, item: Request) -> None:
+        self._in_hand.add(item)
         self._on_change()
 
-    def receive_nowait(self) -> Request:
-        """The next live request; raises trio.WouldBlock if there is none."""
-        if self._closed:
-            raise trio.ClosedResourceError("no longer receiving requests")
-        while self._queue:
-            request = self._queue.popleft()
-            self.queued_bytes -= len(request.data)
-            if request.expired:
-                self.expired += 1
-                continue
-            self._taken.add(request)
-            self._on_change()
-            return request
+    def _emptied(self) -> None:
         self._on_change()
-        raise trio.WouldBlock
-
-    async def receive(self) -> Request:
-        """Wait for the next live request."""
-        return await receive_parked(self.receive_nowait, self._waiting)
 
     @property
     def in_flight(self) -> int:
         """Requests received and not yet answered."""
-        return len(self._taken)
+        return len(self._in_hand)
 
     def _answered(self, request: Request) -> None:
-        self._taken.discard(request)
+        self._in_hand.discard(request)
         self._on_change()
 
     async def aclose(self) -> None:
         """Stop receiving: queued requests go back to be sent to another member;
         received ones never answered fail (RemoteError; they may have been
         partly handled, so they are not sent again)."""
-        if not self._closed:
-            self._closed = True
-            self._waiting.unpark_all()
+        if self.close_nowait():
             self._on_close(self)
         await trio.lowlevel.checkpoint()
 
-    def take_all(self) -> tuple[list[Request], list[Request]]:
+    def take_every(self) -> tuple[list[Request], list[Request]]:
         """Remove every request (when closing): those still queued, and those
         received but never answered."""
-        queued = list(self._queue)
-        self._queue.clear()
-        self.queued_bytes = 0
-        taken = list(self._taken)
-        self._taken.clear()
-        return queued, taken
+        taken = list(self._in_hand)
+        self._in_hand.clear()
+        return self.take_all(), taken
+
+
+def _request_size(request: Request) -> int:
+    return len(request.data)
+
+
+def _request_expired(request: Request) -> bool:
+    return request.expired

@@ -25,6 +25,7 @@ import trio
 from .._util import receive_parked
 from ..errors import ProtocolError
 from ..wire.frames import Frame
+from .queue import BoundedQueue, Overflow
 from .tunnel_frames import CHUNK_SIZE, TunnelAllow, TunnelClose, TunnelData
 
 __all__ = ["DEFAULT_WINDOW", "IncomingTunnels", "Tunnel", "TunnelPath", "TunnelStatistics"]
@@ -368,44 +369,23 @@ class Tunnel(trio.abc.Channel[bytes]):
         )
 
 
-class IncomingTunnels(trio.abc.ReceiveChannel[Tunnel]):
-    """Tunnels opened to this member, oldest first (see :meth:`Node.tunnels`)."""
+class IncomingTunnels(BoundedQueue[Tunnel]):
+    """Tunnels opened to this member, oldest first (see :meth:`Node.tunnels`);
+    beyond ``limit`` waiting, more are refused."""
 
     def __init__(self, limit: int, on_close: Callable[[IncomingTunnels], None]) -> None:
+        super().__init__(limit, Overflow.REFUSE, closed_message="no longer taking tunnels")
         self.limit = limit
-        self._queue: collections.deque[Tunnel] = collections.deque()
-        self._waiting = trio.lowlevel.ParkingLot()
         self._on_close = on_close
-        self.closed = False
-
-    def __len__(self) -> int:
-        return len(self._queue)
 
     def _push(self, tunnel: Tunnel) -> None:
-        if self.closed:
+        if self.closed or not self.push(tunnel):
             tunnel.abort("the member stopped taking tunnels")
-            return
-        self._queue.append(tunnel)
-        self._waiting.unpark()
-
-    def receive_nowait(self) -> Tunnel:
-        """The next tunnel; raises trio.WouldBlock if none is waiting."""
-        if self.closed:
-            raise trio.ClosedResourceError("no longer taking tunnels")
-        if not self._queue:
-            raise trio.WouldBlock
-        return self._queue.popleft()
-
-    async def receive(self) -> Tunnel:
-        """Wait for the next tunnel."""
-        return await receive_parked(self.receive_nowait, self._waiting)
 
     async def aclose(self) -> None:
         """Stop taking tunnels; those not yet received are closed abnormally."""
-        if not self.closed:
-            self.closed = True
-            self._waiting.unpark_all()
-            while self._queue:
-                self._queue.popleft().abort("the member stopped taking tunnels")
+        if self.close_nowait():
+            for tunnel in self.take_all():
+                tunnel.abort("the member stopped taking tunnels")
             self._on_close(self)
         await trio.lowlevel.checkpoint()

@@ -1,0 +1,182 @@
+"""The one bounded queue under every receiving side of the patterns.
+
+Subscriptions, broadcast receivers, a member's incoming requests and its
+incoming tunnels are all a :class:`BoundedQueue`: a trio receive channel with a
+size in items (and optionally in bytes), a named :class:`Overflow` policy and
+counters. Items are pushed synchronously by the node (no task switch per item)
+and received by the application.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import enum
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+import trio
+
+from .._util import receive_parked
+
+__all__ = ["BoundedQueue", "Overflow", "QueueStatistics"]
+
+T = TypeVar("T")
+
+
+class Overflow(enum.Enum):
+    """What a full queue does with one more item."""
+
+    #: The oldest buffered item goes (counted as dropped): a receiver that falls
+    #: behind loses the oldest events, nobody else does. For events.
+    DROP_OLDEST = "drop-oldest"
+    #: The new item is refused (counted as refused; ``push`` returns False) and
+    #: its sender is told. For requests and tunnels, which have an answer.
+    REFUSE = "refuse"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class QueueStatistics:
+    """Counters of one queue.
+
+    Attributes:
+        delivered: items pushed into the queue (dropped ones included).
+        dropped: items dropped to make room (``DROP_OLDEST``).
+        refused: items refused because the queue was full (``REFUSE``).
+        expired: items skipped unreceived because they had expired.
+        buffered / buffered_bytes: items (and their bytes) waiting now.
+    """
+
+    delivered: int
+    dropped: int
+    refused: int
+    expired: int
+    buffered: int
+    buffered_bytes: int
+
+
+class BoundedQueue(trio.abc.ReceiveChannel[T], Generic[T]):
+    """A bounded trio receive channel fed synchronously (see the module docstring).
+
+    Args:
+        capacity: the most items buffered.
+        overflow: what happens to one more item (see :class:`Overflow`).
+        max_bytes: the most bytes buffered (``size`` measures an item), if any.
+        size: an item's size in bytes (default: none counted).
+        expired: items for which this is true are skipped (counted) at receive.
+        closed_message: what receiving from a closed queue says.
+    """
+
+    def __init__(
+        self,
+        capacity: int,
+        overflow: Overflow,
+        *,
+        max_bytes: int | None = None,
+        size: Callable[[T], int] | None = None,
+        expired: Callable[[T], bool] | None = None,
+        closed_message: str = "the receiver was closed",
+    ) -> None:
+        self.capacity = capacity
+        self.overflow = overflow
+        self._max_bytes = max_bytes
+        self._size = size
+        self._expired = expired
+        self._closed_message = closed_message
+        self._queue: collections.deque[T] = collections.deque()
+        self._waiting = trio.lowlevel.ParkingLot()
+        self.closed = False
+        self.buffered_bytes = 0
+        self._delivered = self._dropped = self._refused = self.expired_count = 0
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def would_refuse(self, size: int = 0) -> bool:
+        """True if one more item (of ``size`` bytes) would not fit."""
+        return len(self._queue) >= self.capacity or (
+            self._max_bytes is not None and self.buffered_bytes + size > self._max_bytes
+        )
+
+    def push(self, item: T) -> bool:
+        """Buffer ``item`` (called synchronously by the node). False if it was
+        refused (``REFUSE``, full) or, with ``DROP_OLDEST``, if an older item was
+        dropped to make room; True otherwise."""
+        size = self._size(item) if self._size is not None else 0
+        kept = True
+        if self.would_refuse(size):
+            if self.overflow is Overflow.REFUSE:
+                self._refused += 1
+                return False
+            while self._queue and self.would_refuse(size):
+                self._discard(self._queue.popleft())
+                self._dropped += 1
+            kept = False
+        self._queue.append(item)
+        self.buffered_bytes += size
+        self._delivered += 1
+        self._waiting.unpark()
+        return kept
+
+    def _discard(self, item: T) -> None:
+        if self._size is not None:
+            self.buffered_bytes -= self._size(item)
+
+    def receive_nowait(self) -> T:
+        """The next item; raises trio.WouldBlock if there is none, and
+        trio.ClosedResourceError once the queue is closed."""
+        if self.closed:
+            raise trio.ClosedResourceError(self._closed_message)
+        queue = self._queue
+        while queue:
+            item = queue.popleft()
+            self._discard(item)
+            if self._expired is not None and self._expired(item):
+                self.expired_count += 1
+                continue
+            self._taken(item)
+            return item
+        self._emptied()
+        raise trio.WouldBlock
+
+    def _taken(self, item: T) -> None:
+        """Hook: ``item`` was handed to the receiver."""
+
+    def _emptied(self) -> None:
+        """Hook: a receive found the queue empty."""
+
+    async def receive(self) -> T:
+        """Wait for the next item. A checkpoint."""
+        return await receive_parked(self.receive_nowait, self._waiting)
+
+    def take_all(self) -> list[T]:
+        """Remove and return every buffered item (e.g. when closing)."""
+        items = list(self._queue)
+        self._queue.clear()
+        self.buffered_bytes = 0
+        return items
+
+    def close_nowait(self) -> bool:
+        """Close without a checkpoint; True if it was open (receivers wake and
+        raise trio.ClosedResourceError)."""
+        if self.closed:
+            return False
+        self.closed = True
+        self._waiting.unpark_all()
+        return True
+
+    async def aclose(self) -> None:
+        """Close the queue. A checkpoint."""
+        self.close_nowait()
+        await trio.lowlevel.checkpoint()
+
+    def statistics(self) -> QueueStatistics:
+        """The queue's counters (see :class:`QueueStatistics`)."""
+        return QueueStatistics(
+            delivered=self._delivered,
+            dropped=self._dropped,
+            refused=self._refused,
+            expired=self.expired_count,
+            buffered=len(self._queue),
+            buffered_bytes=self.buffered_bytes,
+        )
