@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import trio
 
-__all__ = ["open_unwrapped_nursery", "receive_parked"]
+from .errors import InternalError
+
+__all__ = ["guarded", "open_unwrapped_nursery", "receive_parked"]
 
 T = TypeVar("T")
 
@@ -47,3 +49,22 @@ async def open_unwrapped_nursery() -> AsyncIterator[trio.Nursery]:
             lone = group.exceptions[0]
             raise lone from lone.__cause__  # its own cause kept; the group hidden
         raise
+
+
+async def guarded(
+    function: Callable[..., Awaitable[object]],
+    *args: object,
+    task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run one of a node's own tasks; an unexpected exception from it (a bug:
+    network failures are handled where they happen) becomes one InternalError."""
+    try:
+        if task_status is trio.TASK_STATUS_IGNORED:
+            await function(*args)
+        else:
+            await function(*args, task_status=task_status)
+    except Exception as exc:
+        cause: BaseException = exc
+        while isinstance(cause, BaseExceptionGroup) and len(cause.exceptions) == 1:
+            cause = cause.exceptions[0]
+        raise InternalError(f"the node failed: {cause!r}") from cause

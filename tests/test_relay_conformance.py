@@ -592,7 +592,9 @@ async def test_a_client_that_vanishes_releases_everything_it_held() -> None:
         assert isinstance(answer, ReplyDelivery) and answer.fault.startswith("no responders")
         statistics = node.statistics()
         assert statistics.tunnels_open == 0
-        assert not node._receivers and not node._incoming and not node._tunnel_inboxes
+        assert node._pubsub.receivers == 0
+        assert node._responder.receivers == 0
+        assert node._tunnels.receivers == 0
 
 
 async def _open_tunnel_to(client: Raw, service: Raw, cluster: str) -> tuple[int, int]:

@@ -1,20 +1,52 @@
-"""The member side of request/reply: incoming requests and their answers."""
+"""Request/reply: the requesting side (:class:`Requester`, whose call rules
+tunnel openings share), the member side (:class:`Responder`, incoming requests
+and their answers) and the encoding of failures.
+
+A request goes to one member of a cluster, chosen by the cluster's tree by spare
+capacity; it is answered once: a reply, a typed error, or its timeout. A member
+that did not handle it answers "retry" and the requester sends it again, which
+cannot run it twice.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Final
 
 import trio
 
+from ..errors import NoRespondersError, RemoteError, RequestTimeoutError
+from ..overlay.ids import from_bytes, name_id
+from ..overlay.port import OverlayPort
+from ..overlay.trees import (
+    NO_RESPONDERS,
+    OVERLOADED,
+    REMOTE_ERROR,
+    REPLY,
+    RETRY,
+    ReplyDelivery,
+    RequestDelivery,
+)
+from .limits import DEFAULT_REQUEST_TIMEOUT, check_message
+from .membership import CLUSTER, REQUEST, Membership, wait_in_tree
 from .queue import BoundedQueue, Overflow
 
 __all__ = [
     "MAX_QUEUED_BYTES",
     "IncomingRequests",
+    "PendingCall",
     "Request",
+    "Requester",
+    "Responder",
     "decode_failure",
     "encode_failure",
 ]
+
+#: Pause before sending again a request a member gave back unhandled.
+_RETRY_PAUSE: Final = 0.02
 
 #: Bytes of requests a member queues before refusing more (as Iris).
 MAX_QUEUED_BYTES = 64 * 1024 * 1024
@@ -196,3 +228,279 @@ def _request_size(request: Request) -> int:
 
 def _request_expired(request: Request) -> bool:
     return request.expired
+
+
+# ----------------------------------------------------------------- requesting
+
+
+class PendingCall:
+    """A request (or tunnel opening) waiting for its answer.
+
+    Attributes:
+        kind: REQUEST or TUNNEL (what the tree anycasts it to).
+        status / data: the answer, once ``done`` is set.
+        result: what the pattern that made the call attaches (a tunnel).
+    """
+
+    __slots__ = ("data", "done", "kind", "result", "status", "window")
+
+    def __init__(self, kind: int = REQUEST, window: int = 0) -> None:
+        self.done = trio.Event()
+        self.status = REPLY
+        self.data = b""
+        self.kind = kind
+        self.window = window
+        self.result: object = None
+
+    def settle(self, status: int, data: bytes = b"") -> None:
+        """Set the answer (the first one counts) and wake the caller."""
+        if not self.done.is_set():
+            self.status, self.data = status, data
+            self.done.set()
+
+
+class Requester:
+    """The requesting side: requests and the opening of tunnels, under one set of
+    deadline and retry rules (see :meth:`call`)."""
+
+    def __init__(self, port: OverlayPort) -> None:
+        self._port = port
+        self._pending: dict[bytes, PendingCall] = {}
+        self.sent = self.answered = self.failed = 0
+
+    @property
+    def pending_requests(self) -> int:
+        """Requests (not tunnel openings) waiting for their answer."""
+        return sum(1 for call in self._pending.values() if call.kind == REQUEST)
+
+    def pending(self, request_id: bytes) -> PendingCall | None:
+        """The call waiting under ``request_id``, if any."""
+        return self._pending.get(request_id)
+
+    async def request(self, cluster: str, data: bytes, timeout: float | None) -> bytes:
+        """Send ``data`` to one member of ``cluster``; its reply (see Node.request)."""
+        check_message(data)
+        self.sent += 1
+        try:
+            call = await self.call(cluster, data, timeout, PendingCall())
+        except BaseException as exc:
+            if not isinstance(exc, trio.Cancelled):  # abandoned is not failed
+                self.failed += 1
+            raise
+        self.answered += 1
+        return call.data
+
+    async def call(
+        self, cluster: str, data: bytes, timeout: float | None, call: PendingCall
+    ) -> PendingCall:
+        """Send a request (or a tunnel opening) and wait for its answer.
+
+        The deadline is the caller's cancel scope or ``timeout``, whichever is
+        earlier (30 s with neither); the time left travels with the request. A
+        node that has not joined the overlay yet waits for it first, within the
+        deadline. Raises the answer's error, if it is one.
+        """
+        now = trio.current_time()
+        scope_deadline = trio.current_effective_deadline()
+        own = now + (DEFAULT_REQUEST_TIMEOUT if timeout is None else timeout)
+        deadline = min(scope_deadline, own)
+        if deadline <= now:
+            await trio.lowlevel.checkpoint()  # the caller's scope expired: cancelled here
+        if own <= scope_deadline:  # our timeout binds: raise RequestTimeoutError
+            with trio.move_on_at(own) as scope:
+                await self._exchange(cluster, data, deadline, call)
+            if scope.cancelled_caught:
+                raise RequestTimeoutError(f"no answer from cluster {cluster!r} in time")
+        else:  # the caller's scope binds: let it cancel us
+            await self._exchange(cluster, data, deadline, call)
+        if call.status == REPLY:
+            return call
+        if call.status == NO_RESPONDERS:
+            why = call.data.decode("utf-8", "replace") if call.data else "no member"
+            raise NoRespondersError(f"cluster {cluster!r}: {why}")
+        if call.status == OVERLOADED:
+            message = call.data.decode("utf-8", "replace")
+            raise RemoteError(f"the member was overloaded: {message}")
+        type_name, message = decode_failure(call.data)
+        raise RemoteError(message, type_name)
+
+    async def _exchange(
+        self, cluster: str, data: bytes, deadline: float, call: PendingCall
+    ) -> None:
+        """Send until a member takes the request: one that did not handle it (it was
+        leaving, or not serving) answers RETRY, and sending again cannot duplicate."""
+        port = self._port
+        if not port.ready:
+            await port.wait_joined()
+        tree = name_id(CLUSTER, cluster)
+        while True:
+            request_id = os.urandom(16)
+            call.done = trio.Event()
+            self._pending[request_id] = call
+            try:
+                remaining = deadline - trio.current_time()
+                milliseconds = min(2**32 - 1, max(1, math.ceil(remaining * 1000)))
+                port.request(tree, request_id, milliseconds, data, call.kind)
+                await call.done.wait()
+            finally:
+                del self._pending[request_id]
+            if call.status != RETRY:
+                return
+            await trio.sleep(_RETRY_PAUSE)
+
+    def reply_received(self, delivery: ReplyDelivery) -> None:
+        """An answer arrived: to the call waiting for it, if any still is."""
+        call = self._pending.get(delivery.reply.request_id)
+        if call is not None:
+            call.settle(delivery.reply.status, delivery.reply.data)
+
+
+# ------------------------------------------------------------------- serving
+
+
+class Responder:
+    """The member side: this node's receivers of requests, per cluster, and the
+    spare capacity they report to the cluster's tree."""
+
+    def __init__(self, port: OverlayPort, membership: Membership) -> None:
+        self._port = port
+        self._membership = membership
+        # Per tree, the local receivers (several when a relay serves more than one
+        # client of a cluster): (queue, limit).
+        self._incoming: dict[int, list[tuple[IncomingRequests, int]]] = {}
+        self.received = self.refused = 0
+        self._expired = 0
+
+    @property
+    def receivers(self) -> int:
+        """Receivers of requests open now."""
+        return sum(len(group) for group in self._incoming.values())
+
+    @property
+    def expired(self) -> int:
+        """Requests dropped unhandled because they expired while queued."""
+        return self._expired + sum(
+            incoming.expired for group in self._incoming.values() for incoming, _ in group
+        )
+
+    @asynccontextmanager
+    async def requests(self, cluster: str, limit: int) -> AsyncIterator[IncomingRequests]:
+        """Receive the requests sent to ``cluster`` (see Node.requests)."""
+        async with self._membership.member(cluster) as tree:
+            # In place before the tree hears of this member, so that its first
+            # report already says it takes requests.
+            incoming = IncomingRequests(lambda: self._report_spare(tree), self._stopped)
+            self._incoming.setdefault(tree, []).append((incoming, limit))
+            self._membership.takes(tree, REQUEST, True)
+            self._report_spare(tree)
+            try:
+                await wait_in_tree(self._port, tree)
+                yield incoming
+            finally:
+                await incoming.aclose()
+
+    async def serve(
+        self,
+        handler: Callable[[bytes], Awaitable[bytes]],
+        cluster: str,
+        limit: int,
+        task_status: trio.TaskStatus[None],
+    ) -> None:
+        """Answer the requests of ``cluster`` with ``handler`` (see Node.serve)."""
+        limiter = trio.CapacityLimiter(limit)
+        async with self.requests(cluster, limit) as incoming, trio.open_nursery() as tasks:
+            task_status.started()
+            while True:
+                token = object()
+                await limiter.acquire_on_behalf_of(token)
+                request = await incoming.receive()
+                request._started = False
+                tasks.start_soon(_handle, handler, request, limiter, token)
+
+    def _report_spare(self, tree: int) -> None:
+        entries = self._incoming.get(tree)
+        if entries is not None:
+            self._membership.report_spare(tree, sum(_spare(entry) for entry in entries))
+
+    def _stopped(self, incoming: IncomingRequests) -> None:
+        self._expired += incoming.expired
+        for tree, entries in list(self._incoming.items()):
+            if not any(entry[0] is incoming for entry in entries):
+                continue
+            entries[:] = [entry for entry in entries if entry[0] is not incoming]
+            if entries:
+                self._report_spare(tree)
+            else:
+                del self._incoming[tree]
+                self._membership.forget_spare(tree)
+                self._membership.takes(tree, REQUEST, False)
+        queued, taken = incoming.take_every()
+        for request in queued:
+            self._answer(request, RETRY, b"the member stopped serving")
+        for request in taken:
+            request._answered = True
+            if request._started:  # maybe partly handled: never twice
+                failure = encode_failure("the member stopped before answering")
+                self._answer(request, REMOTE_ERROR, failure)
+            else:
+                self._answer(request, RETRY, b"the member stopped serving")
+
+    def request_received(self, delivery: RequestDelivery) -> None:
+        """A request for this node's members: to the receiver with the most
+        spare capacity (or back, RETRY, if none takes it any more)."""
+        request = delivery.request
+        requester = from_bytes(request.requester)
+        entries = self._incoming.get(delivery.tree)
+        if not entries:
+            message = b"the member is not serving requests"
+            self._port.reply(requester, request.request_id, RETRY, message)
+            return
+        incoming = max(entries, key=_spare)[0] if len(entries) > 1 else entries[0][0]
+        self.received += 1
+        deadline = trio.current_time() + request.timeout_ms / 1000
+
+        def answer(handled: Request, status: int | None, data: bytes) -> None:
+            incoming._answered(handled)
+            if status is not None:
+                self._answer(handled, status, data)
+
+        arrived = Request(request.data, deadline, request.request_id, requester, answer)
+        if not incoming._push(arrived):
+            self.refused += 1
+            message = b"the member's request queue is full"
+            self._port.reply(requester, request.request_id, OVERLOADED, message)
+
+    def _answer(self, request: Request, status: int, data: bytes) -> None:
+        self._port.reply(request.requester, request.request_id, status, data)
+
+
+def _spare(entry: tuple[IncomingRequests, int]) -> int:
+    incoming, limit = entry
+    return limit - incoming.in_flight - len(incoming)
+
+
+async def _handle(
+    handler: Callable[[bytes], Awaitable[bytes]],
+    request: Request,
+    limiter: trio.CapacityLimiter,
+    token: object,
+) -> None:
+    """Run ``handler`` on one request and answer it, whatever the handler does."""
+    try:
+        with trio.move_on_at(request.deadline):  # late work is dropped
+            request._started = True
+            try:
+                result = await handler(request.data)
+            except Exception as exc:  # the handler's failure goes to the requester
+                request.fail_nowait(str(exc), type(exc).__name__)
+            else:
+                if type(result) is bytes:
+                    request.reply_nowait(result)
+                else:
+                    message = f"the handler returned {type(result).__name__}, not bytes"
+                    request.fail_nowait(message, "TypeError")
+    finally:
+        if request.expired:  # unanswered, and its requester stopped waiting
+            request._drop()  # its place among the member's requests is free again
+        # (Else serve() is stopping: it answers what its handlers left.)
+        limiter.release_on_behalf_of(token)

@@ -34,7 +34,6 @@ import anyio
 import anyio.abc
 import sniffio
 
-from .._node import check_message
 from ..errors import (
     ConfigError,
     HandshakeError,
@@ -44,6 +43,7 @@ from ..errors import (
     RemoteError,
     RequestTimeoutError,
 )
+from ..patterns.limits import check_message
 from ..patterns.tunnel import DEFAULT_WINDOW
 from .chunks import CHUNK_LIMIT, ChunkAssembler, split
 from .codec import (

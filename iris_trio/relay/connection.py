@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any, Final
 import anyio
 import trio
 
-from .._node import MAX_MESSAGE_SIZE, MAX_TIMEOUT, check_name
 from ..errors import ConfigError, MessageTooLargeError, NoRespondersError, RemoteError
+from ..patterns.limits import MAX_MESSAGE_SIZE, MAX_TIMEOUT, check_name
 from ..patterns.requests import IncomingRequests, Request
 from ..patterns.subscription import Subscription
 from ..patterns.tunnel import DEFAULT_WINDOW, Tunnel
