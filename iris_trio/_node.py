@@ -10,6 +10,7 @@ trees; their semantics are in docs/patterns.md.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -19,11 +20,11 @@ import trio
 from ._util import guarded, open_unwrapped_nursery
 from .crypto.identity import NodeIdentity
 from .crypto.keys import DEV_NETWORK, Network, NetworkKey
-from .errors import ConfigError
+from .errors import ConfigError, ProtocolError
 from .overlay.config import OverlayConfig
 from .overlay.discovery import DiscoveryConfig, DiscoveryMode
 from .overlay.driver import OverlayDriver, split_address
-from .overlay.trees import ReplyDelivery, RequestDelivery, TreeDelivery
+from .overlay.trees import AnycastDelivery, BounceDelivery, TreeDelivery
 from .patterns.limits import (
     DEFAULT_HANDLER_LIMIT,
     MAX_MESSAGE_SIZE,
@@ -36,10 +37,12 @@ from .patterns.limits import (
 )
 from .patterns.membership import TUNNEL, Membership, wait_in_tree
 from .patterns.pubsub import PubSub
+from .patterns.request_frames import RequestReply
 from .patterns.requests import IncomingRequests, Requester, Responder
 from .patterns.subscription import Subscription
 from .patterns.tunnel import DEFAULT_WINDOW, IncomingTunnels, Tunnel
-from .patterns.tunnels import DEFAULT_TUNNEL_BACKLOG, Tunnels
+from .patterns.tunnels import DEFAULT_TUNNEL_BACKLOG, TUNNEL_FRAMES, Tunnels
+from .transport.base import Transport
 from .transport.link import Link
 from .wire.frames import Frame
 
@@ -111,23 +114,31 @@ class Node:
     arrives to the pattern it belongs to.
     """
 
-    def __init__(self, driver: OverlayDriver, cluster: str | None) -> None:
-        self._driver = driver
+    def __init__(self, build_driver: Callable[..., OverlayDriver], cluster: str | None) -> None:
+        driver = self._driver = build_driver(upcalls=self)
         self.cluster = cluster
         self._nursery: trio.Nursery | None = None
         self._closed = False
         self._joined = False  # the overlay said it has joined: no more waiting
+        self._malformed = 0  # routed pattern messages no pattern could take
         self._membership = Membership(driver, self._cluster_joined, self._cluster_left)
         self._pubsub = PubSub(driver, self._membership)
         self._requester = Requester(driver)
         self._responder = Responder(driver, self._membership)
         self._tunnels = Tunnels(driver, self._requester, self._membership, self._spawn)
-        driver.on_leaving = self.leaving
-        driver.on_tree_event = self.events_received
-        driver.on_request = self.request_received
-        driver.on_reply = self.reply_received
-        driver.on_other_frame = self.frame_received
-        driver.on_peer_lost = self.peer_lost
+
+    async def _run(self, task_status: trio.TaskStatus[Node]) -> None:
+        """Run the node's tasks until cancelled (see :func:`serve_node`)."""
+        try:
+            async with open_unwrapped_nursery() as nursery:
+                self._nursery = nursery
+                await nursery.start(guarded, self._driver.run)
+                if self.cluster is not None:
+                    self._membership.enter(self.cluster)
+                nursery.start_soon(guarded, self._pubsub.run_flusher)
+                task_status.started(self)
+        finally:
+            self._closed = True
 
     @property
     def id(self) -> bytes:
@@ -459,20 +470,36 @@ class Node:
         """Events published on a tree this node is a member of."""
         self._pubsub.deliver(delivery)
 
-    def request_received(self, delivery: RequestDelivery) -> None:
+    def anycast_received(self, delivery: AnycastDelivery) -> None:
         """A request or a tunnel opening for this node's members."""
-        if delivery.request.kind == TUNNEL:
-            self._tunnels.request_received(delivery)
+        try:
+            if delivery.kind == TUNNEL:
+                self._tunnels.request_received(delivery)
+            else:
+                self._responder.request_received(delivery)
+        except ProtocolError as exc:  # it travelled the overlay: drop it, not a link
+            self._malformed += 1
+            log.warning("dropped a malformed request: %s", exc)
+
+    def bounce_received(self, delivery: BounceDelivery) -> None:
+        """A request or tunnel opening of this node's came back unanswered."""
+        self._requester.bounce_received(delivery)
+
+    def frame_received(self, link: Link | None, frame: Frame) -> None:
+        """A frame of the patterns' own arrived, on ``link`` or routed (None).
+
+        Raises:
+            ProtocolError: a frame no pattern takes arrived on a link (the link
+                goes; one that came routed is dropped and counted).
+        """
+        if isinstance(frame, RequestReply):
+            self._requester.reply_received(frame)
+        elif isinstance(frame, TUNNEL_FRAMES) and link is not None:
+            self._tunnels.frame_received(link, frame)
+        elif link is not None:
+            raise ProtocolError(f"unexpected frame {type(frame).__name__}")
         else:
-            self._responder.request_received(delivery)
-
-    def reply_received(self, delivery: ReplyDelivery) -> None:
-        """The answer to a request (or tunnel opening) this node made."""
-        self._requester.reply_received(delivery)
-
-    def frame_received(self, link: Link, frame: Frame) -> None:
-        """A frame of the patterns' own (tunnels) arrived on a link."""
-        self._tunnels.frame_received(link, frame)
+            self._malformed += 1
 
     def peer_lost(self, node: int) -> None:
         """The last link to ``node`` is gone."""
@@ -520,12 +547,14 @@ async def serve_node(
     discovery: DiscoveryMode | DiscoveryConfig | None = None,
     identity: NodeIdentity | None = None,
     config: OverlayConfig | None = None,
+    transport: Transport | None = None,
     task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run a node until cancelled (the composable form of :func:`join`).
 
     Reports the :class:`Node` through ``task_status``. See :func:`join` for the
-    arguments.
+    arguments; ``transport`` is how links are made: TCP by default,
+    :class:`iris_trio.testing.MemoryNetwork` for tests (with ``discovery="off"``).
     """
     global _dev_warned  # noqa: PLW0603 - once per process
     if cluster is not None:
@@ -549,7 +578,8 @@ async def serve_node(
         _dev_warned = True
         log.warning("dev network: loopback only; its key is published, not secret")
     host, port = split_address(listen or ("127.0.0.1:0" if dev else "0.0.0.0:0"))
-    driver = OverlayDriver(
+    build = functools.partial(
+        OverlayDriver,
         identity or NodeIdentity.generate(),
         chosen,
         host=host,
@@ -557,18 +587,9 @@ async def serve_node(
         seeds=list(seeds),
         discovery=settings or DiscoveryConfig(mode=mode),
         config=config,
+        transport=transport,
     )
-    node = Node(driver, cluster)
-    try:
-        async with open_unwrapped_nursery() as nursery:
-            node._nursery = nursery
-            await nursery.start(guarded, driver.run)
-            if cluster is not None:
-                node._membership.enter(cluster)
-            nursery.start_soon(guarded, node._pubsub.run_flusher)
-            task_status.started(node)
-    finally:
-        node._closed = True
+    await Node(build, cluster)._run(task_status)
 
 
 @asynccontextmanager
@@ -582,6 +603,7 @@ async def join(
     discovery: DiscoveryMode | DiscoveryConfig | None = None,
     identity: NodeIdentity | None = None,
     config: OverlayConfig | None = None,
+    transport: Transport | None = None,
 ) -> AsyncIterator[Node]:
     """Join the overlay (as a member of ``cluster``, if given) for the ``async with`` body.
 
@@ -595,6 +617,9 @@ async def join(
             DiscoveryConfig for ports and intervals of its own.
         identity: the node's key pair (default: a fresh one).
         config: overlay timing and sizing.
+        transport: how links are made: TCP by default;
+            :class:`iris_trio.testing.MemoryNetwork` for tests (it needs
+            ``discovery="off"`` and seeds: discovery beacons are UDP).
 
     Network failures never escape; the body's own exception leaves unwrapped.
     On exit the node leaves the overlay gracefully.
@@ -610,6 +635,7 @@ async def join(
                 discovery=discovery,
                 identity=identity,
                 config=config,
+                transport=transport,
                 task_status=task_status,
             )
         )

@@ -11,7 +11,9 @@ from iris_trio.crypto import DEV_NETWORK, Network, NetworkKey, NodeIdentity
 from iris_trio.overlay.config import OverlayConfig
 from iris_trio.overlay.discovery import DiscoveryConfig
 from iris_trio.overlay.driver import OverlayDriver
+from iris_trio.overlay.frames import Route
 from iris_trio.overlay.ids import name_id, ring_distance
+from iris_trio.overlay.port import IgnoredUpcalls
 from iris_trio.overlay.trees import tree_problems
 from iris_trio.testing.processes import expected_leaves
 
@@ -34,6 +36,14 @@ def consistent(drivers: list[OverlayDriver]) -> bool:
     return True
 
 
+class _Recorder(IgnoredUpcalls):
+    def __init__(self, routed: dict[bytes, int], identity: NodeIdentity) -> None:
+        self.routed_to, self.node = routed, int.from_bytes(identity.node_id, "big")
+
+    def routed(self, route: Route) -> None:
+        self.routed_to[route.key] = self.node
+
+
 @asynccontextmanager
 async def overlay_network(
     count: int,
@@ -41,13 +51,17 @@ async def overlay_network(
     discovery: DiscoveryConfig | None = None,
     seeded: bool = True,
     network: Network = DEV_NETWORK,
+    routed: dict[bytes, int] | None = None,
 ) -> AsyncIterator[tuple[trio.Nursery, list[OverlayDriver]]]:
+    """``routed``: where each routed message's key was delivered (node id)."""
     async with trio.open_nursery() as nursery:
         drivers: list[OverlayDriver] = []
         for _ in range(count):
             seeds = [drivers[0].address] if seeded and drivers else []
+            identity = NodeIdentity.generate()
+            upcalls = None if routed is None else _Recorder(routed, identity)
             driver = OverlayDriver(
-                NodeIdentity.generate(), network, seeds=seeds, discovery=discovery, config=FAST
+                identity, network, seeds=seeds, discovery=discovery, config=FAST, upcalls=upcalls
             )
             drivers.append(await nursery.start(run_stoppable, driver))
         yield nursery, drivers
@@ -73,10 +87,8 @@ async def wait_consistent(drivers: list[OverlayDriver], timeout: float = 20) -> 
 
 async def test_nodes_join_through_a_seed_and_route_to_the_closest() -> None:
     delivered: dict[bytes, int] = {}
-    async with overlay_network(12) as (_, drivers):
+    async with overlay_network(12, routed=delivered) as (_, drivers):
         await wait_consistent(drivers)
-        for driver in drivers:
-            driver.on_deliver = lambda route, d=driver: delivered.__setitem__(route.key, d.id)
         keys = [bytes([i]) * 16 for i in range(40)]
         for index, key in enumerate(keys):
             overlay = drivers[index % len(drivers)].overlay

@@ -6,9 +6,11 @@ from collections.abc import Sequence
 
 from iris_trio.overlay.config import OverlayConfig
 from iris_trio.overlay.frames import Heartbeat, Route, RouteAck
+from iris_trio.overlay.ids import to_bytes
 from iris_trio.overlay.node import _MAX_SEEN, Deliver, Effect, OverlayNode, Send
-from iris_trio.overlay.tree_frames import TreeReply
-from iris_trio.overlay.trees import ReplyDelivery, ReplyHandover, TreeNode
+from iris_trio.overlay.tree_frames import NodeMessage, TreeBounce
+from iris_trio.overlay.trees import BounceDelivery, Handover, MessageDelivery, TreeNode
+from iris_trio.patterns.request_frames import RequestReply
 from iris_trio.wire.frames import FrameCodec
 
 A_ID, B_ID = 1 << 120, 2 << 120
@@ -82,15 +84,23 @@ def test_duplicate_suppression_memory_is_bounded() -> None:
     assert len(a._seen) == _MAX_SEEN
 
 
-def test_a_routed_reply_for_a_node_not_known_here_is_handed_over() -> None:
+def test_a_routed_message_for_a_node_not_known_here_is_handed_over() -> None:
     """A requester that joined a moment ago may not be known on the reply's way:
     the node the reply reaches connects to the address the request carried."""
     alone = TreeNode(OverlayNode(A_ID, "a:1", config=OverlayConfig()))
-    codec = FrameCodec()
-    stranger = B_ID
-    alone.overlay.route(0.0, stranger, codec.encode(TreeReply(b"r" * 16, 0, b"hi", "b:1")))
-    alone.overlay.route(0.0, A_ID, codec.encode(TreeReply(b"s" * 16, 0, b"mine", "a:1")))
+    alone.send_to(0.0, B_ID, "b:1", RequestReply(b"r" * 16, 0, b"hi"))
+    alone.send_to(0.0, A_ID, "a:1", RequestReply(b"s" * 16, 0, b"mine"))
+    alone.send_to(0.0, A_ID, "a:1", TreeBounce(b"t", 0, "no member"))
+    codec = FrameCodec()  # and one that came routed, as from another node
+    routed = NodeMessage(to_bytes(A_ID), "a:1", codec.encode(RequestReply(b"u" * 16, 0, b"too")))
+    alone.overlay.route(0.0, A_ID, codec.encode(routed))
     effects = alone.take_effects()
-    handovers = [e for e in effects if isinstance(e, ReplyHandover)]
-    assert [(h.requester, h.address, h.reply.data) for h in handovers] == [(B_ID, "b:1", b"hi")]
-    assert [e.reply.data for e in effects if isinstance(e, ReplyDelivery)] == [b"mine"]
+    handovers = [e for e in effects if isinstance(e, Handover)]
+    assert [(h.target, h.address) for h in handovers] == [(B_ID, "b:1")]
+    inner = FrameCodec().decode(handovers[0].message.frame)
+    assert isinstance(inner, RequestReply) and inner.data == b"hi"
+    mine = [e.frame for e in effects if isinstance(e, MessageDelivery)]
+    assert mine == [RequestReply(b"s" * 16, 0, b"mine"), RequestReply(b"u" * 16, 0, b"too")]
+    assert [e for e in effects if isinstance(e, BounceDelivery)] == [
+        BounceDelivery(b"t", 0, "no member")
+    ]

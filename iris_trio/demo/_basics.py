@@ -19,7 +19,9 @@ import trio
 from ..crypto.identity import NodeIdentity
 from ..crypto.keys import DEV_NETWORK
 from ..overlay.driver import OverlayDriver
+from ..overlay.frames import Route
 from ..overlay.ids import name_id, ring_distance, short
+from ..overlay.port import IgnoredUpcalls
 from ..overlay.trees import tree_problems
 from ..testing.processes import expected_leaves
 from ..transport.link import Link
@@ -114,6 +116,16 @@ async def _until(condition: Callable[[], bool], timeout: float) -> float:
     return trio.current_time() - start
 
 
+class _Arrivals(IgnoredUpcalls):
+    """Where each routed message arrived, and in how many hops."""
+
+    def __init__(self, delivered: dict[bytes, tuple[int, int]], node: int) -> None:
+        self._delivered, self._node = delivered, node
+
+    def routed(self, route: Route) -> None:
+        self._delivered[route.message_id] = (self._node, route.hops)
+
+
 async def overlay_stage(count: int) -> None:
     """Form a ring of ``count`` nodes, route keys, grow a tree, repair a leave."""
     print(f"\noverlay: {count} nodes join through a seed")
@@ -122,11 +134,12 @@ async def overlay_stage(count: int) -> None:
         drivers: list[OverlayDriver] = []
         scopes: list[trio.CancelScope] = []
         for _ in range(count):
+            identity = NodeIdentity.generate()
             driver = OverlayDriver(
-                NodeIdentity.generate(), DEV_NETWORK, seeds=[drivers[0].address] if drivers else []
-            )
-            driver.on_deliver = lambda route, d=driver: delivered.__setitem__(
-                route.message_id, (d.id, route.hops)
+                identity,
+                DEV_NETWORK,
+                seeds=[drivers[0].address] if drivers else [],
+                upcalls=_Arrivals(delivered, int.from_bytes(identity.node_id, "big")),
             )
             scope = trio.CancelScope()
             scopes.append(scope)

@@ -2,10 +2,12 @@
 
 :class:`OverlayDriver` owns a link listener, one task per link (dialled or
 accepted), a timer task and the discovery task, all children of one nursery.
-It feeds the sans-IO :class:`~iris_trio.overlay.node.OverlayNode` with link
-events and frames and carries out its effects. Frames of other layers arriving
-on overlay links go to ``on_other_frame``; messages routed to this node go to
-``on_deliver``.
+It feeds the sans-IO :class:`~iris_trio.overlay.node.OverlayNode` (wrapped in
+its :class:`~iris_trio.overlay.trees.TreeNode`) with link events and frames and
+carries out their effects. It implements
+:class:`~iris_trio.overlay.port.OverlayPort` for the patterns, and hands what
+arrives for them to the one :class:`~iris_trio.overlay.port.OverlayUpcalls`
+object it was given.
 
 Between two nodes at most one link is kept: when both dial at once, the link
 initiated by the lower node id wins on both ends.
@@ -24,11 +26,12 @@ import trio
 from .._logs import LogLimiter
 from ..crypto.identity import NodeIdentity
 from ..crypto.keys import Network
-from ..errors import HandshakeError
+from ..errors import ConfigError, HandshakeError
+from ..transport.base import Transport
 from ..transport.config import LinkConfig
 from ..transport.link import Link
-from ..transport.listener import LinkListener, serve_tcp_links
-from ..transport.tcp import connect_tcp_link
+from ..transport.listener import LinkListener
+from ..transport.tcp import TcpTransport
 from ..wire.frames import Frame
 from .beacon import Beacon, BeaconCodec
 from .config import OverlayConfig
@@ -36,18 +39,21 @@ from .discovery import DiscoveryConfig, run_discovery
 from .frames import Heartbeat, Leave, OverlayState, Route, RouteAck
 from .ids import from_bytes, short
 from .node import Connect, Deliver, Disconnect, OverlayNode, Send
+from .port import IgnoredUpcalls, OverlayUpcalls
 from .tree_frames import (
+    NodeMessage,
     TreeAck,
+    TreeAnycast,
+    TreeBounce,
     TreeHeartbeat,
     TreePrune,
     TreePublish,
-    TreeReply,
-    TreeRequest,
 )
 from .trees import (
-    ReplyDelivery,
-    ReplyHandover,
-    RequestDelivery,
+    AnycastDelivery,
+    BounceDelivery,
+    Handover,
+    MessageDelivery,
     TreeConfig,
     TreeDelivery,
     TreeEffect,
@@ -75,8 +81,9 @@ _OVERLAY_FRAMES = (
     TreeHeartbeat,
     TreePrune,
     TreePublish,
-    TreeReply,
-    TreeRequest,
+    TreeAnycast,
+    TreeBounce,
+    NodeMessage,
 )
 
 
@@ -119,11 +126,16 @@ class OverlayDriver:
         seeds: addresses to join through.
         discovery: beacon settings (mode ``off`` for seeds only).
         config / link_config: overlay and link settings.
-        on_deliver: called with each message routed to this node.
-        on_other_frame: called with frames of other layers, per link.
+        upcalls: what the driver hands up (events, anycasts, bounces, frames of
+            the layers above, lost peers, leaving, routed messages); default:
+            nothing is taken.
         rng: randomness for the state machine.
         trees: tree timing (trees are always available; see :meth:`join_tree`).
-        on_tree_event: called with each event published on a tree we are a member of.
+        transport: how links are made (default: TCP); discovery needs TCP.
+
+    Raises:
+        ConfigError: discovery is on with a transport other than TCP (beacons
+            are UDP datagrams and advertise TCP addresses).
     """
 
     def __init__(
@@ -137,11 +149,10 @@ class OverlayDriver:
         discovery: DiscoveryConfig | None = None,
         config: OverlayConfig | None = None,
         link_config: LinkConfig | None = None,
-        on_deliver: Callable[[Route], None] | None = None,
-        on_other_frame: Callable[[Link, Frame], None] | None = None,
+        upcalls: OverlayUpcalls | None = None,
         rng: random.Random | None = None,
         trees: TreeConfig | None = None,
-        on_tree_event: Callable[[TreeDelivery], None] | None = None,
+        transport: Transport | None = None,
     ) -> None:
         self.identity = identity
         self.network = network
@@ -149,19 +160,15 @@ class OverlayDriver:
         self.port = port
         self.seeds = list(seeds or [])
         self.discovery = discovery or DiscoveryConfig(mode="off")
+        self.transport: Transport = TcpTransport() if transport is None else transport
+        if self.discovery.mode != "off" and not isinstance(self.transport, TcpTransport):
+            raise ConfigError(
+                f"discovery {self.discovery.mode!r} needs the TCP transport (its beacons are "
+                f"UDP): with {self.transport!r} use discovery='off' and seeds"
+            )
         self.config = config or OverlayConfig()
         self.link_config = link_config or LinkConfig()
-        self.on_deliver = on_deliver
-        self.on_other_frame = on_other_frame
-        self.on_tree_event = on_tree_event
-        #: Called with each request this node should handle as a cluster member.
-        self.on_request: Callable[[RequestDelivery], None] | None = None
-        #: Called with each reply to a request this node made.
-        self.on_reply: Callable[[ReplyDelivery], None] | None = None
-        #: Called with a peer's id when the last link to it is gone.
-        self.on_peer_lost: Callable[[int], None] | None = None
-        #: Called as the node starts to leave, while it can still send.
-        self.on_leaving: Callable[[], None] | None = None
+        self._up: OverlayUpcalls = upcalls or IgnoredUpcalls()
         self._left = trio.Event()
         self.id = from_bytes(identity.node_id)
         self._rng = rng or random.Random()
@@ -188,6 +195,15 @@ class OverlayDriver:
         self, *, task_status: trio.TaskStatus[OverlayDriver] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Run until cancelled; then leave the overlay gracefully."""
+        try:
+            await self._run(task_status)
+        finally:
+            # What the node is asked after it stopped (say a late answer from a
+            # handler running outside it) has nowhere to go: its effects are
+            # dropped instead of spawning into the closed nursery.
+            self._nursery = None
+
+    async def _run(self, task_status: trio.TaskStatus[OverlayDriver]) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             listener: LinkListener = await nursery.start(self._serve)
@@ -215,18 +231,17 @@ class OverlayDriver:
             try:
                 await trio.sleep_forever()
             finally:
-                if self.on_leaving is not None:
-                    self.on_leaving()
+                self._up.leaving()
                 self._leave()
                 self._left.set()
 
     async def _serve(self, *, task_status: trio.TaskStatus[LinkListener]) -> None:
-        await serve_tcp_links(
+        await self.transport.serve(
             self._accepted,
-            self.port,
             identity=self.identity,
             network=self.network,
             host=self.host,
+            port=self.port,
             config=self.link_config,
             on_frame=self._on_frame,
             task_status=task_status,
@@ -263,10 +278,8 @@ class OverlayDriver:
     async def _dial(self, address: str, failed: trio.Event | None = None) -> None:
         self._dials += 1
         try:
-            host, port = split_address(address)
-            async with connect_tcp_link(
-                host,
-                port,
+            async with self.transport.connect(
+                address,
                 identity=self.identity,
                 network=self.network,
                 config=self.link_config,
@@ -333,15 +346,14 @@ class OverlayDriver:
                 log.info("peer %s disconnected (%s)", short(node), address)
                 self.overlay.disconnected(trio.current_time(), node)
                 self._topology_changed()
-                if self.on_peer_lost is not None:
-                    self.on_peer_lost(node)
+                self._up.peer_lost(node)
 
-    async def _hand_over(self, handover: ReplyHandover) -> None:
-        """Connect to a requester we do not know yet and give it its reply."""
+    async def _hand_over(self, handover: Handover) -> None:
+        """Connect to a node we do not know yet and give it its message."""
         with trio.move_on_after(self.link_config.handshake_timeout * 2):
             try:
-                link = await self.connect_peer(handover.requester, handover.address)
-                link.send_nowait(handover.reply)
+                link = await self.connect_peer(handover.target, handover.address)
+                link.send_nowait(handover.message)
             except (OSError, trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
                 self._dropped += 1
 
@@ -366,8 +378,10 @@ class OverlayDriver:
             if self.trees is not None:
                 self.trees.received(trio.current_time(), from_bytes(link.peer_id), frame)
                 self._flush()
-        elif self.on_other_frame is not None:
-            self.on_other_frame(link, frame)
+        else:
+            if self.overlay is not None:  # any frame proves its sender alive
+                self.overlay.received(trio.current_time(), from_bytes(link.peer_id), frame)
+            self._up.frame_received(link, frame)
 
     def _found(self, beacon: Beacon, source_host: str) -> None:
         if self.overlay is not None:
@@ -434,15 +448,17 @@ class OverlayDriver:
                 link = self._links.get(effect.node)
                 if link is not None:
                     self._nursery_start(link.aclose)
-            elif isinstance(effect, Deliver) and self.on_deliver is not None:
-                self.on_deliver(effect.route)
-            elif isinstance(effect, TreeDelivery) and self.on_tree_event is not None:
-                self.on_tree_event(effect)
-            elif isinstance(effect, RequestDelivery) and self.on_request is not None:
-                self.on_request(effect)
-            elif isinstance(effect, ReplyDelivery) and self.on_reply is not None:
-                self.on_reply(effect)
-            elif isinstance(effect, ReplyHandover):
+            elif isinstance(effect, TreeDelivery):
+                self._up.events_received(effect)
+            elif isinstance(effect, AnycastDelivery):
+                self._up.anycast_received(effect)
+            elif isinstance(effect, BounceDelivery):
+                self._up.bounce_received(effect)
+            elif isinstance(effect, MessageDelivery):
+                self._up.frame_received(None, effect.frame)
+            elif isinstance(effect, Deliver):
+                self._up.routed(effect.route)
+            elif isinstance(effect, Handover):
                 self._nursery_start(functools.partial(self._hand_over, effect))
 
     # ------------------------------------------------------------------ queries
@@ -495,18 +511,17 @@ class OverlayDriver:
         self._flush()
         return sequence
 
-    def request(
-        self, tree: int, request_id: bytes, timeout_ms: int, data: bytes, kind: int = 0
-    ) -> None:
-        """Send a request (or, ``kind`` 1, a tunnel opening) to one member of ``tree``."""
+    def anycast(self, tree: int, kind: int, tag: bytes, payload: bytes) -> None:
+        """Send ``payload`` to one member of ``tree`` that takes ``kind``, by spare
+        capacity; if nobody takes it, a bounce with ``tag`` comes back."""
         assert self.trees is not None, "the driver is not running"
-        self.trees.request(trio.current_time(), tree, request_id, timeout_ms, data, kind)
+        self.trees.anycast(trio.current_time(), tree, kind, tag, payload)
         self._flush()
 
-    def reply(self, requester: int, request_id: bytes, status: int, data: bytes) -> None:
-        """Answer a request."""
+    def send_to(self, node: int, address: str, frame: Frame) -> None:
+        """Send ``frame`` to ``node``: over the link to it, or routed to its id."""
         if self.trees is not None:
-            self.trees.reply(trio.current_time(), requester, request_id, status, data)
+            self.trees.send_to(trio.current_time(), node, address, frame)
             self._flush()
 
     def set_spare(self, tree: int, spare: int, serves: int | None = None) -> None:

@@ -16,9 +16,10 @@ from typing import Protocol
 
 from ..transport.link import Link
 from ..wire.frames import Frame
-from .trees import ReplyDelivery, RequestDelivery, TreeDelivery
+from .frames import Route
+from .trees import AnycastDelivery, BounceDelivery, TreeDelivery
 
-__all__ = ["OverlayPort", "OverlayUpcalls"]
+__all__ = ["IgnoredUpcalls", "OverlayPort", "OverlayUpcalls"]
 
 
 class OverlayPort(Protocol):
@@ -63,15 +64,14 @@ class OverlayPort(Protocol):
         """The links an event published on ``tree`` leaves on (for pacing)."""
         ...
 
-    def request(
-        self, tree: int, request_id: bytes, timeout_ms: int, data: bytes, kind: int = 0
-    ) -> None:
-        """Anycast a request (kind 0) or a tunnel opening (kind 1) to one member
-        of ``tree`` that takes that kind, by spare capacity."""
+    def anycast(self, tree: int, kind: int, tag: bytes, payload: bytes) -> None:
+        """Send ``payload`` to one member of ``tree`` that takes ``kind``, chosen by
+        spare capacity; if nobody takes it, a bounce with ``tag`` comes back."""
         ...
 
-    def reply(self, requester: int, request_id: bytes, status: int, data: bytes) -> None:
-        """Answer a request: directly to the requester, or routed to it."""
+    def send_to(self, node: int, address: str, frame: Frame) -> None:
+        """Send ``frame`` to ``node`` (over the link to it, or routed to its id;
+        ``address`` is where it accepts links)."""
         ...
 
     def set_spare(self, tree: int, spare: int, serves: int | None = None) -> None:
@@ -103,16 +103,16 @@ class OverlayUpcalls(Protocol):
         """Events published on a tree this node is a member of."""
         ...
 
-    def request_received(self, delivery: RequestDelivery) -> None:
-        """A request (or tunnel opening) for this node as a cluster member."""
+    def anycast_received(self, delivery: AnycastDelivery) -> None:
+        """An anycast for this node as a member of its tree."""
         ...
 
-    def reply_received(self, delivery: ReplyDelivery) -> None:
-        """The answer to a request this node made."""
+    def bounce_received(self, delivery: BounceDelivery) -> None:
+        """One of this node's anycasts found nobody to take it."""
         ...
 
-    def frame_received(self, link: Link, frame: Frame) -> None:
-        """A frame of the patterns' own (tunnels) arrived on a link."""
+    def frame_received(self, link: Link | None, frame: Frame) -> None:
+        """A frame of the patterns' own arrived: on ``link``, or routed (None)."""
         ...
 
     def peer_lost(self, node: int) -> None:
@@ -122,3 +122,32 @@ class OverlayUpcalls(Protocol):
     def leaving(self) -> None:
         """The node starts to leave the overlay; it can still send."""
         ...
+
+    def routed(self, route: Route) -> None:
+        """A routed message no tree takes reached this node (the closest to its key)."""
+        ...
+
+
+class IgnoredUpcalls:
+    """Upcalls that ignore everything (a bare driver's; subclass to take some)."""
+
+    def events_received(self, delivery: TreeDelivery) -> None:
+        """Ignored."""
+
+    def anycast_received(self, delivery: AnycastDelivery) -> None:
+        """Ignored."""
+
+    def bounce_received(self, delivery: BounceDelivery) -> None:
+        """Ignored."""
+
+    def frame_received(self, link: Link | None, frame: Frame) -> None:
+        """Ignored."""
+
+    def peer_lost(self, node: int) -> None:
+        """Ignored."""
+
+    def leaving(self) -> None:
+        """Ignored."""
+
+    def routed(self, route: Route) -> None:
+        """Ignored."""

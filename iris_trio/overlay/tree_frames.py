@@ -1,4 +1,4 @@
-"""Tree frames (kinds 21-27)."""
+"""Tree frames (kinds 21-28)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,15 @@ from ..wire.frames import Frame, frame_kind
 
 __all__ = [
     "MAX_EVENTS",
+    "MAX_TAG",
+    "NodeMessage",
     "TreeAck",
+    "TreeAnycast",
+    "TreeBounce",
     "TreeHeartbeat",
     "TreeJoin",
     "TreePrune",
     "TreePublish",
-    "TreeReply",
-    "TreeRequest",
 ]
 
 
@@ -75,54 +77,69 @@ class TreePublish(Frame):
     events: tuple[bytes, ...]
 
 
-@frame_kind(
-    25, Blob(exact=16), Blob(exact=16), Blob(exact=16), Text(256), UInt(32), UInt(8), Blob()
-)
+#: Longest anycast tag (what a bounce returns to the origin).
+MAX_TAG = 32
+
+
+@frame_kind(25, Blob(exact=16), Blob(exact=16), Text(256), UInt(8), Blob(max_size=MAX_TAG), Blob())
 @dataclasses.dataclass(frozen=True, slots=True)
-class TreeRequest(Frame):
-    """A request for one member of a tree: routed to the root, then down the tree
-    towards the subtree with the most spare capacity.
+class TreeAnycast(Frame):
+    """An opaque payload for one member of a tree that takes its ``kind``:
+    routed to the root, then down the tree towards the subtree with the most
+    spare capacity (as members report it).
 
     Attributes:
-        tree: the cluster's tree id.
-        request_id: unique per request (the requester matches the reply by it).
-        requester: the requesting node's id (replies are routed to it).
-        address: where the requester accepts links (for tunnels, and for a reply
-            that reaches a node that does not know the requester yet).
-        timeout_ms: the time the requester still waits, in milliseconds.
-        kind: 0 a request; 1 a tunnel to open.
-        data: the request.
+        tree: the tree's id.
+        origin: the sending node's id.
+        address: where the origin accepts links (the member may answer or dial
+            it there; a bounce reaching a node that does not know it uses it).
+        kind: what the payload is for; only members that take this kind (bits
+            of :attr:`TreeHeartbeat.serves`) are chosen.
+        tag: the origin's name for it, returned in a :class:`TreeBounce`.
+        payload: the layer above's (the tree never looks inside).
     """
 
     tree: bytes
-    request_id: bytes
-    requester: bytes
+    origin: bytes
     address: str
-    timeout_ms: int
     kind: int
-    data: bytes
+    tag: bytes
+    payload: bytes
 
 
-@frame_kind(26, Blob(exact=16), UInt(8), Blob(), Text(256))
+@frame_kind(26, Blob(max_size=MAX_TAG), UInt(8), Text(256))
 @dataclasses.dataclass(frozen=True, slots=True)
-class TreeReply(Frame):
-    """The answer to a :class:`TreeRequest`, routed to the requester.
+class TreeBounce(Frame):
+    """An anycast that found nobody to take it, back to its origin.
 
     Attributes:
-        request_id: the request answered.
-        status: 0 reply, 1 the handler failed (data: its message), 2 nobody is in
-            the cluster, 3 the member was overloaded, 4 the member did not handle
-            it (leaving, or not serving): send it again.
-        data: the reply or the error message (UTF-8).
-        address: the requester's address, from its request: a node that the
-            routed reply reaches without knowing the requester (it joined a
-            moment ago) connects there and hands the reply over.
+        tag: the anycast's tag.
+        reason: 0 nobody in the tree takes it (``detail`` says why); 1 the tree
+            is changing where it went: send it again.
+        detail: a few words for the origin's error message.
     """
 
-    request_id: bytes
-    status: int
-    data: bytes
-    address: str = ""
+    tag: bytes
+    reason: int
+    detail: str = ""
+
+
+@frame_kind(28, Blob(exact=16), Text(256), Blob())
+@dataclasses.dataclass(frozen=True, slots=True)
+class NodeMessage(Frame):
+    """A frame for one node, routed to its id (when no link to it is up).
+
+    Attributes:
+        target: the node's id.
+        address: where it accepts links: a node the message reaches that does
+            not know the target yet (it joined a moment ago) dials it there and
+            hands the message over.
+        frame: the encoded frame for the target.
+    """
+
+    target: bytes
+    address: str
+    frame: bytes
 
 
 @frame_kind(27, Blob(exact=16))

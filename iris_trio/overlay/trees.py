@@ -17,7 +17,6 @@ handles tree traffic itself and passes everything else through.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import math
 from collections.abc import Sequence
@@ -29,24 +28,25 @@ from .ids import from_bytes, short, to_bytes
 from .node import Deliver, Effect, OverlayNode
 from .tree_frames import (
     MAX_EVENTS,
+    NodeMessage,
     TreeAck,
+    TreeAnycast,
+    TreeBounce,
     TreeHeartbeat,
     TreeJoin,
     TreePrune,
     TreePublish,
-    TreeReply,
-    TreeRequest,
 )
 
 __all__ = [
-    "NO_RESPONDERS",
-    "OVERLOADED",
-    "REMOTE_ERROR",
-    "REPLY",
+    "EMPTY",
+    "NONE_TAKES_IT",
+    "NO_MEMBER",
     "RETRY",
-    "ReplyDelivery",
-    "ReplyHandover",
-    "RequestDelivery",
+    "AnycastDelivery",
+    "BounceDelivery",
+    "Handover",
+    "MessageDelivery",
     "TreeConfig",
     "TreeDelivery",
     "TreeNode",
@@ -55,45 +55,57 @@ __all__ = [
     "tree_problems",
 ]
 
-#: Requesters whose addresses are remembered for replies.
-_MAX_ADDRESSES = 4096
-
-#: TreeReply status codes (RETRY: the member did not handle it; send it again).
-REPLY, REMOTE_ERROR, NO_RESPONDERS, OVERLOADED, RETRY = 0, 1, 2, 3, 4
-
-
-#: What each kind of TreeRequest is, for "no member takes ..." answers.
-_KIND_NAMES = {0: "requests", 1: "tunnels"}
+#: Why a TreeBounce came back: nobody in the tree takes that kind, or the tree
+#: is changing where it went (send it again).
+EMPTY, RETRY = 0, 1
+#: The details of an EMPTY bounce: the tree has no member, or none takes the kind.
+NO_MEMBER, NONE_TAKES_IT = "no member", "none takes it"
 
 
 def serves_bit(kind: int) -> int:
-    """The bit of :attr:`TreeHeartbeat.serves` for requests of ``kind``."""
+    """The bit of :attr:`TreeHeartbeat.serves` for anycasts of ``kind``."""
     return 1 << kind
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class RequestDelivery:
-    """A request this node (a member of its tree) should handle."""
+class AnycastDelivery:
+    """An anycast this node (a member of its tree that takes ``kind``) should
+    handle: ``payload`` from ``origin``, which accepts links at ``address``."""
 
     tree: int
-    request: TreeRequest
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class ReplyDelivery:
-    """The reply to a request this node made."""
-
-    reply: TreeReply
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class ReplyHandover:
-    """A routed reply reached this node, which does not know its requester (the
-    requester joined a moment ago): connect to ``address`` and send ``reply``."""
-
-    requester: int
+    kind: int
+    origin: int
     address: str
-    reply: TreeReply
+    tag: bytes
+    payload: bytes
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BounceDelivery:
+    """One of this node's anycasts came back: ``reason`` EMPTY (nobody takes it;
+    ``detail`` says why) or RETRY."""
+
+    tag: bytes
+    reason: int
+    detail: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class MessageDelivery:
+    """A frame sent to this node with :meth:`TreeNode.send_to` arrived routed (or
+    from this node itself); frames sent over a link arrive on the link."""
+
+    frame: Frame
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Handover:
+    """A routed message reached this node, which does not know its target (the
+    target joined a moment ago): dial ``address`` and send ``message`` there."""
+
+    target: int
+    address: str
+    message: NodeMessage
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -108,7 +120,8 @@ class TreeDelivery:
 
 
 #: What :meth:`TreeNode.take_effects` returns.
-TreeEffect = Effect | TreeDelivery | RequestDelivery | ReplyDelivery | ReplyHandover
+TreeEffect = Effect | TreeDelivery | AnycastDelivery | BounceDelivery | MessageDelivery | Handover
+_Delivery = TreeDelivery | AnycastDelivery | BounceDelivery | MessageDelivery | Handover
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -215,13 +228,13 @@ class TreeNode:
         # (tree, publisher) -> last sequence delivered or forwarded: duplicates and
         # late (reordered) events are dropped, so each publisher's events stay in order.
         self._last_seen: dict[tuple[int, int], int] = {}
-        self._deliveries: list[TreeDelivery | RequestDelivery | ReplyDelivery | ReplyHandover] = []
+        self._deliveries: list[_Delivery] = []
         #: Events dropped as duplicates or out of order, and with no tree to go to.
         self._report_due = math.inf  # the earliest deferred capacity report
-        # Requesters' addresses, from their requests, for the replies.
-        self._addresses: collections.OrderedDict[int, str] = collections.OrderedDict()
         self.events_duplicate = 0
         self.events_orphaned = 0
+        #: Routed messages for this node that could not be decoded.
+        self.messages_dropped = 0
         overlay.forward_hook = self._forwarding
 
     # ----------------------------------------------------------------- inputs
@@ -267,7 +280,7 @@ class TreeNode:
         self.overlay.received(now, node, frame)
         if isinstance(frame, TreePublish):
             self._disseminate(frame, came_from=node)
-        elif isinstance(frame, TreeRequest):
+        elif isinstance(frame, TreeAnycast):
             tree = from_bytes(frame.tree)
             state = self.trees.get(tree)
             if state is not None and state.parent == node:
@@ -277,8 +290,10 @@ class TreeNode:
                 self._report_change(tree, state)
         elif isinstance(frame, TreeHeartbeat):
             self._child_alive(from_bytes(frame.tree), node, now, frame)
-        elif isinstance(frame, TreeReply):
-            self._deliveries.append(ReplyDelivery(frame))
+        elif isinstance(frame, TreeBounce):
+            self._deliveries.append(BounceDelivery(frame.tag, frame.reason, frame.detail))
+        elif isinstance(frame, NodeMessage):  # handed over to us over a new link
+            self._message_arrived(frame)
         elif isinstance(frame, TreeAck):
             tree = from_bytes(frame.tree)
             state = self.trees.get(tree)
@@ -408,34 +423,42 @@ class TreeNode:
         """When :meth:`tick` should run next at the latest."""
         return min(self.overlay.next_deadline(), self._report_due)
 
-    def request(
-        self,
-        now: float,
-        tree: int,
-        request_id: bytes,
-        timeout_ms: int,
-        data: bytes,
-        kind: int = 0,
-    ) -> None:
-        """Send a request to one member of ``tree`` (see :class:`TreeRequest`)."""
+    def anycast(self, now: float, tree: int, kind: int, tag: bytes, payload: bytes) -> None:
+        """Send ``payload`` to one member of ``tree`` that takes ``kind``, chosen by
+        spare capacity (see :class:`TreeAnycast`); if nobody takes it, a
+        :class:`BounceDelivery` with ``tag`` comes back."""
         self._now = now
-        requester = to_bytes(self.overlay.id)
-        address = self.overlay.address
-        frame = TreeRequest(to_bytes(tree), request_id, requester, address, timeout_ms, kind, data)
+        origin = to_bytes(self.overlay.id)
+        frame = TreeAnycast(to_bytes(tree), origin, self.overlay.address, kind, tag, payload)
         self.overlay.route(now, tree, self._codec.encode(frame))
 
-    def reply(
-        self, now: float, requester: int, request_id: bytes, status: int, data: bytes
-    ) -> None:
-        """Answer a request: straight to the node that made it over the link to
-        it, if there is one (the reply is then in the kernel at once, with no
-        hop to acknowledge); else routed to it."""
+    def send_to(self, now: float, node: int, address: str, frame: Frame) -> None:
+        """Send ``frame`` to ``node``: over the link to it if there is one (it is
+        then in the kernel at once, with no hop to acknowledge), else routed to
+        its id inside a :class:`NodeMessage` (``address`` lets a node that does
+        not know it yet hand it over)."""
         self._now = now
-        reply = TreeReply(request_id, status, data, self._addresses.get(requester, ""))
-        if requester == self.overlay.id:
-            self._deliveries.append(ReplyDelivery(reply))
-        elif not self.overlay.send_direct(now, requester, reply):
-            self.overlay.route(now, requester, self._codec.encode(reply))
+        if node == self.overlay.id:
+            self._deliver_to_self(frame)
+        elif not self.overlay.send_direct(now, node, frame):
+            message = NodeMessage(to_bytes(node), address, self._codec.encode(frame))
+            self.overlay.route(now, node, self._codec.encode(message))
+
+    def _deliver_to_self(self, frame: Frame) -> None:
+        if isinstance(frame, TreeBounce):
+            self._deliveries.append(BounceDelivery(frame.tag, frame.reason, frame.detail))
+        else:
+            self._deliveries.append(MessageDelivery(frame))
+
+    def _message_arrived(self, message: NodeMessage) -> None:
+        """A NodeMessage for this node: the frame inside goes up (a malformed one
+        is dropped: it came through the overlay, not from the link's peer)."""
+        try:
+            frame = self._codec.decode(message.frame)
+        except ProtocolError:
+            self.messages_dropped += 1
+            return
+        self._deliver_to_self(frame)
 
     def take_effects(self) -> list[TreeEffect]:
         """The overlay's effects, with tree traffic handled here, then the events
@@ -452,7 +475,7 @@ class TreeNode:
                     continue
                 passed.append(effect)
         for delivery in self._deliveries:
-            if isinstance(delivery, RequestDelivery):
+            if isinstance(delivery, AnycastDelivery):
                 state = self.trees.get(delivery.tree)
                 if state is not None and state.kept > 0:
                     state.kept -= 1  # the member's own spare counts it from now on
@@ -467,7 +490,8 @@ class TreeNode:
             frame = self._codec.decode(route.payload)
         except ProtocolError:
             return None
-        return frame if isinstance(frame, (TreeJoin, TreePublish, TreeRequest, TreeReply)) else None
+        routed = (TreeJoin, TreePublish, TreeAnycast, NodeMessage)
+        return frame if isinstance(frame, routed) else None
 
     def _join_frame(self, route: Route) -> TreeJoin | None:
         if self._codec.kind_of(route.payload) != TreeJoin.KIND:  # most are not: no decoding
@@ -530,15 +554,15 @@ class TreeNode:
         if isinstance(frame, TreePublish):  # we are the root: send it down
             self._disseminate(frame, came_from=None)
             return True
-        if isinstance(frame, TreeRequest):  # we are the root: pick a subtree
+        if isinstance(frame, TreeAnycast):  # we are the root: pick a subtree
             self._dispatch(frame)
             return True
-        if isinstance(frame, TreeReply):
-            requester = from_bytes(effect.route.key)
-            if requester == self.overlay.id:
-                self._deliveries.append(ReplyDelivery(frame))
-            elif frame.address:  # we do not know the requester yet: hand it over
-                self._deliveries.append(ReplyHandover(requester, frame.address, frame))
+        if isinstance(frame, NodeMessage):
+            target = from_bytes(frame.target)
+            if target == self.overlay.id:
+                self._message_arrived(frame)
+            elif frame.address:  # we do not know the target yet: hand it over
+                self._deliveries.append(Handover(target, frame.address, frame))
             return True
         assert isinstance(frame, TreeJoin)
         join = frame
@@ -554,31 +578,29 @@ class TreeNode:
         self._pin()
         return True
 
-    def _dispatch(self, request: TreeRequest, *, from_parent: bool = False) -> None:
-        """Hand a request to this member or to a child subtree that takes its kind,
-        by spare capacity.
+    def _dispatch(self, anycast: TreeAnycast, *, from_parent: bool = False) -> None:
+        """Hand an anycast to this member or to a child subtree that takes its
+        kind, by spare capacity.
 
-        With nobody to hand it to, the root answers "no responders"; a node below
-        it (whose branch emptied while the request was on its way), or a root
-        that has not joined the overlay yet or whose leaf set changed in the last
-        ``settle_time``, answers "retry", and the requester sends it again to
-        what the tree is now.
+        With nobody to hand it to, the root bounces it EMPTY; a node below it
+        (whose branch emptied while it was on its way), or a root that has not
+        joined the overlay yet, whose leaf set changed in the last
+        ``settle_time``, or whose children just changed, bounces it RETRY, and
+        the origin sends it again to what the tree is now.
         """
-        # Below the root, or at a root that may have just become one (its leaf
-        # set changed a moment ago, and the members' branches are still moving
-        # to it), nobody here means "try again", not "nobody in the cluster".
         now = self._now
         overlay = self.overlay
+        # Below the root, or at a root that may have just become one (its leaf
+        # set changed a moment ago, and the members' branches are still moving
+        # to it), nobody here means "try again", not "nobody in the tree".
         settling = now - overlay.leaves_changed_at < self.config.settle_time
-        nobody = RETRY if from_parent or settling or not overlay.check_ready(now) else NO_RESPONDERS
-        requester = from_bytes(request.requester)
-        self._note_address(requester, request.address)
-        tree = from_bytes(request.tree)
+        nobody = RETRY if from_parent or settling or not overlay.check_ready(now) else EMPTY
+        tree = from_bytes(anycast.tree)
         state = self.trees.get(tree)
         if state is None or not state.needed:
-            self.reply(now, requester, request.request_id, nobody, b"")
+            self._bounce(anycast, nobody, NO_MEMBER)
             return
-        bit = serves_bit(request.kind)
+        bit = serves_bit(anycast.kind)
         candidates: dict[int | None, int] = {}
         if state.member and state.serves & bit:
             candidates[None] = state.own_view - state.own_since
@@ -591,20 +613,32 @@ class TreeNode:
             if chosen is None:
                 state.kept += 1  # until the member has it (see take_effects)
                 state.own_since += 1
-                self._deliveries.append(RequestDelivery(tree, request))
+                self._deliveries.append(
+                    AnycastDelivery(
+                        tree,
+                        anycast.kind,
+                        from_bytes(anycast.origin),
+                        anycast.address,
+                        anycast.tag,
+                        anycast.payload,
+                    )
+                )
                 return
-            if overlay.send_direct(now, chosen, request):
+            if overlay.send_direct(now, chosen, anycast):
                 state.sent[chosen] = state.sent.get(chosen, 0) + 1
                 return
             # That child's link is gone: forget it, try another.
             self._forget_child(state, chosen)
             del candidates[chosen]
-        # The cluster has members, but none takes this kind of request (if one
-        # just joined or changed, its word may be on the way: retry then).
+        # The tree has members, but none takes this kind (if one just joined or
+        # changed, its word may be on the way: retry then).
         if now - state.serves_changed_at < self.config.settle_time:
             nobody = RETRY
-        what = _KIND_NAMES.get(request.kind, "this kind of request")
-        self.reply(now, requester, request.request_id, nobody, f"no member takes {what}".encode())
+        self._bounce(anycast, nobody, NONE_TAKES_IT)
+
+    def _bounce(self, anycast: TreeAnycast, reason: int, detail: str) -> None:
+        bounce = TreeBounce(anycast.tag, reason, detail)
+        self.send_to(self._now, from_bytes(anycast.origin), anycast.address, bounce)
 
     def _pick(self, candidates: dict[int | None, int]) -> int | None:
         """A target at random, weighted by spare capacity, so equal members share
@@ -623,14 +657,6 @@ class TreeNode:
         state.child_serves.pop(child, None)
         state.sent.pop(child, None)
         state.acknowledged.pop(child, None)
-
-    def _note_address(self, node: int, address: str) -> None:
-        """Remember a requester's address for the reply (a bounded cache)."""
-        addresses = self._addresses
-        addresses[node] = address
-        addresses.move_to_end(node)
-        if len(addresses) > _MAX_ADDRESSES:
-            addresses.popitem(last=False)
 
     def _set_linked(self, tree: int, state: TreeState) -> None:
         """This node is linked to the root now: so are its children; tell them."""

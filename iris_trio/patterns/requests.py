@@ -18,21 +18,15 @@ from typing import Final
 
 import trio
 
-from ..errors import NoRespondersError, RemoteError, RequestTimeoutError
-from ..overlay.ids import from_bytes, name_id
+from ..errors import NoRespondersError, ProtocolError, RemoteError, RequestTimeoutError
+from ..overlay.ids import name_id
 from ..overlay.port import OverlayPort
-from ..overlay.trees import (
-    NO_RESPONDERS,
-    OVERLOADED,
-    REMOTE_ERROR,
-    REPLY,
-    RETRY,
-    ReplyDelivery,
-    RequestDelivery,
-)
+from ..overlay.trees import EMPTY, NONE_TAKES_IT, AnycastDelivery, BounceDelivery
+from ..wire.frames import FrameCodec
 from .limits import DEFAULT_REQUEST_TIMEOUT, check_message
 from .membership import CLUSTER, REQUEST, Membership, wait_in_tree
 from .queue import BoundedQueue, Overflow
+from .request_frames import RequestBody, RequestReply
 
 __all__ = [
     "MAX_QUEUED_BYTES",
@@ -47,6 +41,11 @@ __all__ = [
 
 #: Pause before sending again a request a member gave back unhandled.
 _RETRY_PAUSE: Final = 0.02
+#: Answers (RequestReply.status; NO_RESPONDERS only here, from a bounce).
+REPLY, REMOTE_ERROR, NO_RESPONDERS, OVERLOADED, RETRY = 0, 1, 2, 3, 4
+#: What each kind of anycast is, for "no member takes ..." errors.
+_KIND_NAMES: Final = {0: "requests", 1: "tunnels"}
+_codec = FrameCodec()
 
 #: Bytes of requests a member queues before refusing more (as Iris).
 MAX_QUEUED_BYTES = 64 * 1024 * 1024
@@ -340,7 +339,8 @@ class Requester:
             try:
                 remaining = deadline - trio.current_time()
                 milliseconds = min(2**32 - 1, max(1, math.ceil(remaining * 1000)))
-                port.request(tree, request_id, milliseconds, data, call.kind)
+                body = _codec.encode(RequestBody(milliseconds, data))
+                port.anycast(tree, call.kind, request_id, body)
                 await call.done.wait()
             finally:
                 del self._pending[request_id]
@@ -348,11 +348,25 @@ class Requester:
                 return
             await trio.sleep(_RETRY_PAUSE)
 
-    def reply_received(self, delivery: ReplyDelivery) -> None:
+    def reply_received(self, reply: RequestReply) -> None:
         """An answer arrived: to the call waiting for it, if any still is."""
-        call = self._pending.get(delivery.reply.request_id)
+        call = self._pending.get(reply.request_id)
         if call is not None:
-            call.settle(delivery.reply.status, delivery.reply.data)
+            call.settle(reply.status, reply.data)
+
+    def bounce_received(self, bounce: BounceDelivery) -> None:
+        """A request came back from the tree unanswered: nobody takes it, or
+        send it again."""
+        call = self._pending.get(bounce.tag)
+        if call is None:
+            return
+        if bounce.reason != EMPTY:
+            call.settle(RETRY)
+            return
+        why = bounce.detail
+        if why == NONE_TAKES_IT:
+            why = f"no member takes {_KIND_NAMES.get(call.kind, 'it')}"
+        call.settle(NO_RESPONDERS, why.encode())
 
 
 # ------------------------------------------------------------------- serving
@@ -445,33 +459,49 @@ class Responder:
             else:
                 self._answer(request, RETRY, b"the member stopped serving")
 
-    def request_received(self, delivery: RequestDelivery) -> None:
+    def request_received(self, delivery: AnycastDelivery) -> None:
         """A request for this node's members: to the receiver with the most
         spare capacity (or back, RETRY, if none takes it any more)."""
-        request = delivery.request
-        requester = from_bytes(request.requester)
+        body = decode_body(delivery)
         entries = self._incoming.get(delivery.tree)
         if not entries:
             message = b"the member is not serving requests"
-            self._port.reply(requester, request.request_id, RETRY, message)
+            answer_to(self._port, delivery, RETRY, message)
             return
         incoming = max(entries, key=_spare)[0] if len(entries) > 1 else entries[0][0]
         self.received += 1
-        deadline = trio.current_time() + request.timeout_ms / 1000
+        deadline = trio.current_time() + body.timeout_ms / 1000
+        port, origin, address = self._port, delivery.origin, delivery.address
 
         def answer(handled: Request, status: int | None, data: bytes) -> None:
             incoming._answered(handled)
             if status is not None:
-                self._answer(handled, status, data)
+                port.send_to(origin, address, RequestReply(handled.request_id, status, data))
 
-        arrived = Request(request.data, deadline, request.request_id, requester, answer)
+        arrived = Request(body.data, deadline, delivery.tag, origin, answer)
         if not incoming._push(arrived):
             self.refused += 1
-            message = b"the member's request queue is full"
-            self._port.reply(requester, request.request_id, OVERLOADED, message)
+            answer_to(self._port, delivery, OVERLOADED, b"the member's request queue is full")
 
     def _answer(self, request: Request, status: int, data: bytes) -> None:
-        self._port.reply(request.requester, request.request_id, status, data)
+        request._answer(request, status, data)
+
+
+def decode_body(delivery: AnycastDelivery) -> RequestBody:
+    """The request inside an anycast.
+
+    Raises:
+        ProtocolError: it is not one (a node of our network sent garbage).
+    """
+    body = _codec.decode(delivery.payload)
+    if not isinstance(body, RequestBody):
+        raise ProtocolError(f"an anycast carries {type(body).__name__}, not a request")
+    return body
+
+
+def answer_to(port: OverlayPort, delivery: AnycastDelivery, status: int, data: bytes) -> None:
+    """Answer the request (or tunnel opening) of ``delivery`` with ``status``."""
+    port.send_to(delivery.origin, delivery.address, RequestReply(delivery.tag, status, data))
 
 
 def _spare(entry: tuple[IncomingRequests, int]) -> int:

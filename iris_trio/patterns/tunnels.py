@@ -20,11 +20,21 @@ import trio
 from ..errors import ProtocolError
 from ..overlay.ids import from_bytes
 from ..overlay.port import OverlayPort
-from ..overlay.trees import OVERLOADED, REMOTE_ERROR, REPLY, RETRY, RequestDelivery
+from ..overlay.trees import AnycastDelivery
 from ..transport.link import Link
 from ..wire.frames import Frame
 from .membership import TUNNEL, Membership, wait_in_tree
-from .requests import PendingCall, Requester, encode_failure
+from .requests import (
+    OVERLOADED,
+    REMOTE_ERROR,
+    REPLY,
+    RETRY,
+    PendingCall,
+    Requester,
+    answer_to,
+    decode_body,
+    encode_failure,
+)
 from .tunnel import IncomingTunnels, Tunnel, TunnelPath
 from .tunnel_frames import TunnelAllow, TunnelClose, TunnelData, TunnelInit
 
@@ -123,39 +133,32 @@ class Tunnels:
                 del self._inboxes[tree]
                 self._membership.takes(tree, TUNNEL, False)
 
-    def request_received(self, delivery: RequestDelivery) -> None:
+    def request_received(self, delivery: AnycastDelivery) -> None:
         """A tunnel opening for this node's members."""
-        request = delivery.request
-        requester, request_id = from_bytes(request.requester), request.request_id
+        body = decode_body(delivery)
         entries = self._inboxes.get(delivery.tree)
         entry = min(entries, key=lambda e: len(e[0])) if entries else None
         if entry is None:
-            self._port.reply(requester, request_id, RETRY, b"the member takes no tunnels")
+            answer_to(self._port, delivery, RETRY, b"the member takes no tunnels")
         elif entry[0].would_refuse():
-            self._port.reply(requester, request_id, OVERLOADED, b"too many tunnels waiting")
+            answer_to(self._port, delivery, OVERLOADED, b"too many tunnels waiting")
         else:
-            deadline = trio.current_time() + request.timeout_ms / 1000
-            self._spawn(
-                self._open_member_end, entry, requester, request_id, request.address, deadline
-            )
+            deadline = trio.current_time() + body.timeout_ms / 1000
+            self._spawn(self._open_member_end, entry, delivery, deadline)
 
     async def _open_member_end(
-        self,
-        entry: tuple[IncomingTunnels, int],
-        requester: int,
-        request_id: bytes,
-        address: str,
-        deadline: float,
+        self, entry: tuple[IncomingTunnels, int], delivery: AnycastDelivery, deadline: float
     ) -> None:
         inbox, window = entry
+        requester, request_id = delivery.origin, delivery.tag
         link: Link | None = None
         with trio.move_on_at(deadline):
             try:
                 if requester != self._port.id:
-                    link = await self._port.connect_peer(requester, address)
+                    link = await self._port.connect_peer(requester, delivery.address)
             except OSError as exc:
                 message = f"the member cannot reach the requester: {exc}"
-                self._port.reply(requester, request_id, REMOTE_ERROR, encode_failure(message))
+                answer_to(self._port, delivery, REMOTE_ERROR, encode_failure(message))
                 return
             tunnel = self._new_tunnel(os.urandom(16), request_id, requester, 0, window, link)
             if tunnel._send_control(lambda: TunnelInit(request_id, tunnel.local_id, window)):
@@ -208,9 +211,7 @@ class Tunnels:
         return path
 
     def frame_received(self, link: Link, frame: Frame) -> None:
-        """A tunnel frame arrived on a link (any other frame breaks the protocol)."""
-        if not isinstance(frame, TUNNEL_FRAMES):
-            raise ProtocolError(f"unexpected frame {type(frame).__name__}")
+        """A tunnel frame arrived on a link."""
         self._frame(from_bytes(link.peer_id), frame, link)
 
     def _frame(self, peer: int, frame: Frame, link: Link | None) -> None:

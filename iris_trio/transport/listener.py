@@ -26,10 +26,11 @@ from .config import LinkConfig
 from .handshake import log_handshake_failure, perform_handshake
 from .link import SOFTWARE, FrameHandler, Link, established_link
 
-__all__ = ["LinkListener", "ListenerStatistics", "serve_tcp_links"]
+__all__ = ["LinkHandler", "LinkListener", "ListenerStatistics", "serve_tcp_links"]
 
 log = logging.getLogger("iris_trio.transport")
 
+#: Awaited with each established link; the link closes when it returns.
 LinkHandler = Callable[[Link], Awaitable[None]]
 
 
@@ -113,10 +114,17 @@ class LinkListener:
             if not self._per_source[source]:
                 del self._per_source[source]
 
-    async def handle_stream(self, stream: trio.abc.Stream) -> None:
-        """Handshake on an accepted ``stream`` and run the handler with the link."""
+    async def handle_stream(self, stream: trio.abc.Stream, *, source: str | None = None) -> None:
+        """Handshake on an accepted ``stream`` and run the handler with the link.
+
+        Args:
+            stream: a connection a transport accepted; this call owns and closes it.
+            source: who connects, for the per-source handshake limit (default:
+                the socket's peer host; none for a stream without a socket).
+        """
         self._accepted += 1
-        source = _source_host(stream)
+        if source is None:
+            source = _source_host(stream)
         if not self._admit(source):
             self._rejected_busy += 1
             await trio.aclose_forcefully(stream)
