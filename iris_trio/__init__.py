@@ -35,6 +35,7 @@ from .errors import MessageTooLargeError as MessageTooLargeError
 from .errors import NoRespondersError as NoRespondersError
 from .errors import ProtocolError as ProtocolError
 from .errors import RemoteError as RemoteError
+from .errors import RequestLostError as RequestLostError
 from .errors import RequestTimeoutError as RequestTimeoutError
 from .overlay.discovery import DiscoveryConfig as DiscoveryConfig
 from .patterns.requests import IncomingRequests as IncomingRequests

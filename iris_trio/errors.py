@@ -25,6 +25,7 @@ __all__ = [
     "NoRespondersError",
     "ProtocolError",
     "RemoteError",
+    "RequestLostError",
     "RequestTimeoutError",
 ]
 
@@ -82,6 +83,13 @@ class RemoteError(IrisError):
         super().__init__(f"{type_name}: {message}" if type_name else message)
         self.message = message
         self.type_name = type_name
+
+
+class RequestLostError(IrisError):
+    """A request (or tunnel opening) was lost with a node that held it: the member
+    handling it, or a node on its way to one, left or died. It may have run, so
+    it is not sent again (requests run at most once); raised at once, not after
+    the timeout."""
 
 
 class RequestTimeoutError(IrisError, trio.TooSlowError, TimeoutError):

@@ -8,8 +8,8 @@ from iris_trio.overlay.config import OverlayConfig
 from iris_trio.overlay.frames import Heartbeat, Route, RouteAck
 from iris_trio.overlay.ids import to_bytes
 from iris_trio.overlay.node import _MAX_SEEN, Deliver, Effect, OverlayNode, Send
-from iris_trio.overlay.tree_frames import NodeMessage, TreeBounce
-from iris_trio.overlay.trees import BounceDelivery, Handover, MessageDelivery, TreeNode
+from iris_trio.overlay.tree_frames import NodeMessage, TreeAnycast, TreeBounce
+from iris_trio.overlay.trees import LOST, BounceDelivery, Handover, MessageDelivery, TreeNode
 from iris_trio.patterns.request_frames import RequestReply
 from iris_trio.wire.frames import FrameCodec
 
@@ -104,3 +104,25 @@ def test_a_routed_message_for_a_node_not_known_here_is_handed_over() -> None:
     assert [e for e in effects if isinstance(e, BounceDelivery)] == [
         BounceDelivery(b"t", 0, "no member")
     ]
+
+
+def test_an_anycast_whose_next_hop_goes_unacknowledged_is_lost_not_sent_again() -> None:
+    """Requests run at most once: an anycast is retried on its hop while that hop
+    is up (the hop drops copies), but once the hop is gone it may already have
+    passed it on, so it is not sent another way (nor delivered here): its origin
+    gets a LOST bounce. Other routed messages still take another path."""
+    codec = FrameCodec()
+    a, _ = linked_pair(OverlayConfig())
+    trees = TreeNode(a)
+    trees.anycast(0.0, B_ID, 0, b"tag", b"payload")  # B is closest to the key
+    a.route(0.0, B_ID, b"plain")
+    anycast, _ = routes_sent(trees.take_effects(), B_ID)
+    assert codec.kind_of(anycast.payload) == TreeAnycast.KIND
+    a.disconnected(0.1, B_ID)  # B goes before acknowledging either
+    effects = trees.take_effects()
+    assert [e for e in effects if isinstance(e, BounceDelivery)] == [
+        BounceDelivery(b"tag", LOST, "a node on the way to the member went away")
+    ]
+    delivered = [e.route.payload for e in effects if isinstance(e, Deliver)]
+    assert delivered == [b"plain"]  # A is now the closest: the plain message is its own
+    assert a.statistics().rerouted == 0

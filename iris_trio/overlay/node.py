@@ -47,6 +47,7 @@ __all__ = [
     "Disconnect",
     "Effect",
     "ForwardHook",
+    "Lost",
     "OverlayNode",
     "OverlayStatistics",
     "Send",
@@ -88,7 +89,16 @@ class Deliver:
     previous: int | None
 
 
-Effect = Connect | Send | Disconnect | Deliver
+@dataclasses.dataclass(frozen=True, slots=True)
+class Lost:
+    """A routed message that must not take another path (see
+    :attr:`OverlayNode.at_most_once`) lost its next hop before that hop
+    acknowledged it: it may or may not have gone on from there."""
+
+    route: Route
+
+
+Effect = Connect | Send | Disconnect | Deliver | Lost
 _USELESS_CAP = 2048
 #: Called as ``hook(route, previous, next_hop)`` before a routed message is
 #: forwarded (``previous`` is None where it starts); returning False consumes it
@@ -229,6 +239,11 @@ class OverlayNode:
         self.config = config or OverlayConfig()
         self.rng = rng or random.Random()
         self.forward_hook = forward
+        #: Tells which routed messages may be delivered at most once: such a
+        #: message is retried on its hop while that hop is up (its receiver drops
+        #: copies), but never sent another way once the hop is gone or suspected
+        #: (the hop may have passed it on already): it becomes a :class:`Lost`.
+        self.at_most_once: Callable[[Route], bool] | None = None
         self.leaves = LeafSet(node_id, self.config.leaf_size)
         #: When the leaf set last changed (which node is closest to a key may have).
         self.leaves_changed_at = -math.inf
@@ -268,6 +283,7 @@ class OverlayNode:
         self._ready = False
         self._routed = self._forwarded = self._delivered = self._duplicates = 0
         self._rerouted = self._dropped = self._dead = self._maintenance = 0
+        self._lost = 0
 
     def __repr__(self) -> str:
         return f"<OverlayNode {short(self.id)} peers={len(self._peers)}>"
@@ -781,6 +797,11 @@ class OverlayNode:
         if pending.reroutes >= config.route_attempts:
             del self._pending[message_id]
             self._dropped += 1
+            return
+        if self.at_most_once is not None and self.at_most_once(pending.frame):
+            del self._pending[message_id]
+            self._lost += 1
+            self._outbox.append(Lost(pending.frame))
             return
         next_hop = self._next_hop(pending.key, exclude=pending.tried)
         if next_hop is None:

@@ -115,7 +115,8 @@ class TreeBounce(Frame):
     Attributes:
         tag: the anycast's tag.
         reason: 0 nobody in the tree takes it (``detail`` says why); 1 the tree
-            is changing where it went: send it again.
+            is changing where it went: send it again; 2 it was lost on its way
+            (it may have reached a member: not to be sent again).
         detail: a few words for the origin's error message.
     """
 

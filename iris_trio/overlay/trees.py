@@ -25,7 +25,7 @@ from ..errors import ProtocolError
 from ..wire.frames import Frame, FrameCodec
 from .frames import Route
 from .ids import from_bytes, short, to_bytes
-from .node import Deliver, Effect, OverlayNode
+from .node import Deliver, Effect, Lost, OverlayNode
 from .tree_frames import (
     MAX_EVENTS,
     NodeMessage,
@@ -40,6 +40,7 @@ from .tree_frames import (
 
 __all__ = [
     "EMPTY",
+    "LOST",
     "NONE_TAKES_IT",
     "NO_MEMBER",
     "RETRY",
@@ -57,7 +58,9 @@ __all__ = [
 
 #: Why a TreeBounce came back: nobody in the tree takes that kind, or the tree
 #: is changing where it went (send it again).
-EMPTY, RETRY = 0, 1
+#: LOST: a node on its way went away before passing it on for sure: it may
+#: have reached a member, so it must not be sent again.
+EMPTY, RETRY, LOST = 0, 1, 2
 #: The details of an EMPTY bounce: the tree has no member, or none takes the kind.
 NO_MEMBER, NONE_TAKES_IT = "no member", "none takes it"
 
@@ -236,6 +239,7 @@ class TreeNode:
         #: Routed messages for this node that could not be decoded.
         self.messages_dropped = 0
         overlay.forward_hook = self._forwarding
+        overlay.at_most_once = self._is_anycast
 
     # ----------------------------------------------------------------- inputs
 
@@ -473,6 +477,9 @@ class TreeNode:
             for effect in effects:
                 if isinstance(effect, Deliver) and self._delivered(effect):
                     continue
+                if isinstance(effect, Lost):
+                    self._lost(effect)
+                    continue
                 passed.append(effect)
         for delivery in self._deliveries:
             if isinstance(delivery, AnycastDelivery):
@@ -492,6 +499,17 @@ class TreeNode:
             return None
         routed = (TreeJoin, TreePublish, TreeAnycast, NodeMessage)
         return frame if isinstance(frame, routed) else None
+
+    def _is_anycast(self, route: Route) -> bool:
+        """Anycasts reach at most one member: never sent a second way."""
+        return self._codec.kind_of(route.payload) == TreeAnycast.KIND
+
+    def _lost(self, effect: Lost) -> None:
+        """An anycast lost its next hop unacknowledged: tell its origin (it may
+        have reached a member; the origin must not send it again)."""
+        frame = self._tree_frame(effect.route)
+        if isinstance(frame, TreeAnycast):
+            self._bounce(frame, LOST, "a node on the way to the member went away")
 
     def _join_frame(self, route: Route) -> TreeJoin | None:
         if self._codec.kind_of(route.payload) != TreeJoin.KIND:  # most are not: no decoding

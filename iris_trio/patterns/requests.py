@@ -18,10 +18,16 @@ from typing import Final
 
 import trio
 
-from ..errors import NoRespondersError, ProtocolError, RemoteError, RequestTimeoutError
+from ..errors import (
+    NoRespondersError,
+    ProtocolError,
+    RemoteError,
+    RequestLostError,
+    RequestTimeoutError,
+)
 from ..overlay.ids import name_id
 from ..overlay.port import OverlayPort
-from ..overlay.trees import EMPTY, NONE_TAKES_IT, AnycastDelivery, BounceDelivery
+from ..overlay.trees import EMPTY, LOST, NONE_TAKES_IT, AnycastDelivery, BounceDelivery
 from ..wire.frames import FrameCodec
 from .limits import DEFAULT_REQUEST_TIMEOUT, check_message
 from .membership import CLUSTER, REQUEST, Membership, wait_in_tree
@@ -41,8 +47,9 @@ __all__ = [
 
 #: Pause before sending again a request a member gave back unhandled.
 _RETRY_PAUSE: Final = 0.02
-#: Answers (RequestReply.status; NO_RESPONDERS only here, from a bounce).
+#: Answers (RequestReply.status; NO_RESPONDERS and LOST_ON_WAY only here, from a bounce).
 REPLY, REMOTE_ERROR, NO_RESPONDERS, OVERLOADED, RETRY = 0, 1, 2, 3, 4
+LOST_ON_WAY = 16
 #: What each kind of anycast is, for "no member takes ..." errors.
 _KIND_NAMES: Final = {0: "requests", 1: "tunnels"}
 _codec = FrameCodec()
@@ -317,6 +324,11 @@ class Requester:
         if call.status == NO_RESPONDERS:
             why = call.data.decode("utf-8", "replace") if call.data else "no member"
             raise NoRespondersError(f"cluster {cluster!r}: {why}")
+        if call.status == LOST_ON_WAY:
+            detail = call.data.decode("utf-8", "replace")
+            raise RequestLostError(
+                f"the request to cluster {cluster!r} was lost ({detail}); it may have run"
+            )
         if call.status == OVERLOADED:
             message = call.data.decode("utf-8", "replace")
             raise RemoteError(f"the member was overloaded: {message}")
@@ -359,6 +371,9 @@ class Requester:
         send it again."""
         call = self._pending.get(bounce.tag)
         if call is None:
+            return
+        if bounce.reason == LOST:
+            call.settle(LOST_ON_WAY, bounce.detail.encode())
             return
         if bounce.reason != EMPTY:
             call.settle(RETRY)

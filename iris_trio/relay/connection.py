@@ -26,7 +26,13 @@ from typing import TYPE_CHECKING, Any, Final
 import anyio
 import trio
 
-from ..errors import ConfigError, MessageTooLargeError, NoRespondersError, RemoteError
+from ..errors import (
+    ConfigError,
+    MessageTooLargeError,
+    NoRespondersError,
+    RemoteError,
+    RequestLostError,
+)
 from ..patterns.limits import MAX_MESSAGE_SIZE, MAX_TIMEOUT, check_name
 from ..patterns.requests import IncomingRequests, Request
 from ..patterns.subscription import Subscription
@@ -527,6 +533,7 @@ class RelayConnection:
                 answer = ReplyDelivery(packet.id, False, False, fault=fault)
             except (
                 RemoteError,
+                RequestLostError,
                 MessageTooLargeError,
                 ConfigError,
                 trio.ClosedResourceError,
@@ -659,7 +666,7 @@ class RelayConnection:
                 self._opening.discard(packet.tunnel_id)
                 self._writer.send_nowait(TunnelConfirmed(packet.tunnel_id, False, CHUNK_LIMIT))
                 await self._relay_tunnel(bridge)
-        except (trio.TooSlowError, NoRespondersError, RemoteError, ConfigError):
+        except (trio.TooSlowError, NoRespondersError, RemoteError, RequestLostError, ConfigError):
             if opened:
                 raise
             # The protocol has no fault for a tunnel: every failure to open one

@@ -1,0 +1,82 @@
+"""Faults, on the virtual clock: requests run at most once whatever leaves or dies."""
+
+from __future__ import annotations
+
+import collections
+import itertools
+
+import pytest
+import trio
+import trio.testing
+
+import iris_trio
+from iris_trio.overlay.ids import name_id, ring_distance
+from iris_trio.testing import Cluster, open_cluster
+
+
+def _root_of(cluster: Cluster, name: str) -> iris_trio.Node:
+    tree = name_id("cluster", name)
+    return min(cluster, key=lambda node: (ring_distance(node.driver.id, tree), node.driver.id))
+
+
+def _a_cluster_rooted_away_from(cluster: Cluster, avoid: set[iris_trio.Node]) -> str:
+    """A cluster name whose tree root is none of ``avoid``."""
+    for number in itertools.count():
+        name = f"work-{number}"
+        if _root_of(cluster, name) not in avoid:
+            return name
+    raise AssertionError("unreachable")
+
+
+@pytest.mark.parametrize("how", ["leaves", "dies"])
+async def test_a_request_never_runs_twice_when_the_tree_root_goes(
+    how: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The root of a cluster's tree (a plain node, not a member) leaving or dying
+    while requests flow through it: each request runs at most once, and each
+    requester gets its reply or a typed error at once (RequestLostError: it may
+    have run), never a second run. Several roots go, one after the other."""
+    runs: collections.Counter[bytes] = collections.Counter()
+
+    async def handler(data: bytes) -> bytes:
+        runs[data] += 1
+        await trio.sleep(0.002)
+        return data
+
+    async with open_cluster(10) as cluster, trio.open_nursery() as nursery:
+        members, requesters = list(cluster[:2]), list(cluster[2:4])
+        keep = set(members) | set(requesters)
+        name = _a_cluster_rooted_away_from(cluster, keep)
+        for member in members:
+            await nursery.start(member.serve, handler, name)
+        outcomes: collections.Counter[str] = collections.Counter()
+        stop = trio.Event()
+
+        async def lane(node: iris_trio.Node, prefix: bytes) -> None:
+            for sequence in itertools.count():
+                if stop.is_set():
+                    return
+                data = prefix + b"%d" % sequence
+                try:
+                    assert await node.request(name, data, timeout=5) == data
+                    outcomes["answered"] += 1
+                except iris_trio.RequestLostError:
+                    outcomes["lost"] += 1
+                await trio.sleep(0.005)
+
+        async with trio.open_nursery() as load:
+            for index, node in enumerate(requesters):
+                for lane_index in range(4):
+                    load.start_soon(lane, node, b"%d.%d." % (index, lane_index))
+            for _ in range(4):  # roots go one after the other
+                await trio.sleep(1.0)
+                root = _root_of(cluster, name)
+                if root in keep:
+                    break
+                await (cluster.stop(root) if how == "leaves" else cluster.kill(root))
+            await trio.sleep(1.0)
+            stop.set()
+        assert outcomes["answered"] > 500
+        assert max(runs.values()) == 1, [data for data, count in runs.items() if count > 1]
+        assert sum(runs.values()) <= outcomes["answered"] + outcomes["lost"]
+        nursery.cancel_scope.cancel()
