@@ -6,121 +6,485 @@ with ``--status-interval``, a JSON status line periodically. SIGINT or SIGTERM
 make it close every client (CLOSE with a reason), leave the overlay gracefully
 and exit 0. Every flag has an environment variable (IRIS_TRIO_*); a flag given
 on the command line wins.
+
+Mistakes (a port in use, an address that is not this host's, a missing key
+file, an invalid environment value...) are reported in one or two lines on
+stderr, checked before anything starts where possible; see ``--help``.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import functools
 import json
-import logging
 import os
 import signal
+import socket
 import sys
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any, Final
 
 import trio
 
+from ._command import (
+    INTERRUPTED,
+    CommandParser,
+    host_port,
+    interrupted,
+    leaves,
+    port_number,
+    seconds,
+)
+from ._logformat import configure_logging, parse_log_format, parse_log_level
 from ._node import Node, serve_node
 from .crypto.identity import NodeIdentity
 from .crypto.keys import DEV_NETWORK, Network, NetworkKey
-from .errors import IrisError
-from .overlay.driver import OverlayDriver
+from .errors import ConfigError, KeyFormatError
+from .overlay.driver import OverlayDriver, split_address
 from .relay import DEFAULT_PORT, Relay, serve_relay
 
 __all__ = ["main"]
 
-_N = TypeVar("_N", int, float)
+_PROG: Final = "iris-trio node"
+
+_DESCRIPTION: Final = """\
+Run one overlay node as a process and serve the Iris relay protocol on loopback,
+so that programs on this host (the Iris client libraries, iris_trio.connect and
+iris_trio.register) use the overlay through it.
+
+Without --net the node joins the dev network: loopback only, found by the other
+dev nodes on this host, with a published key that is not secret. With --net NAME
+and --key FILE (or --rsa FILE) it joins a real network: it listens on all
+interfaces and finds its peers on the LAN."""
+
+_EPILOG: Final = f"""\
+output:
+  stdout  one JSON line when ready: {{"event": "ready", "relay_port": ..., "node_id": ...,
+          "address": ..., "peers": ...}}; a JSON status line every --status-interval
+          seconds; {{"event": "stopped", ...}} at the end
+  stderr  log records (--log-level, --log-format) and error messages
+
+stopping:
+  SIGINT (Ctrl-C) or SIGTERM: every client gets CLOSE with a reason, the node
+  leaves the overlay gracefully, and the process exits with status 0.
+
+exit status:
+  0 stopped by a signal; 1 could not start (a port in use, an address that is not
+  this host's, an unreadable key file...: the message says what to do);
+  2 invalid arguments or environment values; 130 interrupted before it was ready.
+
+environment:
+  Every flag has a variable; a flag given on the command line wins:
+  IRIS_TRIO_DEV (1/true/yes or 0/false/no), IRIS_TRIO_NET, IRIS_TRIO_KEY, IRIS_TRIO_RSA,
+  IRIS_TRIO_LISTEN, IRIS_TRIO_PORT, IRIS_TRIO_SEEDS (comma-separated), IRIS_TRIO_DISCOVERY,
+  IRIS_TRIO_IDENTITY, IRIS_TRIO_STATUS_INTERVAL, IRIS_TRIO_LOG_LEVEL, IRIS_TRIO_LOG_FORMAT.
+  IRIS_TRIO_TRACEBACK=1 prints the traceback of an unexpected error (for a bug report).
+
+examples:
+  iris-trio node --dev --status-interval 1        the dev network, relay on port {DEFAULT_PORT}
+  iris-trio node --dev --port 0                   a second node on this host
+  iris-trio keygen net.key && iris-trio node --net prod --key net.key --listen 10.0.0.5:0"""
+
+_TRUE: Final = frozenset({"1", "true", "yes", "on"})
+_FALSE: Final = frozenset({"0", "false", "no", "off", ""})
+_DISCOVERY: Final = ("loopback", "lan", "off")
 
 
-def _number(kind: type[_N], variable: str, default: _N) -> _N:
-    text = os.environ.get(variable)
-    if text is None:
-        return default
+class _UserError(Exception):
+    """A user mistake: the message says what is wrong and what to do."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+# ------------------------------------------------------------ argument types
+
+
+def _boolean(text: str) -> bool:
+    value = text.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise argparse.ArgumentTypeError(
+        f"{text!r} is not a yes/no value; use 1, true, yes or 0, false, no"
+    )
+
+
+def _discovery(text: str) -> str:
+    value = text.strip().lower()
+    if value not in _DISCOVERY:
+        raise argparse.ArgumentTypeError(
+            f"unknown discovery mode {text!r}; use loopback, lan or off"
+        )
+    return value
+
+
+def _seed(text: str) -> str:
+    address = host_port(text)
+    if split_address(address)[1] == 0:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: a seed is the HOST:PORT a node listens on, and port 0 is none"
+        )
+    return address
+
+
+def _log_level(text: str) -> str:
     try:
-        return kind(text)
-    except ValueError:
-        sys.exit(f"iris-trio node: {variable}={text!r} is not a number")
+        parse_log_level(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text.strip().lower()
 
 
-def _parser() -> argparse.ArgumentParser:
-    env = os.environ.get
-    parser = argparse.ArgumentParser(prog="iris-trio node", description=__doc__)
-    parser.add_argument(
+def _log_format(text: str) -> str:
+    try:
+        return parse_log_format(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _seeds(text: str) -> list[str]:
+    return [_seed(s) for s in text.split(",") if s.strip()]
+
+
+def _text(text: str) -> str | None:
+    return text or None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Option:
+    dest: str
+    flag: str
+    variable: str
+    convert: Callable[[str], Any]
+    default: Any
+
+
+_OPTIONS: Final = (
+    _Option("dev", "--dev", "IRIS_TRIO_DEV", _boolean, False),
+    _Option("net", "--net", "IRIS_TRIO_NET", _text, None),
+    _Option("key", "--key", "IRIS_TRIO_KEY", _text, None),
+    _Option("rsa", "--rsa", "IRIS_TRIO_RSA", _text, None),
+    _Option("listen", "--listen", "IRIS_TRIO_LISTEN", host_port, None),
+    _Option("port", "--port", "IRIS_TRIO_PORT", port_number, DEFAULT_PORT),
+    _Option("seed", "--seed", "IRIS_TRIO_SEEDS", _seeds, []),
+    _Option("discovery", "--discovery", "IRIS_TRIO_DISCOVERY", _discovery, None),
+    _Option("identity", "--identity", "IRIS_TRIO_IDENTITY", _text, None),
+    _Option("status_interval", "--status-interval", "IRIS_TRIO_STATUS_INTERVAL", seconds, 0.0),
+    _Option("log_level", "--log-level", "IRIS_TRIO_LOG_LEVEL", _log_level, "warning"),
+    _Option("log_format", "--log-format", "IRIS_TRIO_LOG_FORMAT", _log_format, "text"),
+)
+
+
+def _parser() -> CommandParser:
+    parser = CommandParser(prog=_PROG, description=_DESCRIPTION, epilog=_EPILOG)
+    add = parser.add_argument
+    add(
         "--dev",
         action="store_true",
-        default=env("IRIS_TRIO_DEV", "").lower() in {"1", "true", "yes"},
-        help="the loopback-only dev network (the default without --net)",
-    )
-    parser.add_argument("--net", default=env("IRIS_TRIO_NET"), help="network name")
-    parser.add_argument(
-        "--key", default=env("IRIS_TRIO_KEY"), help="network key file (raw, hex or base64)"
-    )
-    parser.add_argument("--rsa", default=env("IRIS_TRIO_RSA"), help="Iris RSA key file")
-    parser.add_argument(
-        "--listen",
-        default=env("IRIS_TRIO_LISTEN"),
-        help="host:port to accept links on (dev: 127.0.0.1:0, else 0.0.0.0:0)",
-    )
-    parser.add_argument(
-        "--port",
-        type=int,
-        default=_number(int, "IRIS_TRIO_PORT", DEFAULT_PORT),
-        help=f"relay port on loopback (default {DEFAULT_PORT}; 0: any free port)",
-    )
-    parser.add_argument(
-        "--seed",
-        action="append",
         default=None,
-        help="host:port to join through (repeatable; IRIS_TRIO_SEEDS: comma-separated)",
+        help="join the dev network: loopback only, published key (the default without --net)",
     )
-    parser.add_argument(
+    add("--net", metavar="NAME", help="join the real network NAME (needs --key or --rsa)")
+    add(
+        "--key",
+        metavar="FILE",
+        help="the network key file: 32 raw bytes, 64 hex digits or base64 "
+        "(create one with 'iris-trio keygen FILE')",
+    )
+    add(
+        "--rsa",
+        metavar="FILE",
+        help="derive the network key from an Iris RSA private key file (PEM or DER) instead",
+    )
+    add(
+        "--listen",
+        metavar="HOST:PORT",
+        type=host_port,
+        help="where to accept links from other nodes (default 127.0.0.1:0 on the dev "
+        "network, 0.0.0.0:0 on a real one; port 0: any free port)",
+    )
+    add(
+        "--port",
+        metavar="N",
+        type=port_number,
+        help=f"the relay port on loopback (127.0.0.1 and ::1) for local programs (default "
+        f"{DEFAULT_PORT}, the Iris port; 0: any free port, shown in the ready line)",
+    )
+    add(
+        "--seed",
+        metavar="HOST:PORT",
+        action="append",
+        type=_seed,
+        help="the link address of a node to join through, as its ready line shows it (repeatable)",
+    )
+    add(
         "--discovery",
-        choices=["lan", "loopback", "off"],
-        default=env("IRIS_TRIO_DISCOVERY"),
-        help="dev default: loopback; real network default: lan",
+        metavar="MODE",
+        type=_discovery,
+        help="how to find peers: loopback (the dev network's default), lan (a real "
+        "network's default; not on the dev network) or off (seeds only)",
     )
-    parser.add_argument(
+    add(
         "--identity",
-        default=env("IRIS_TRIO_IDENTITY"),
-        help="node identity file (created if missing)",
+        metavar="FILE",
+        help="keep the node's key pair, and so its node id, in FILE across restarts "
+        "(created if missing; default: a new identity at every start)",
     )
-    parser.add_argument(
+    add(
         "--status-interval",
-        type=float,
-        default=_number(float, "IRIS_TRIO_STATUS_INTERVAL", 0.0),
-        help="print a JSON status line this often (seconds)",
+        metavar="SECONDS",
+        type=seconds,
+        help="print a JSON status line every SECONDS (default 0: never)",
     )
-    parser.add_argument("--log-level", default=env("IRIS_TRIO_LOG_LEVEL", "WARNING"))
+    add(
+        "--log-level",
+        metavar="LEVEL",
+        type=_log_level,
+        help="debug, info, warning or error, any case (default warning: only problems, "
+        "so a healthy node stays quiet; info adds the node's life: ready, peers "
+        "joining and leaving)",
+    )
+    add(
+        "--log-format",
+        metavar="FORMAT",
+        type=_log_format,
+        help="text (default: readable lines) or json (one JSON object per line on stderr "
+        "with time, level, logger, message and exception, for log collectors)",
+    )
     return parser
 
 
-def _network(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Network:
-    if args.dev or not args.net:
+def _resolve(args: argparse.Namespace) -> dict[str, str]:
+    """Fill every option not given on the command line from its environment
+    variable or default; returns where each value came from (for messages)."""
+    sources: dict[str, str] = {}
+    for option in _OPTIONS:
+        if getattr(args, option.dest) is not None:
+            sources[option.dest] = option.flag
+            continue
+        text = os.environ.get(option.variable)
+        if text is None:
+            setattr(args, option.dest, option.default)
+            sources[option.dest] = option.flag
+            continue
+        try:
+            value = option.convert(text)
+        except argparse.ArgumentTypeError as exc:
+            raise _UserError(f"{option.variable}: {exc}", status=2) from None
+        setattr(args, option.dest, option.default if value is None else value)
+        sources[option.dest] = option.variable
+    return sources
+
+
+# ------------------------------------------------------------ up-front checks
+
+
+def _network(args: argparse.Namespace, sources: dict[str, str]) -> Network:
+    if args.dev and args.net:
+        raise _UserError(
+            f"{sources['dev']} and {sources['net']} exclude each other: --dev is the "
+            "loopback-only dev network, --net NAME a real network (with --key or --rsa)",
+            status=2,
+        )
+    if not args.net:
         if args.key or args.rsa:
-            parser.error("--key/--rsa need --net")
+            given = sources["key"] if args.key else sources["rsa"]
+            raise _UserError(
+                f"{given} is for a real network: add --net NAME (the dev network's "
+                "key is built in)",
+                status=2,
+            )
+        if args.discovery == "lan":
+            raise _UserError(
+                f"{sources['discovery']} lan needs a real network (--net NAME with --key "
+                "FILE); the dev network is loopback only: use --discovery loopback or off",
+                status=2,
+            )
         return DEV_NETWORK
-    if bool(args.key) == bool(args.rsa):
-        parser.error("a real network needs exactly one of --key or --rsa")
-    key = NetworkKey.from_file(args.key) if args.key else NetworkKey.from_rsa_file(args.rsa)
-    return Network(args.net, key)
+    if not args.key and not args.rsa:
+        raise _UserError(
+            f"the network {args.net!r} needs its key: add --key FILE (or --rsa FILE); "
+            "'iris-trio keygen FILE' creates one (or use --dev)",
+            status=2,
+        )
+    if args.key and args.rsa:
+        raise _UserError("give one of --key or --rsa, not both", status=2)
+    key = _key(args.key, sources["key"], rsa=False) if args.key else None
+    key = key or _key(args.rsa, sources["rsa"], rsa=True)
+    try:
+        return Network(args.net, key)
+    except KeyFormatError as exc:
+        raise _UserError(f"{sources['net']} {args.net!r}: {exc}", status=2) from None
 
 
-def _seeds(args: argparse.Namespace) -> list[str]:
-    if args.seed is not None:
-        return list(args.seed)
-    return [s.strip() for s in os.environ.get("IRIS_TRIO_SEEDS", "").split(",") if s.strip()]
+def _key(path: str, source: str, *, rsa: bool) -> NetworkKey:
+    try:
+        return NetworkKey.from_rsa_file(path) if rsa else NetworkKey.from_file(path)
+    except FileNotFoundError:
+        if rsa:
+            raise _UserError(f"{source} {path}: no such file") from None
+        raise _UserError(
+            f"{source} {path}: no such file; create a key with 'iris-trio keygen {path}' "
+            "and give every node of the network a copy"
+        ) from None
+    except OSError as exc:
+        raise _UserError(f"{source} {path}: cannot read it ({exc.strerror or exc})") from None
+    except KeyFormatError as exc:
+        if rsa:
+            raise _UserError(f"{source} {path}: not a usable RSA private key ({exc})") from None
+        raise _UserError(
+            f"{source} {path}: not a network key (a key file holds 32 raw bytes, 64 hex "
+            "digits or base64 of 32 bytes; 'iris-trio keygen NEWFILE' creates one)"
+        ) from None
 
 
-def _identity(path: str | None) -> NodeIdentity:
+def _identity(path: str | None, source: str) -> NodeIdentity:
     if path is None:
         return NodeIdentity.generate()
-    if os.path.exists(path):
-        return NodeIdentity.load(path)
+    try:
+        if os.path.lexists(path):
+            return NodeIdentity.load(path)
+    except KeyFormatError:
+        raise _UserError(
+            f"{source} {path}: not an identity file (it holds 64 hex digits, written by "
+            "iris-trio node); name a new file to create a new identity"
+        ) from None
+    except OSError as exc:
+        raise _UserError(f"{source} {path}: cannot read it ({exc.strerror or exc})") from None
     identity = NodeIdentity.generate()
-    identity.save(path)
+    try:
+        identity.save(path)
+    except OSError as exc:
+        raise _UserError(f"{source} {path}: cannot create it ({exc.strerror or exc})") from None
     return identity
+
+
+def _bind_problem(exc: OSError, address: str, what: str, advice: str) -> str:
+    """The message for a failure to listen on ``address``."""
+    if isinstance(exc, socket.gaierror):
+        host = split_address(address)[0] if ":" in address else address
+        return f"cannot listen on {address}: host {host!r} not found ({exc.strerror}); {advice}"
+    code = exc.errno
+    if code == errno.EADDRINUSE:
+        return f"{what} {address} is in use (another node running?): {advice}"
+    if code == errno.EADDRNOTAVAIL:
+        return (
+            f"cannot listen on {address}: that address is not one of this host's; "
+            "use an address of this host, or 0.0.0.0:0 for all of them "
+            "(127.0.0.1:0 on the dev network)"
+        )
+    if code == errno.EACCES:
+        return (
+            f"cannot listen on {address}: permission denied (ports below 1024 need "
+            f"privileges); {advice}"
+        )
+    return f"cannot listen on {address}: {exc.strerror or exc}; {advice}"
+
+
+def _listen_advice(address: str) -> str:
+    host = split_address(address)[0]
+    shown = f"[{host}]" if ":" in host else host
+    return f"use --listen {shown}:0 for any free port"
+
+
+def _relay_advice() -> str:
+    return "use --port 0 for any free port, or another --port N"
+
+
+def _probe(family: socket.AddressFamily, sockaddr: Any) -> None:
+    """Bind a throwaway socket as trio's listeners do (SO_REUSEADDR, v6 only)."""
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        probe.bind(sockaddr)
+
+
+def _check_listen(address: str) -> None:
+    """Refuse a link address this host cannot listen on, before anything starts."""
+    host, port = split_address(address)
+    advice = _listen_advice(address)
+    try:
+        infos = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except OSError as exc:
+        raise _UserError(_bind_problem(exc, address, "link address", advice)) from None
+    for family, _, _, _, sockaddr in infos:
+        try:
+            _probe(family, sockaddr)
+        except OSError as exc:
+            if exc.errno == errno.EAFNOSUPPORT:
+                continue  # trio skips address families this host lacks
+            raise _UserError(_bind_problem(exc, address, "link address", advice)) from None
+
+
+def _check_relay_port(port: int) -> None:
+    """Refuse a relay port another program holds on 127.0.0.1 or ::1 (the relay
+    would otherwise serve on the other address only, and clients would reach
+    the other program)."""
+    if port == 0:
+        return
+    for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+        try:
+            _probe(family, (host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise _UserError(
+                    f"relay port {port} is in use (another node running?): {_relay_advice()}"
+                ) from None
+            if family == socket.AF_INET6:
+                continue  # no IPv6 loopback here: the relay does without it
+            raise _UserError(
+                _bind_problem(exc, f"127.0.0.1:{port}", "relay port", _relay_advice())
+            ) from None
+
+
+# ------------------------------------------------------------ running
+
+
+class _StartError(Exception):
+    """The node or its relay could not start; the message says why and what to do."""
+
+
+def _cause(exc: BaseException) -> BaseException:
+    """The exception behind ``exc``: inside groups of one, and behind the
+    InternalError the node wraps its own tasks' failures in."""
+    while True:
+        inner = leaves(exc)
+        if len(inner) == 1 and inner[0] is not exc:
+            exc = inner[0]
+        elif type(exc).__name__ == "InternalError" and exc.__cause__ is not None:
+            exc = exc.__cause__
+        else:
+            return exc
+
+
+def _start_problem(exc: BaseException, address: str | None) -> str | None:
+    """The message for the node failing to start with ``exc``, or None for a bug."""
+    cause = _cause(exc)
+    if isinstance(cause, ConfigError):
+        return str(cause)
+    if isinstance(cause, OSError):
+        shown = address or "the default link address"
+        advice = _listen_advice(address) if address else "give one with --listen HOST:PORT"
+        return _bind_problem(cause, shown, "link address", advice)
+    return None
+
+
+def _relay_problem(exc: BaseException, port: int) -> str | None:
+    """The message for the relay failing to start with ``exc``, or None for a bug."""
+    cause = _cause(exc)
+    if not isinstance(cause, OSError):
+        return None
+    if cause.errno == errno.EADDRINUSE or os.strerror(errno.EADDRINUSE) in str(cause):
+        return f"relay port {port} is in use (another node running?): {_relay_advice()}"
+    return f"{cause}; {_relay_advice()}"
 
 
 def _emit(record: dict[str, Any]) -> None:
@@ -147,19 +511,31 @@ def _status(driver: OverlayDriver, relay: Relay) -> dict[str, Any]:
 async def _run(args: argparse.Namespace, network: Network, identity: NodeIdentity) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
-            node: Node = await nursery.start(
-                functools.partial(
-                    serve_node,
-                    network=None if network.is_dev else network,
-                    listen=args.listen,
-                    seeds=_seeds(args),
-                    discovery=args.discovery,
-                    identity=identity,
+            try:
+                node: Node = await nursery.start(
+                    functools.partial(
+                        serve_node,
+                        network=None if network.is_dev else network,
+                        listen=args.listen,
+                        seeds=list(args.seed),
+                        discovery=args.discovery,
+                        identity=identity,
+                    )
                 )
-            )
+            except Exception as exc:
+                message = _start_problem(exc, args.listen)
+                if message is None:
+                    raise
+                raise _StartError(message) from exc
             driver = node.driver
             async with trio.open_nursery() as clients:
-                relay: Relay = await clients.start(serve_relay, node, args.port)
+                try:
+                    relay: Relay = await clients.start(serve_relay, node, args.port)
+                except Exception as exc:
+                    message = _relay_problem(exc, args.port)
+                    if message is None:
+                        raise
+                    raise _StartError(message) from exc
                 _emit(
                     {
                         "event": "ready",
@@ -186,20 +562,35 @@ async def _report(driver: OverlayDriver, relay: Relay, interval: float) -> None:
         await trio.sleep(interval)
 
 
+def _prepare(argv: list[str]) -> tuple[argparse.Namespace, Network, NodeIdentity]:
+    """Parse and check everything that can be checked before the node starts."""
+    args = _parser().parse_args(argv)
+    sources = _resolve(args)
+    configure_logging(args.log_level, args.log_format)
+    network = _network(args, sources)
+    if args.listen is not None:
+        _check_listen(args.listen)
+    _check_relay_port(args.port)
+    identity = _identity(args.identity, sources["identity"])
+    return args, network, identity
+
+
 def main(argv: list[str]) -> int:
     """Entry point of ``iris-trio node``; returns the exit status."""
-    parser = _parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
     try:
-        network = _network(args, parser)
-        identity = _identity(args.identity)
+        args, network, identity = _prepare(argv)
+    except _UserError as exc:
+        print(f"{_PROG}: {exc}", file=sys.stderr)
+        return exc.status
+    try:
         trio.run(_run, args, network, identity)
-    except (IrisError, OSError) as exc:
-        print(f"iris-trio node: {exc}", file=sys.stderr)
-        return 1
+    except BaseException as exc:
+        failures = [leaf for leaf in leaves(exc) if isinstance(leaf, _StartError)]
+        if failures:
+            print(f"{_PROG}: {failures[0]}", file=sys.stderr)
+            return 1
+        if interrupted(exc):
+            print(f"{_PROG}: interrupted before it was ready", file=sys.stderr)
+            return INTERRUPTED
+        raise
     return 0

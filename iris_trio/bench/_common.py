@@ -28,7 +28,11 @@ async def spawn_peer(module: str, *args: str) -> tuple[trio.Process, int]:
         [sys.executable, "-m", module, *args],
         stdout=subprocess.PIPE,
     )
-    return process, int(await first_line(process, 20, f"benchmark peer {module}"))
+    try:
+        return process, int(await first_line(process, 20, f"benchmark peer {module}"))
+    except BaseException:  # Ctrl-C or a failure before the caller owns it: no orphan
+        process.kill()
+        raise
 
 
 async def first_line(process: trio.Process, timeout: float, what: str) -> bytes:

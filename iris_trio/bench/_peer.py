@@ -34,6 +34,7 @@ from typing import Any
 import trio
 
 from .. import Node, join
+from .._command import quiet_interrupt
 from ..crypto.keys import NetworkKey
 from ..patterns.subscription import Subscription
 from ..patterns.tunnel import Tunnel
@@ -157,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--net", default=None, help="a real network (with --key)")
     parser.add_argument("--key", default=None)
     args = parser.parse_args(argv)
-    trio.run(run, args)
+    quiet_interrupt(lambda: trio.run(run, args))  # the terminal's Ctrl-C reaches it too
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ import sys
 import time
 from typing import Any
 
+from .._command import quiet_interrupt
 from ._stats import StreamStats, percentiles, stamp
 
 __all__ = ["main"]
@@ -237,7 +238,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--in-flight", type=int, default=64)
     args = parser.parse_args(argv)
     run = _nats if args.system == "nats" else _zeromq
-    asyncio.run(run(args))
+    quiet_interrupt(lambda: asyncio.run(run(args)))  # the terminal's Ctrl-C reaches it too
 
 
 if __name__ == "__main__":

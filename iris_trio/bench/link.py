@@ -15,6 +15,7 @@ import time
 
 import trio
 
+from .._command import BENCH_EPILOG, CommandParser, at_least, plain, quiet_interrupt
 from ..crypto.identity import NodeIdentity
 from ..crypto.keys import DEV_NETWORK
 from ..transport.config import LinkConfig
@@ -135,6 +136,9 @@ async def _one_run(mode: str, size: int, frames: int) -> float:
         if mode == "secure":
             return await _send_secure(port, size, frames)
         return await _send_raw(port, size, frames)
+    except BaseException:  # Ctrl-C or a failure: the receiver waits for nothing more
+        process.kill()
+        raise
     finally:
         with trio.move_on_after(10):
             await process.wait()
@@ -170,21 +174,34 @@ def default_frames(size: int) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``iris-trio bench link``."""
-    parser = argparse.ArgumentParser(prog="iris-trio bench link", description=__doc__)
-    parser.add_argument("--size", type=int, default=1024, help="frame payload bytes")
-    parser.add_argument("--frames", type=int, help="frames per run (default: about 256 MB)")
-    parser.add_argument("--runs", type=int, default=3, help="runs of each kind (median)")
-    parser.add_argument("--json", action="store_true", help="print a JSON line last")
+    parser = CommandParser(
+        prog="iris-trio bench link", description=plain(__doc__), epilog=BENCH_EPILOG
+    )
+    parser.add_argument(
+        "--size",
+        type=at_least(1, 8 * 1024 * 1024),
+        default=1024,
+        metavar="BYTES",
+        help="frame payload bytes, 1 to 8 MiB (default 1024)",
+    )
+    parser.add_argument(
+        "--frames",
+        type=at_least(2),
+        metavar="N",
+        help="frames per run (default: about 256 MB of payload, 2,000 to 400,000 frames)",
+    )
+    parser.add_argument(
+        "--runs", type=at_least(1), default=3, metavar="N", help="runs of each kind (default 3)"
+    )
+    parser.add_argument("--json", action="store_true", help="print a JSON line of figures last")
     parser.add_argument("--serve", choices=["raw", "secure"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.size < 1 or args.size > 8 * 1024 * 1024:
-        parser.error("--size must be between 1 and 8 MiB")
     frames = args.frames or default_frames(args.size)
-    if args.serve == "secure":
-        trio.run(_serve_secure, frames)
+    if args.serve == "secure":  # the receiver process: quiet on the terminal's Ctrl-C
+        quiet_interrupt(lambda: trio.run(_serve_secure, frames))
         return
     if args.serve == "raw":
-        trio.run(_serve_raw, frames)
+        quiet_interrupt(lambda: trio.run(_serve_raw, frames))
         return
     figures = trio.run(run_benchmark, args.size, frames, args.runs)
     emit(

@@ -14,7 +14,6 @@ every node's leaf set is right again.
 
 from __future__ import annotations
 
-import argparse
 import random
 import statistics
 import sys
@@ -23,6 +22,7 @@ from typing import Any
 
 import trio
 
+from .._command import BENCH_EPILOG, CommandParser, at_least, plain
 from ..overlay.config import OverlayConfig
 from ..testing.processes import NodeProcess, leaves_match, start_node, wait_for
 from ..testing.simulator import Simulation
@@ -127,22 +127,34 @@ async def real_processes(count: int) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``iris-trio bench overlay``."""
-    parser = argparse.ArgumentParser(prog="iris-trio bench overlay", description=__doc__)
-    parser.add_argument("--nodes", type=int, default=300, help="simulated nodes")
-    parser.add_argument("--seed", type=int, default=1)
+    parser = CommandParser(
+        prog="iris-trio bench overlay", description=plain(__doc__), epilog=BENCH_EPILOG
+    )
+    parser.add_argument(
+        "--nodes",
+        type=at_least(2),
+        default=300,
+        metavar="N",
+        help="simulated nodes, at least 2 (default 300)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=1,
+        metavar="N",
+        help="random seed of the simulation: the same seed, the same run (default 1)",
+    )
     parser.add_argument(
         "--real",
         action="store_true",
-        help="16 real processes on loopback instead of the simulation",
+        help="16 real node processes on loopback instead of the simulation",
     )
-    parser.add_argument("--json", action="store_true", help="print a JSON line last")
+    parser.add_argument("--json", action="store_true", help="print a JSON line of figures last")
     args = parser.parse_args(argv)
     if args.real:
         figures = trio.run(real_processes, 16)
         emit(figures, as_json=args.json, title="overlay, real processes on loopback")
         return
-    if args.nodes < 2:
-        parser.error("--nodes must be at least 2")
     emit(
         simulate(args.nodes, args.seed),
         as_json=args.json,

@@ -25,6 +25,7 @@ from typing import Any
 import trio
 
 from .. import Node, join
+from .._command import BENCH_EPILOG, CommandParser, at_least, plain, seconds
 from ..overlay.ids import from_bytes, name_id, ring_distance
 from ._common import calls_per_second, emit, round_trips
 from ._stats import stamp
@@ -187,10 +188,29 @@ async def tunnel(small: int, large: int) -> dict[str, Any]:
     return figures
 
 
+_MAX_SIZE = 8 * 1024 * 1024
+
+
 def _parser(name: str, description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=f"iris-trio bench {name}", description=description)
-    parser.add_argument("--json", action="store_true", help="print a JSON line last")
+    parser = CommandParser(
+        prog=f"iris-trio bench {name}",
+        description=f"{description}\n\n{plain(__doc__)}",
+        epilog=BENCH_EPILOG,
+    )
+    parser.add_argument("--json", action="store_true", help="print a JSON line of figures last")
     return parser
+
+
+def _size(
+    parser: argparse.ArgumentParser, default: int, minimum: int, what: str, why: str = ""
+) -> None:
+    parser.add_argument(
+        "--size",
+        type=at_least(minimum, _MAX_SIZE),
+        default=default,
+        metavar="BYTES",
+        help=f"{what} in bytes, {minimum} to 8 MiB (default {default}){why}",
+    )
 
 
 def _finish(figures: dict[str, Any], as_json: bool, title: str) -> None:
@@ -203,11 +223,15 @@ def _finish(figures: dict[str, Any], as_json: bool, title: str) -> None:
 def main_pubsub(argv: Sequence[str] | None = None) -> None:
     """``iris-trio bench pubsub``."""
     parser = _parser("pubsub", "one publisher, one subscriber process, 1 KiB messages")
-    parser.add_argument("--messages", type=int, default=1_000_000)
-    parser.add_argument("--size", type=int, default=1024)
+    parser.add_argument(
+        "--messages",
+        type=at_least(1),
+        default=1_000_000,
+        metavar="N",
+        help="messages published (default 1,000,000)",
+    )
+    _size(parser, 1024, 8, "message size", "; messages carry their 8-byte send time")
     args = parser.parse_args(argv)
-    if args.size < 8:
-        parser.error("--size must be at least 8 (messages carry their send time)")
     figures = trio.run(pubsub, args.messages, args.size)
     _finish(figures, args.json, "publish/subscribe between two node processes")
 
@@ -215,12 +239,22 @@ def main_pubsub(argv: Sequence[str] | None = None) -> None:
 def main_broadcast(argv: Sequence[str] | None = None) -> None:
     """``iris-trio bench broadcast``."""
     parser = _parser("broadcast", "one sender, member processes, 1 KiB messages")
-    parser.add_argument("--messages", type=int, default=100_000)
-    parser.add_argument("--size", type=int, default=1024)
-    parser.add_argument("--members", type=int, default=3)
+    parser.add_argument(
+        "--messages",
+        type=at_least(1),
+        default=100_000,
+        metavar="N",
+        help="messages broadcast (default 100,000)",
+    )
+    _size(parser, 1024, 8, "message size", "; messages carry their 8-byte send time")
+    parser.add_argument(
+        "--members",
+        type=at_least(1, 64),
+        default=3,
+        metavar="N",
+        help="member processes, 1 to 64 (default 3)",
+    )
     args = parser.parse_args(argv)
-    if args.size < 8:
-        parser.error("--size must be at least 8 (messages carry their send time)")
     figures = trio.run(broadcast, args.messages, args.size, args.members)
     _finish(figures, args.json, f"broadcast to {args.members} member processes")
 
@@ -228,10 +262,24 @@ def main_broadcast(argv: Sequence[str] | None = None) -> None:
 def main_request(argv: Sequence[str] | None = None) -> None:
     """``iris-trio bench request``."""
     parser = _parser("request", "round trips to one member process")
-    parser.add_argument("--requests", type=int, default=5000, help="sequential round trips")
-    parser.add_argument("--duration", type=float, default=3.0, help="seconds per throughput run")
-    parser.add_argument("--size", type=int, default=16)
+    parser.add_argument(
+        "--requests",
+        type=at_least(1),
+        default=5000,
+        metavar="N",
+        help="sequential round trips for the latency figures, after 200 to warm up (default 5000)",
+    )
+    parser.add_argument(
+        "--duration",
+        type=seconds,
+        default=3.0,
+        metavar="S",
+        help="seconds of each throughput run, at 1, 8 and 64 in flight (default 3)",
+    )
+    _size(parser, 16, 1, "request and reply size")
     args = parser.parse_args(argv)
+    if args.duration <= 0:
+        parser.error("--duration: use a positive number of seconds")
     figures = trio.run(request, args.requests, args.duration, args.size)
     _finish(figures, args.json, "request/reply with one member process")
 
@@ -239,8 +287,20 @@ def main_request(argv: Sequence[str] | None = None) -> None:
 def main_tunnel(argv: Sequence[str] | None = None) -> None:
     """``iris-trio bench tunnel``."""
     parser = _parser("tunnel", "one tunnel to a member process")
-    parser.add_argument("--small", type=int, default=200_000, help="1-byte messages")
-    parser.add_argument("--large", type=int, default=4000, help="64 KiB messages")
+    parser.add_argument(
+        "--small",
+        type=at_least(1),
+        default=200_000,
+        metavar="N",
+        help="1-byte messages sent through the tunnel (default 200,000)",
+    )
+    parser.add_argument(
+        "--large",
+        type=at_least(1),
+        default=4000,
+        metavar="N",
+        help="64 KiB messages sent through the tunnel (default 4000)",
+    )
     args = parser.parse_args(argv)
     figures = trio.run(tunnel, args.small, args.large)
     _finish(figures, args.json, "tunnel to one member process")

@@ -22,7 +22,6 @@ a system whose packages are missing is reported as skipped.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import importlib.util
 import json
@@ -39,6 +38,7 @@ from typing import Any, Final
 
 import trio
 
+from .._command import BENCH_EPILOG, CommandParser, at_least, plain, seconds
 from ..crypto.keys import NetworkKey
 from ..testing import netns
 from ._common import emit
@@ -406,16 +406,56 @@ def _places(hosts: str) -> Any:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """``iris-trio bench peers``."""
-    parser = argparse.ArgumentParser(prog="iris-trio bench peers", description=__doc__)
-    parser.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated")
-    parser.add_argument("--messages", type=int, default=1_000_000, help="pub/sub messages")
-    parser.add_argument("--requests", type=int, default=5000, help="sequential round trips")
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds at 64 in flight")
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--hosts", choices=["loopback", "netns"], default="loopback")
-    parser.add_argument("--json", action="store_true", help="print a JSON line last")
-    parser.add_argument("--save", type=Path, help="append the JSON report to this file")
+    parser = CommandParser(
+        prog="iris-trio bench peers", description=plain(__doc__), epilog=BENCH_EPILOG
+    )
+    parser.add_argument(
+        "--systems",
+        default=",".join(SYSTEMS),
+        metavar="LIST",
+        help=f"the systems to run, comma-separated (default {','.join(SYSTEMS)})",
+    )
+    parser.add_argument(
+        "--messages",
+        type=at_least(1),
+        default=1_000_000,
+        metavar="N",
+        help="pub/sub messages per run (default 1,000,000)",
+    )
+    parser.add_argument(
+        "--requests",
+        type=at_least(1),
+        default=5000,
+        metavar="N",
+        help="sequential round trips per run (default 5000)",
+    )
+    parser.add_argument(
+        "--duration",
+        type=seconds,
+        default=5.0,
+        metavar="S",
+        help="seconds of requests with 64 in flight per run (default 5)",
+    )
+    parser.add_argument(
+        "--runs", type=at_least(1), default=3, metavar="N", help="runs per system (default 3)"
+    )
+    parser.add_argument(
+        "--hosts",
+        choices=["loopback", "netns"],
+        default="loopback",
+        help="loopback (default): every process on this host's loopback; netns: two "
+        "network-namespace hosts on a virtual LAN (needs root and iproute2)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the JSON report last")
+    parser.add_argument(
+        "--save",
+        type=Path,
+        metavar="FILE",
+        help="append the JSON report to FILE (for 'iris-trio bench report')",
+    )
     args = parser.parse_args(argv)
+    if args.duration <= 0:
+        parser.error("--duration: use a positive number of seconds")
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     unknown = set(systems) - set(SYSTEMS)
     if unknown:

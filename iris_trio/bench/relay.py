@@ -13,7 +13,6 @@ original Go node's figures on this class of machine are printed alongside.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -27,6 +26,7 @@ from typing import Any, Final
 import anyio
 import trio
 
+from .._command import BENCH_EPILOG, CommandParser, at_least, plain
 from ..relay.client import Connection, connect, register
 from ._common import emit, first_line
 
@@ -267,16 +267,25 @@ def _compare(figures: dict[str, Any]) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """``iris-trio bench relay``."""
-    parser = argparse.ArgumentParser(
-        prog="iris-trio bench relay",
-        description="the original Iris binding benchmarks, through the relay of one node",
+    parser = CommandParser(
+        prog="iris-trio bench relay", description=plain(__doc__), epilog=BENCH_EPILOG
     )
-    parser.add_argument("--operations", type=int, default=20_000, help="per throughput figure")
-    parser.add_argument("--size", type=int, default=1, help="message size in bytes")
-    parser.add_argument("--json", action="store_true", help="print a JSON line last")
+    parser.add_argument(
+        "--operations",
+        type=at_least(10),
+        default=20_000,
+        metavar="N",
+        help="operations per throughput figure, at least 10 (default 20,000)",
+    )
+    parser.add_argument(
+        "--size",
+        type=at_least(1, 8 * 1024 * 1024),
+        default=1,
+        metavar="BYTES",
+        help="message size, 1 byte to 8 MiB (default 1)",
+    )
+    parser.add_argument("--json", action="store_true", help="print a JSON line of figures last")
     args = parser.parse_args(argv)
-    if args.operations < 10 or args.size < 1:
-        parser.error("--operations must be at least 10 and --size at least 1")
     figures = trio.run(run, args.operations, args.size)
     figures |= _compare(figures)
     emit(figures, as_json=args.json, title="relay: one node daemon, service and client attached")

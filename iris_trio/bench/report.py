@@ -11,7 +11,6 @@ around the markers is left as it is; without markers, the section is appended.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -19,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
+from .._command import BENCH_EPILOG, CommandParser, plain
 from .peers import COMPARED
 
 __all__ = ["main", "render", "write_report"]
@@ -237,10 +237,30 @@ def write_report(results: Path, document: Path, images: Path) -> list[Path]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """``iris-trio bench report``."""
-    parser = argparse.ArgumentParser(prog="iris-trio bench report", description=__doc__)
-    parser.add_argument("--results", type=Path, default=Path("benchmarks/results"))
-    parser.add_argument("--document", type=Path, default=Path("docs/benchmarks.md"))
-    parser.add_argument("--images", type=Path, default=Path("docs/img"))
+    parser = CommandParser(
+        prog="iris-trio bench report", description=plain(__doc__), epilog=BENCH_EPILOG
+    )
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=Path("benchmarks/results"),
+        metavar="DIR",
+        help="where the peers-*.jsonl results are (default benchmarks/results)",
+    )
+    parser.add_argument(
+        "--document",
+        type=Path,
+        default=Path("docs/benchmarks.md"),
+        metavar="FILE",
+        help="the benchmarks document to update (default docs/benchmarks.md)",
+    )
+    parser.add_argument(
+        "--images",
+        type=Path,
+        default=Path("docs/img"),
+        metavar="DIR",
+        help="where the PNG charts go (default docs/img)",
+    )
     args = parser.parse_args(argv)
     for path in write_report(args.results, args.document, args.images):
         print(f"wrote {path}")

@@ -10,27 +10,67 @@
 
 from __future__ import annotations
 
-import argparse
+from argparse import ArgumentTypeError
 
 import trio
 
+from .._command import CommandParser, at_least
 from ._basics import link_stage, overlay_stage
 from ._patterns import patterns_stage
 
 __all__ = ["main"]
 
+_DESCRIPTION = """\
+The system at work on this host, with live figures; everything runs in this
+process, on loopback, on the dev network (nothing leaves the host).
+
+1. The patterns: six nodes; request/reply load-balanced over a cluster of three,
+   with a line per second and a member leaving while requests flow; broadcast;
+   publish/subscribe; a tunnel copying 20 MB.
+2. Underneath: one secure link streaming frames, then the overlay forming a
+   ring, routing keys, growing a tree and repairing a leave."""
+
+_EPILOG = "Ctrl-C stops the demo: exit status 130."
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 1 <= value <= 3600:
+        raise ArgumentTypeError(f"{text!r} is out of range; use 1 to 3600 seconds")
+    return value
+
 
 def main(argv: list[str]) -> int:
-    """Entry point of ``iris-trio demo``."""
-    parser = argparse.ArgumentParser(prog="iris-trio demo", description=__doc__)
-    parser.add_argument("--seconds", type=float, default=3.0, help="length of the live stages")
-    parser.add_argument("--size", type=int, default=1024, help="frame size of the link stage")
-    parser.add_argument("--nodes", type=int, default=8, help="nodes of the overlay stage")
+    """Entry point of ``iris-trio demo``; returns the exit status (Ctrl-C: the
+    command line reports it and exits 130)."""
+    parser = CommandParser(prog="iris-trio demo", description=_DESCRIPTION, epilog=_EPILOG)
+    parser.add_argument(
+        "--seconds",
+        type=_seconds,
+        default=3.0,
+        metavar="S",
+        help="length of each live stage, 1 to 3600 (default 3)",
+    )
+    parser.add_argument(
+        "--size",
+        type=at_least(1, 8 * 1024 * 1024),
+        default=1024,
+        metavar="BYTES",
+        help="frame size of the secure-link stage, 1 to 8 MiB (default 1024)",
+    )
+    parser.add_argument(
+        "--nodes",
+        type=at_least(4, 64),
+        default=8,
+        metavar="N",
+        help="nodes of the overlay stage, 4 to 64 (default 8)",
+    )
     args = parser.parse_args(argv)
-    if args.seconds < 1:
-        parser.error("--seconds must be at least 1")
     trio.run(patterns_stage, args.seconds)
     print("\nunderneath: one secure link between two nodes")
     trio.run(link_stage, args.seconds, args.size)
-    trio.run(overlay_stage, max(args.nodes, 4))
+    trio.run(overlay_stage, args.nodes)
     return 0
