@@ -24,6 +24,7 @@ from .errors import ConfigError, ProtocolError
 from .overlay.config import OverlayConfig
 from .overlay.discovery import DiscoveryConfig, DiscoveryMode
 from .overlay.driver import OverlayDriver, split_address
+from .overlay.ids import from_bytes
 from .overlay.trees import AnycastDelivery, BounceDelivery, TreeDelivery
 from .patterns.limits import (
     DEFAULT_HANDLER_LIMIT,
@@ -136,6 +137,7 @@ class Node:
                 if self.cluster is not None:
                     self._membership.enter(self.cluster)
                 nursery.start_soon(guarded, self._pubsub.run_flusher)
+                nursery.start_soon(guarded, self._responder.run_notices, self._spawn)
                 task_status.started(self)
         finally:
             self._closed = True
@@ -493,7 +495,8 @@ class Node:
                 goes; one that came routed is dropped and counted).
         """
         if isinstance(frame, RequestReply):
-            self._requester.reply_received(frame)
+            holder = None if link is None else from_bytes(link.peer_id)
+            self._requester.reply_received(frame, holder)
         elif isinstance(frame, TUNNEL_FRAMES) and link is not None:
             self._tunnels.frame_received(link, frame)
         elif link is not None:
@@ -502,8 +505,10 @@ class Node:
             self._malformed += 1
 
     def peer_lost(self, node: int) -> None:
-        """The last link to ``node`` is gone."""
+        """The last link to ``node`` is gone: its tunnels break, and requests it
+        held fail at once."""
         self._tunnels.peer_lost(node)
+        self._requester.peer_lost(node)
 
     def leaving(self) -> None:
         """The node starts to leave: what is still batched goes out now."""

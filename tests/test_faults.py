@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import functools
 import itertools
 
 import pytest
@@ -79,4 +80,49 @@ async def test_a_request_never_runs_twice_when_the_tree_root_goes(
         assert outcomes["answered"] > 500
         assert max(runs.values()) == 1, [data for data, count in runs.items() if count > 1]
         assert sum(runs.values()) <= outcomes["answered"] + outcomes["lost"]
+        nursery.cancel_scope.cancel()
+
+
+async def test_requests_held_by_a_member_that_dies_fail_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A member killed while it holds requests (in its handlers and queued behind
+    them): each fails at once with RequestLostError, not after its 30 s timeout,
+    and none runs anywhere else (it may have run). Quick requests cost no notice."""
+    started = trio.Event()
+
+    async def slow(data: bytes) -> bytes:
+        started.set()
+        await trio.sleep(1000)
+        return data
+
+    async def quick(data: bytes) -> bytes:
+        return data
+
+    async with open_cluster(6) as cluster, trio.open_nursery() as nursery:
+        doomed, survivor, requester = cluster[3], cluster[4], cluster[0]
+        await nursery.start(functools.partial(doomed.serve, slow, "jobs", limit=2))
+        failures: list[tuple[type[BaseException], float]] = []
+
+        async def ask(index: int) -> None:
+            begun = trio.current_time()
+            try:
+                await requester.request("jobs", b"%d" % index)
+            except (iris_trio.RequestLostError, iris_trio.RequestTimeoutError) as exc:
+                failures.append((type(exc), trio.current_time() - begun))
+
+        async with trio.open_nursery() as asking:
+            for index in range(5):  # two in handlers, three queued behind them
+                asking.start_soon(ask, index)
+            await started.wait()
+            await trio.sleep(1.0)  # held for a while: the requester was told who holds them
+            killed_at = trio.current_time()
+            await cluster.kill(doomed)
+        assert [kind for kind, _ in failures] == [iris_trio.RequestLostError] * 5
+        assert trio.current_time() - killed_at < 1.0
+        # Quick requests to another member: answered, no notices on the way.
+        await nursery.start(survivor.serve, quick, "fast")
+        for index in range(50):
+            assert await requester.request("fast", b"%d" % index) == b"%d" % index
+        assert survivor._responder.notices_sent == 0
         nursery.cancel_scope.cancel()

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from iris_trio.overlay.config import OverlayConfig
 from iris_trio.overlay.frames import Heartbeat, Route, RouteAck
 from iris_trio.overlay.ids import to_bytes
-from iris_trio.overlay.node import _MAX_SEEN, Deliver, Effect, OverlayNode, Send
+from iris_trio.overlay.node import _MAX_SEEN, Deliver, OverlayNode, Send
 from iris_trio.overlay.tree_frames import NodeMessage, TreeAnycast, TreeBounce
 from iris_trio.overlay.trees import LOST, BounceDelivery, Handover, MessageDelivery, TreeNode
 from iris_trio.patterns.request_frames import RequestReply
@@ -26,7 +26,7 @@ def linked_pair(config: OverlayConfig) -> tuple[OverlayNode, OverlayNode]:
     return a, b
 
 
-def routes_sent(effects: Sequence[Effect], to: int) -> list[Route]:
+def routes_sent(effects: Sequence[object], to: int) -> list[Route]:
     return [
         e.frame
         for e in effects

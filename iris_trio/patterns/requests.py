@@ -10,6 +10,8 @@ cannot run it twice.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import math
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -49,7 +51,13 @@ __all__ = [
 _RETRY_PAUSE: Final = 0.02
 #: Answers (RequestReply.status; NO_RESPONDERS and LOST_ON_WAY only here, from a bounce).
 REPLY, REMOTE_ERROR, NO_RESPONDERS, OVERLOADED, RETRY = 0, 1, 2, 3, 4
+#: Not an answer: "I (the member at the other end of this link) hold it".
+HELD = 5
 LOST_ON_WAY = 16
+#: A member tells a requester that it holds its request once it has held it this
+#: long unanswered (quick requests cost nothing more): the requester then watches
+#: the link to it, and a member that dies fails its requests at once.
+HELD_NOTICE_AFTER: Final = 0.05
 #: What each kind of anycast is, for "no member takes ..." errors.
 _KIND_NAMES: Final = {0: "requests", 1: "tunnels"}
 _codec = FrameCodec()
@@ -88,8 +96,10 @@ class Request:
     """
 
     __slots__ = (
+        "_address",
         "_answer",
         "_answered",
+        "_noticed",
         "_started",
         "data",
         "deadline",
@@ -106,6 +116,8 @@ class Request:
         self.requester = requester
         self._answer = answer
         self._answered = False
+        self._address = ""  # where the requester accepts links
+        self._noticed = False  # the requester was told we hold it (see run_notices)
         # False while handed to a handler that has not begun (push model): such
         # a request can still go to another member if this one stops.
         self._started = True
@@ -272,6 +284,10 @@ class Requester:
     def __init__(self, port: OverlayPort) -> None:
         self._port = port
         self._pending: dict[bytes, PendingCall] = {}
+        # The member that said it holds a request (by request id), and the
+        # requests each such member holds: they fail at once if it goes.
+        self._holder_of: dict[bytes, int] = {}
+        self._held_by: dict[int, set[bytes]] = {}
         self.sent = self.answered = self.failed = 0
 
     @property
@@ -356,15 +372,41 @@ class Requester:
                 await call.done.wait()
             finally:
                 del self._pending[request_id]
+                self._unhold(request_id)
             if call.status != RETRY:
                 return
             await trio.sleep(_RETRY_PAUSE)
 
-    def reply_received(self, reply: RequestReply) -> None:
-        """An answer arrived: to the call waiting for it, if any still is."""
+    def reply_received(self, reply: RequestReply, holder: int | None = None) -> None:
+        """An answer arrived (``holder``: the peer whose link it came on, if any):
+        to the call waiting for it, if any still is. A HELD notice is not an
+        answer: from then on the call fails at once if that member goes."""
         call = self._pending.get(reply.request_id)
-        if call is not None:
+        if call is None:
+            return
+        if reply.status != HELD:
             call.settle(reply.status, reply.data)
+        elif holder is not None and reply.request_id not in self._holder_of:
+            self._holder_of[reply.request_id] = holder
+            self._held_by.setdefault(holder, set()).add(reply.request_id)
+            self._port.hold(holder)  # the link we watch stays up
+
+    def _unhold(self, request_id: bytes) -> None:
+        holder = self._holder_of.pop(request_id, None)
+        if holder is not None:
+            held = self._held_by[holder]
+            held.discard(request_id)
+            if not held:
+                del self._held_by[holder]
+            self._port.release(holder)
+
+    def peer_lost(self, node: int) -> None:
+        """The link to ``node`` is gone: the requests it held fail at once (the
+        member left or died; they may have run, so they are not sent again)."""
+        for request_id in list(self._held_by.get(node, ())):
+            call = self._pending.get(request_id)
+            if call is not None:
+                call.settle(LOST_ON_WAY, b"the member holding it went away")
 
     def bounce_received(self, bounce: BounceDelivery) -> None:
         """A request came back from the tree unanswered: nobody takes it, or
@@ -399,6 +441,10 @@ class Responder:
         self._incoming: dict[int, list[tuple[IncomingRequests, int]]] = {}
         self.received = self.refused = 0
         self._expired = 0
+        # Requests held, oldest first, for the HELD notices (see run_notices).
+        self._unnoticed: collections.deque[tuple[float, Request]] = collections.deque()
+        self._arrivals = trio.lowlevel.ParkingLot()
+        self.notices_sent = 0
 
     @property
     def receivers(self) -> int:
@@ -492,11 +538,47 @@ class Responder:
             incoming._answered(handled)
             if status is not None:
                 port.send_to(origin, address, RequestReply(handled.request_id, status, data))
+            if handled._noticed:
+                port.release(origin)
 
         arrived = Request(body.data, deadline, delivery.tag, origin, answer)
+        arrived._address = address
         if not incoming._push(arrived):
             self.refused += 1
             answer_to(self._port, delivery, OVERLOADED, b"the member's request queue is full")
+        elif origin != port.id:
+            if not self._unnoticed:
+                self._arrivals.unpark()
+            self._unnoticed.append((trio.current_time(), arrived))
+
+    async def run_notices(self, spawn: Callable[..., None]) -> None:
+        """Tell each requester whose request this node has held for
+        HELD_NOTICE_AFTER unanswered that it holds it, over a link to it (dialled
+        if need be), so that the requester sees it if this node dies. Run until
+        cancelled; ``spawn`` starts a task in the node's nursery."""
+        unnoticed = self._unnoticed
+        while True:
+            while not unnoticed:
+                await self._arrivals.park()
+            await trio.sleep_until(unnoticed[0][0] + HELD_NOTICE_AFTER)
+            now = trio.current_time()  # (compared as the deadline was computed)
+            while unnoticed and unnoticed[0][0] + HELD_NOTICE_AFTER <= now:
+                request = unnoticed.popleft()[1]
+                if not request.answered:
+                    spawn(self._notice, request)
+
+    async def _notice(self, request: Request) -> None:
+        port = self._port
+        link = port.peer_link(request.requester)
+        if link is None:
+            with trio.move_on_after(HELD_NOTICE_AFTER * 20), contextlib.suppress(OSError):
+                link = await port.connect_peer(request.requester, request._address)
+        if link is not None and not request.answered:
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                link.send_control_nowait(RequestReply(request.request_id, HELD, b""))
+                request._noticed = True
+                port.hold(request.requester)  # the link the requester watches stays up
+                self.notices_sent += 1
 
     def _answer(self, request: Request, status: int, data: bytes) -> None:
         request._answer(request, status, data)
