@@ -1,26 +1,32 @@
 """First contact: what a new user types first works, as a fresh process too, and
-every mistake gets a clear, typed answer."""
+every mistake gets a clear, typed answer.
+
+The README snippet runs as fresh processes and the lone-node readiness tests
+(discovery, an unreachable seed) use real sockets; everything else runs on
+trio's virtual clock over the in-memory transport.
+"""
 
 from __future__ import annotations
 
 import functools
 import math
 import os
-import random
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 import iris_trio
 from iris_trio.overlay.ids import name_id
+from iris_trio.testing import Cluster, MemoryNetwork, open_cluster
 
-from .test_pubsub import nodes
+from .helpers_cluster import private_discovery, private_network, wait_until
 
 # ------------------------------------------------------------ fresh processes
 
@@ -62,11 +68,8 @@ trio.run(main)
 
 def _private_network() -> list[str]:
     """Arguments naming a network and a loopback discovery range of this test's own."""
-    return [
-        f"first-contact-{os.getpid()}-{random.randrange(10**9)}",
-        iris_trio.NetworkKey.generate().secret.hex(),
-        str(random.randrange(20000, 30000, 8)),
-    ]
+    network = private_network(f"first-contact-{os.getpid()}")
+    return [network.name, network.key.secret.hex(), str(private_discovery().loopback_port)]
 
 
 def test_the_readme_snippet_works_as_a_fresh_process_every_time(tmp_path: Path) -> None:
@@ -113,10 +116,8 @@ async def test_a_lone_node_with_discovery_off_is_joined_at_once() -> None:
 
 
 async def test_a_lone_node_with_discovery_on_is_joined_after_its_discovery_window() -> None:
-    name, secret, port = _private_network()
-    network = iris_trio.Network(name, iris_trio.NetworkKey.from_bytes(bytes.fromhex(secret)))
-    found = iris_trio.DiscoveryConfig(mode="loopback", loopback_port=int(port), loopback_ports=8)
-    async with iris_trio.join(network=network, discovery=found) as node:
+    network, found = private_network("first-contact"), private_discovery()
+    async with iris_trio.join(network=network, listen="127.0.0.1:0", discovery=found) as node:
         start = trio.current_time()
         assert not node.joined
         with trio.fail_after(5):
@@ -139,35 +140,45 @@ async def test_a_lone_node_with_an_unreachable_seed_is_joined_once_the_seed_fail
             await node.request("nobody", b"?", timeout=10)
 
 
-async def test_a_node_that_has_just_started_waits_to_join_before_it_answers_no_responders() -> None:
+def _fresh(cluster: Cluster, seed: iris_trio.Node) -> AbstractAsyncContextManager[iris_trio.Node]:
+    """A node that has just started on ``cluster``'s network, joining through ``seed``."""
+    return iris_trio.join(
+        network=cluster.network, seeds=[seed.address], discovery="off", transport=cluster.memory
+    )
+
+
+async def test_a_node_that_has_just_started_waits_to_join_before_it_answers_no_responders(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     """The first request of a node that has not joined yet reaches the members
     already there (before: NoRespondersError at once, from its own empty view)."""
-    async with nodes(3) as (group, _), trio.open_nursery() as nursery:
+    async with open_cluster(3) as group, trio.open_nursery() as nursery:
         await nursery.start(group[2].serve, _sum, "calc")
         for _ in range(5):  # fresh requesters, each asking at once
-            async with iris_trio.join(seeds=[group[0].address], discovery="off") as fresh:
+            async with _fresh(group, group[0]) as fresh:
                 assert not fresh.joined
                 with trio.fail_after(10):
                     assert await fresh.request("calc", b"2+2", timeout=10) == b"4"
         nursery.cancel_scope.cancel()
 
 
-async def test_a_fresh_subscription_receives_the_first_event_published_after_it_returns() -> None:
-    async with nodes(3) as (group, _):
+async def test_a_fresh_subscription_receives_the_first_event_published_after_it_returns(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_cluster(3) as group:
         publisher = group[1]
         for run in range(8):
             topic = f"news-{run}"
-            async with (
-                iris_trio.join(seeds=[group[run % 3].address], discovery="off") as fresh,
-                fresh.subscribe(topic) as events,
-            ):
+            async with _fresh(group, group[run % 3]) as fresh, fresh.subscribe(topic) as events:
                 await publisher.publish(topic, b"first")
                 with trio.fail_after(5):
                     assert await events.receive() == b"first"
 
 
-async def test_members_that_take_no_requests_or_tunnels_answer_no_responders_at_once() -> None:
-    async with nodes(4) as (group, _), trio.open_nursery() as nursery:
+async def test_members_that_take_no_requests_or_tunnels_answer_no_responders_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_cluster(4) as group, trio.open_nursery() as nursery:
 
         async def only_join(node: iris_trio.Node, *, task_status: Any) -> None:
             async with node.join("quiet"):
@@ -214,11 +225,20 @@ def _spare(node: iris_trio.Node, cluster: str) -> int:
     return trees.trees[name_id("cluster", cluster)].spare
 
 
+async def _wait_spare(member: iris_trio.Node, spare: int) -> None:
+    await wait_until(
+        [member],
+        lambda: _spare(member, "c") == spare,
+        what=f"the member to report {spare} places free",
+        timeout=5,
+    )
+
+
 @asynccontextmanager
 async def _serving(
     handler: Callable[[bytes], Awaitable[Any]], limit: int
 ) -> AsyncIterator[tuple[iris_trio.Node, iris_trio.Node]]:
-    async with nodes(2) as (group, _), trio.open_nursery() as nursery:
+    async with open_cluster(2) as group, trio.open_nursery() as nursery:
         await nursery.start(functools.partial(group[1].serve, handler, "c", limit=limit))
         yield group[0], group[1]
         nursery.cancel_scope.cancel()
@@ -236,7 +256,7 @@ async def _serving(
     ],
 )
 async def test_whatever_a_handler_does_the_requester_gets_a_typed_answer_and_the_member_goes_on(
-    result: object, type_name: str, text: str
+    autojump_clock: trio.testing.MockClock, result: object, type_name: str, text: str
 ) -> None:
     async def handler(data: bytes) -> Any:
         if data == b"ok":
@@ -253,12 +273,12 @@ async def test_whatever_a_handler_does_the_requester_gets_a_typed_answer_and_the
             assert text in caught.value.message
             assert str(caught.value).startswith(f"{type_name}: ")
         assert await client.request("c", b"ok", timeout=10) == b"fine"
-        with trio.fail_after(5):
-            while _spare(member, "c") != 2:  # noqa: ASYNC110 - no event says it
-                await trio.sleep(0.01)
+        await _wait_spare(member, 2)
 
 
-async def test_a_handler_past_its_deadline_gives_its_place_back() -> None:
+async def test_a_handler_past_its_deadline_gives_its_place_back(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     async def slow(data: bytes) -> bytes:
         if data == b"slow":
             await trio.sleep_forever()
@@ -268,14 +288,14 @@ async def test_a_handler_past_its_deadline_gives_its_place_back() -> None:
         for _ in range(4):  # twice the limit: each overrun frees its place
             with pytest.raises(iris_trio.RequestTimeoutError):
                 await client.request("c", b"slow", timeout=0.3)
-        with trio.fail_after(5):
-            while _spare(member, "c") != 2:  # noqa: ASYNC110 - no event says it
-                await trio.sleep(0.01)
+        await _wait_spare(member, 2)
         assert await client.request("c", b"go", timeout=5) == b"quick"
 
 
-async def test_a_pull_model_failure_carries_the_type_name() -> None:
-    async with nodes(2) as (group, _), trio.open_nursery() as nursery:
+async def test_a_pull_model_failure_carries_the_type_name(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_cluster(2) as group, trio.open_nursery() as nursery:
 
         async def member(*, task_status: Any) -> None:
             async with group[1].requests("c") as incoming:
@@ -293,8 +313,15 @@ async def test_a_pull_model_failure_carries_the_type_name() -> None:
 # ------------------------------------------------------- the node's lifetime
 
 
-async def test_every_call_on_a_node_that_has_stopped_raises_closed_resource_error() -> None:
-    async with iris_trio.join(discovery="off") as node:
+def _alone(cluster: str | None = None) -> AbstractAsyncContextManager[iris_trio.Node]:
+    """join() as the user calls it, alone on a memory network of its own."""
+    return iris_trio.join(cluster, discovery="off", transport=MemoryNetwork())
+
+
+async def test_every_call_on_a_node_that_has_stopped_raises_closed_resource_error(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with _alone() as node:
         pass
     calls: list[Callable[[], Awaitable[object]]] = [
         lambda: node.publish("t", b"x"),
@@ -320,14 +347,16 @@ async def test_every_call_on_a_node_that_has_stopped_raises_closed_resource_erro
         await node.serve(_sum, "c")
 
 
-async def test_join_adds_no_exception_group_around_the_bodys_own_exception() -> None:
+async def test_join_adds_no_exception_group_around_the_bodys_own_exception(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     with pytest.raises(KeyError) as caught:
-        async with iris_trio.join(discovery="off"):
+        async with _alone():
             raise KeyError("mine")
     assert not isinstance(caught.value, BaseExceptionGroup)
     group = ExceptionGroup("my own", [ValueError("a"), TypeError("b")])
     with pytest.raises(ExceptionGroup) as raised:
-        async with iris_trio.join(discovery="off"):
+        async with _alone():
             raise group
     # Trio may hand back a copy of the group; its contents are the body's own.
     assert raised.value.message == "my own"
@@ -348,8 +377,10 @@ async def test_join_adds_no_exception_group_around_the_bodys_own_exception() -> 
         ("5", TypeError),
     ],
 )
-async def test_bad_timeouts_are_refused_clearly(timeout: Any, error: type[Exception]) -> None:
-    async with iris_trio.join(discovery="off") as node:
+async def test_bad_timeouts_are_refused_clearly(
+    autojump_clock: trio.testing.MockClock, timeout: Any, error: type[Exception]
+) -> None:
+    async with _alone() as node:
         with pytest.raises(error, match="timeout"):
             await node.request("c", b"x", timeout=timeout)
         with pytest.raises(error, match="timeout"):
@@ -367,8 +398,10 @@ async def test_bad_timeouts_are_refused_clearly(timeout: Any, error: type[Except
         (b"bytes", TypeError, "str"),
     ],
 )
-async def test_bad_names_are_refused_clearly(name: Any, error: type[Exception], text: str) -> None:
-    async with iris_trio.join(discovery="off") as node:
+async def test_bad_names_are_refused_clearly(
+    autojump_clock: trio.testing.MockClock, name: Any, error: type[Exception], text: str
+) -> None:
+    async with _alone() as node:
         attempts: list[Callable[[], Awaitable[object]]] = [
             lambda: node.publish(name, b"x"),
             lambda: node.broadcast(name, b"x"),
@@ -389,12 +422,12 @@ async def test_bad_names_are_refused_clearly(name: Any, error: type[Exception], 
                 async with manager():
                     pass
     with pytest.raises(error, match=text):
-        async with iris_trio.join(name, discovery="off"):
+        async with _alone(name):
             pass
 
 
-async def test_longest_allowed_name_works() -> None:
-    async with nodes(2) as (group, _), trio.open_nursery() as nursery:
+async def test_longest_allowed_name_works(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_cluster(2) as group, trio.open_nursery() as nursery:
         name = "n" * iris_trio.MAX_NAME_LENGTH
         await nursery.start(group[1].serve, _sum, name)
         assert await group[0].request(name, b"1+2", timeout=10) == b"3"
@@ -402,8 +435,10 @@ async def test_longest_allowed_name_works() -> None:
 
 
 @pytest.mark.parametrize("bad", [0, -1, 2**40])
-async def test_bad_counts_are_refused_clearly(bad: int) -> None:
-    async with iris_trio.join("c", discovery="off") as node:
+async def test_bad_counts_are_refused_clearly(
+    autojump_clock: trio.testing.MockClock, bad: int
+) -> None:
+    async with _alone("c") as node:
         with pytest.raises(iris_trio.ConfigError, match="limit"):
             await node.serve(_sum, limit=bad)
         with pytest.raises(iris_trio.ConfigError, match="limit"):

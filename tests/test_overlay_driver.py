@@ -17,6 +17,8 @@ from iris_trio.overlay.port import IgnoredUpcalls
 from iris_trio.overlay.trees import tree_problems
 from iris_trio.testing.processes import expected_leaves
 
+from .helpers_cluster import private_discovery, private_network
+
 FAST = OverlayConfig(
     heartbeat_interval=0.25,
     suspect_after=1.0,
@@ -116,8 +118,11 @@ async def test_a_leaving_node_is_removed_at_once_and_the_ring_repairs() -> None:
 
 
 async def test_loopback_discovery_finds_nodes_without_seeds() -> None:
-    discovery = DiscoveryConfig(mode="loopback", fast_interval=0.2, slow_interval=1.0)
-    async with overlay_network(5, discovery=discovery, seeded=False) as (_, drivers):
+    # A network and a loopback port range of the test's own: a user's dev nodes
+    # (on the default range) are neither heard nor disturbed.
+    found = private_discovery(fast_interval=0.2, slow_interval=1.0)
+    mine = private_network("driver-discovery")
+    async with overlay_network(5, discovery=found, seeded=False, network=mine) as (_, drivers):
         await wait_consistent(drivers, timeout=30)
         for driver in drivers:
             with trio.fail_after(10):
@@ -125,17 +130,18 @@ async def test_loopback_discovery_finds_nodes_without_seeds() -> None:
 
 
 async def test_a_node_of_another_network_never_enters_the_tables() -> None:
-    discovery = DiscoveryConfig(mode="loopback", fast_interval=0.2, slow_interval=1.0)
-    stranger_network = Network(DEV_NETWORK.name, NetworkKey.generate())
-    async with overlay_network(3, discovery=discovery, seeded=False) as (nursery, drivers):
+    found = private_discovery(fast_interval=0.2, slow_interval=1.0)
+    mine = private_network("driver-stranger")
+    stranger_network = Network(mine.name, NetworkKey.generate())  # same name, other key
+    async with overlay_network(3, discovery=found, seeded=False, network=mine) as (tasks, drivers):
         stranger = OverlayDriver(
             NodeIdentity.generate(),
             stranger_network,
             seeds=[drivers[0].address],
-            discovery=discovery,
+            discovery=found,
             config=FAST,
         )
-        await nursery.start(stranger.run)
+        await tasks.start(stranger.run)
         await wait_consistent(drivers, timeout=30)
         await trio.sleep(1)
         for driver in drivers:

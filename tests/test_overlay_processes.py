@@ -1,24 +1,38 @@
-"""Real node processes on 127.0.0.1: zero-configuration discovery and crash detection."""
+"""Real node processes on 127.0.0.1: zero-configuration discovery and crash detection.
+
+The processes join a network of the test's own (name and key), so a user's own
+``iris-trio node --dev`` on this host is neither joined nor disturbed: its
+beacons, on the shared loopback port range, are refused as a stranger's.
+"""
 
 from __future__ import annotations
 
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import trio
 
 from iris_trio.testing.processes import NodeProcess, leaves_match, start_node, wait_for
 
+from .helpers_cluster import private_network
+
 
 @asynccontextmanager
-async def node_processes(count: int) -> AsyncIterator[list[NodeProcess]]:
+async def node_processes(count: int, directory: Path) -> AsyncIterator[list[NodeProcess]]:
+    """``count`` node processes on a network of their own, found by loopback discovery."""
+    network = private_network("processes")
+    key_file = directory / "network.key"
+    key_file.write_text(network.key.secret.hex())
     nodes: list[NodeProcess] = []
     async with trio.open_nursery() as nursery:
         try:
             for _ in range(count):
                 node = await start_node(
-                    "--dev", "--port", "0", "--discovery", "loopback", "--status-interval", "0.2"
+                    *("--net", network.name, "--key", str(key_file)),
+                    *("--listen", "127.0.0.1:0", "--port", "0", "--discovery", "loopback"),
+                    *("--status-interval", "0.2"),
                 )
                 nodes.append(node)
                 nursery.start_soon(node.read)
@@ -32,8 +46,8 @@ async def node_processes(count: int) -> AsyncIterator[list[NodeProcess]]:
             nursery.cancel_scope.cancel()
 
 
-async def test_five_processes_find_each_other_and_notice_a_kill() -> None:
-    async with node_processes(5) as nodes:
+async def test_five_processes_find_each_other_and_notice_a_kill(tmp_path: Path) -> None:
+    async with node_processes(5, tmp_path) as nodes:
         await wait_for(nodes, leaves_match, timeout=30)
         victim = nodes.pop(2)
         victim.process.send_signal(signal.SIGKILL)
@@ -43,8 +57,8 @@ async def test_five_processes_find_each_other_and_notice_a_kill() -> None:
         assert all(n.status["peers_declared_dead"] == 0 for n in nodes)
 
 
-async def test_sigterm_leaves_gracefully_with_status_zero() -> None:
-    async with node_processes(2) as nodes:
+async def test_sigterm_leaves_gracefully_with_status_zero(tmp_path: Path) -> None:
+    async with node_processes(2, tmp_path) as nodes:
         await wait_for(nodes, leaves_match, timeout=30)
         nodes[0].process.send_signal(signal.SIGTERM)
         with trio.fail_after(10):

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import pytest
 import trio
+import trio.testing
 
 import iris_trio
+from iris_trio.testing import open_cluster
 
-from .test_pubsub import nodes
+from .helpers_cluster import wait_until
 
 
 async def echo(data: bytes) -> bytes:
@@ -16,8 +18,8 @@ async def echo(data: bytes) -> bytes:
     return data
 
 
-async def test_statistics_count_every_pattern() -> None:
-    async with nodes(3) as (group, _), trio.open_nursery() as nursery:
+async def test_statistics_count_every_pattern(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_cluster(3) as group, trio.open_nursery() as nursery:
         sender, member = group[0], group[2]
         await nursery.start(member.serve, echo, "svc")
         async with member.subscribe("news", capacity=4), member.broadcasts():
@@ -39,9 +41,11 @@ async def test_statistics_count_every_pattern() -> None:
             async with sender.tunnel("svc") as tunnel:
                 await tunnel.send(b"12345")
                 assert await tunnel.receive() == b"12345"
-            with trio.fail_after(5):
-                while member.statistics().events_received < 20:  # noqa: ASYNC110
-                    await trio.sleep(0.02)
+            await wait_until(
+                group,
+                lambda: member.statistics().events_received >= 20,
+                what="10 events and 10 broadcasts at the member",
+            )
             sent, got = sender.statistics(), member.statistics()
         assert (sent.published, sent.broadcasts_sent) == (10, 10)
         assert (sent.requests_sent, sent.requests_answered, sent.requests_failed) == (6, 5, 1)

@@ -1,21 +1,26 @@
-"""Tunnels: ordered, reliable, flow-controlled channels to one member."""
+"""Tunnels: ordered, reliable, flow-controlled channels to one member.
+
+One tunnel end alone, then tunnels through nodes on trio's virtual clock over
+the in-memory transport (open_cluster), and 100 MB over real TCP end to end.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import random
 
 import pytest
 import trio
+import trio.testing
 
 import iris_trio
 from iris_trio.errors import ProtocolError
 from iris_trio.patterns.tunnel import Tunnel
 from iris_trio.patterns.tunnel_frames import CHUNK_SIZE, TunnelAllow, TunnelClose, TunnelData
+from iris_trio.testing import open_cluster
 from iris_trio.wire.frames import Frame
 
-from .test_pubsub import nodes
+from .helpers_cluster import serve_echo_tunnels, tcp_nodes, wait_until
 
 # ----------------------------------------------------------- the end, alone
 
@@ -83,7 +88,9 @@ async def test_a_new_message_discards_an_unfinished_one_and_returns_its_room() -
     assert returned == 6  # the 4 discarded bytes and the 2 read
 
 
-async def test_the_sender_waits_for_allowance_and_then_finishes_its_message() -> None:
+async def test_the_sender_waits_for_allowance_and_then_finishes_its_message(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     sender, _ = lone_end(allowance=10)
     await sender.send(b"x" * (CHUNK_SIZE + 1))  # started with room: sent whole
     assert sender.statistics().allowance < 0
@@ -131,25 +138,11 @@ async def test_close_reasons_give_an_end_or_an_error() -> None:
 # ---------------------------------------------------------- through nodes
 
 
-async def echo(tunnel: Tunnel) -> None:
-    with contextlib.suppress(trio.BrokenResourceError):  # the requester went away
-        async with tunnel:
-            async for message in tunnel:
-                await tunnel.send(message)
-
-
-async def serve_echo(
-    node: iris_trio.Node, cluster: str, task_status: trio.TaskStatus[None]
+async def test_messages_of_every_size_go_and_come_back_in_order(
+    autojump_clock: trio.testing.MockClock,
 ) -> None:
-    async with node.tunnels(cluster) as incoming, trio.open_nursery() as handlers:
-        task_status.started()
-        async for tunnel in incoming:
-            handlers.start_soon(echo, tunnel)
-
-
-async def test_messages_of_every_size_go_and_come_back_in_order() -> None:
-    async with nodes(4) as (group, _), trio.open_nursery() as services:
-        await services.start(serve_echo, group[3], "echo")
+    async with open_cluster(4) as group, trio.open_nursery() as services:
+        await services.start(serve_echo_tunnels, group[3], "echo")
         sizes = [0, 1, 100, CHUNK_SIZE - 1, CHUNK_SIZE, CHUNK_SIZE + 1, 3 * 1024 * 1024]
         messages = [random.randbytes(size) for size in sizes]
         with trio.fail_after(20):
@@ -162,9 +155,10 @@ async def test_messages_of_every_size_go_and_come_back_in_order() -> None:
 
 
 async def test_a_hundred_megabytes_of_random_sized_messages_arrive_whole_and_in_order() -> None:
+    """Over real TCP: sockets, their buffers and the credit flow control together."""
     total = 100 * 1024 * 1024
     rng = random.Random(4)
-    async with nodes(3) as (group, _), trio.open_nursery() as nursery:
+    async with tcp_nodes(3) as group, trio.open_nursery() as nursery:
         done = trio.Event()
         received = hashlib.blake2b()
         sent = hashlib.blake2b()
@@ -195,10 +189,12 @@ async def test_a_hundred_megabytes_of_random_sized_messages_arrive_whole_and_in_
         assert received.digest() == sent.digest()
 
 
-async def test_a_paused_reader_makes_the_writer_wait_with_bounded_memory() -> None:
+async def test_a_paused_reader_makes_the_writer_wait_with_bounded_memory(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     window = 256 * 1024
     message = b"m" * 10_000
-    async with nodes(2) as (group, _), trio.open_nursery() as nursery:
+    async with open_cluster(2) as group, trio.open_nursery() as nursery:
         taken: list[Tunnel] = []
         ready = trio.Event()
 
@@ -221,7 +217,7 @@ async def test_a_paused_reader_makes_the_writer_wait_with_bounded_memory() -> No
 
             writing.start_soon(writer)
             await ready.wait()
-            await trio.sleep(10)  # the reader pauses
+            await trio.sleep(10)  # the reader pauses for 10 s
             far = taken[0]
             assert far.statistics().buffered_bytes <= window + len(message)
             assert sent * len(message) <= window + 2 * len(message)
@@ -232,20 +228,28 @@ async def test_a_paused_reader_makes_the_writer_wait_with_bounded_memory() -> No
             with trio.fail_after(10):
                 for _ in range(sent_while_paused):
                     assert await far.receive() == message
-            await trio.sleep(0.5)
-            assert sent > sent_while_paused + 10  # the writer went on once room was made
+            await wait_until(
+                group,
+                lambda: sent > sent_while_paused + 10,
+                what="the writer to go on once room was made",
+            )
             writing.cancel_scope.cancel()
         nursery.cancel_scope.cancel()
 
 
-async def test_a_far_end_that_dies_gives_both_directions_an_error() -> None:
-    async with nodes(3) as (group, scopes), trio.open_nursery() as nursery:
-        await nursery.start(serve_echo, group[2], "echo")
+@pytest.mark.parametrize("how", ["kill", "stop"])
+async def test_a_far_end_that_dies_gives_both_directions_an_error(
+    autojump_clock: trio.testing.MockClock, how: str
+) -> None:
+    async with open_cluster(3) as cluster, trio.open_nursery() as nursery:
+        member = cluster[2]
+        await nursery.start(serve_echo_tunnels, member, "echo")
         with trio.fail_after(10):
-            async with group[0].tunnel("echo") as tunnel:
+            async with cluster[0].tunnel("echo") as tunnel:
                 await tunnel.send(b"ping")
                 assert await tunnel.receive() == b"ping"
-                scopes[2].cancel()  # the member's node stops
+                # The member's node crashes (its links break) or stops.
+                await (cluster.kill if how == "kill" else cluster.stop)(member)
                 with pytest.raises(trio.BrokenResourceError):
                     await tunnel.receive()
                 with pytest.raises(trio.BrokenResourceError):
@@ -254,8 +258,10 @@ async def test_a_far_end_that_dies_gives_both_directions_an_error() -> None:
         nursery.cancel_scope.cancel()
 
 
-async def test_a_failing_member_handler_is_an_error_not_an_end() -> None:
-    async with nodes(3) as (group, _), trio.open_nursery() as nursery:
+async def test_a_failing_member_handler_is_an_error_not_an_end(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_cluster(3) as group, trio.open_nursery() as nursery:
 
         async def failing(task_status: trio.TaskStatus[None]) -> None:
             async with group[1].tunnels("fragile") as incoming:
@@ -275,10 +281,12 @@ async def test_a_failing_member_handler_is_an_error_not_an_end() -> None:
         nursery.cancel_scope.cancel()
 
 
-async def test_two_hundred_tunnels_at_once_all_complete() -> None:
-    async with nodes(4) as (group, _), trio.open_nursery() as services:
-        await services.start(serve_echo, group[2], "echo")
-        await services.start(serve_echo, group[3], "echo")
+async def test_two_hundred_tunnels_at_once_all_complete(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_cluster(4) as group, trio.open_nursery() as services:
+        await services.start(serve_echo_tunnels, group[2], "echo")
+        await services.start(serve_echo_tunnels, group[3], "echo")
         finished = 0
 
         async def client(index: int) -> None:
@@ -296,12 +304,16 @@ async def test_two_hundred_tunnels_at_once_all_complete() -> None:
                 for index in range(200):
                     clients.start_soon(client, index)
         assert finished == 200
+        accepted = [node.statistics().tunnels_accepted for node in group[2:]]
+        assert sum(accepted) == 200 and all(accepted), accepted  # both members took some
         services.cancel_scope.cancel()
 
 
-async def test_a_node_can_tunnel_to_its_own_cluster() -> None:
-    async with nodes(2) as (group, _), trio.open_nursery() as services:
-        await services.start(serve_echo, group[0], "self")
+async def test_a_node_can_tunnel_to_its_own_cluster(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_cluster(2) as group, trio.open_nursery() as services:
+        await services.start(serve_echo_tunnels, group[0], "self")
         with trio.fail_after(10):
             async with group[0].tunnel("self") as tunnel:
                 for size in (1, CHUNK_SIZE * 2 + 3):
@@ -311,9 +323,12 @@ async def test_a_node_can_tunnel_to_its_own_cluster() -> None:
         services.cancel_scope.cancel()
 
 
-async def test_clean_close_on_either_side_ends_the_other() -> None:
-    async with nodes(2) as (group, _), trio.open_nursery() as nursery:
+async def test_clean_close_on_either_side_ends_the_other(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_cluster(2) as group, trio.open_nursery() as nursery:
         results: list[str] = []
+        verdict = trio.Event()
 
         async def member(task_status: trio.TaskStatus[None]) -> None:
             async with group[1].tunnels("ends") as incoming:
@@ -323,19 +338,21 @@ async def test_clean_close_on_either_side_ends_the_other() -> None:
                     with pytest.raises(trio.BrokenResourceError):
                         await tunnel.send(b"too late")
                     results.append("end")
+            verdict.set()
 
         await nursery.start(member)
         with trio.fail_after(10):
             async with group[0].tunnel("ends") as tunnel:
                 await tunnel.send(b"a")
                 await tunnel.send(b"b")
-            while "end" not in results:  # noqa: ASYNC110 - waits for the member's verdict
-                await trio.sleep(0.01)
+            await verdict.wait()
         assert results == ["a", "b", "end"]
 
 
-async def test_opening_a_tunnel_to_nobody_fails_at_once() -> None:
-    async with nodes(2) as (group, _):
+async def test_opening_a_tunnel_to_nobody_fails_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_cluster(2) as group:
         start = trio.current_time()
         with pytest.raises(iris_trio.NoRespondersError):
             async with group[0].tunnel("nobody", timeout=10):
@@ -343,9 +360,9 @@ async def test_opening_a_tunnel_to_nobody_fails_at_once() -> None:
         assert trio.current_time() - start < 1
 
 
-async def test_tunnels_carry_bytes_only() -> None:
-    async with nodes(2) as (group, _), trio.open_nursery() as services:
-        await services.start(serve_echo, group[1], "echo")
+async def test_tunnels_carry_bytes_only(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_cluster(2) as group, trio.open_nursery() as services:
+        await services.start(serve_echo_tunnels, group[1], "echo")
         with trio.fail_after(10):
             async with group[0].tunnel("echo") as tunnel:
                 with pytest.raises(TypeError):
