@@ -83,6 +83,12 @@ class NodeStatistics:
             tunnel_bytes_received: message bytes through them.
         frames_dropped: overlay and tree frames dropped at a full link queue.
         links: links to peers now.
+        node_id: this node's id (32 hex digits); joined: it has joined the
+            overlay (see Node.wait_joined).
+        peers: overlay peers now; leaves_right / leaves_left: the leaf set's
+            ids (hex), nearest first, clockwise and counter-clockwise;
+            table_entries: routing-table entries; peers_declared_dead: peers
+            dropped because they fell silent.
     """
 
     published: int
@@ -104,6 +110,13 @@ class NodeStatistics:
     tunnel_bytes_received: int
     frames_dropped: int
     links: int
+    node_id: str
+    joined: bool
+    peers: int
+    leaves_right: tuple[str, ...]
+    leaves_left: tuple[str, ...]
+    table_entries: int
+    peers_declared_dead: int
 
 
 class Node:
@@ -464,6 +477,13 @@ class Node:
             tunnel_bytes_received=bytes_received,
             frames_dropped=driver.frames_dropped_full_queue,
             links=driver.links,
+            node_id=f"{self._driver.id:032x}",
+            joined=self.joined,
+            peers=driver.peers,
+            leaves_right=tuple(f"{node:032x}" for node in driver.leaves_right),
+            leaves_left=tuple(f"{node:032x}" for node in driver.leaves_left),
+            table_entries=driver.table_entries,
+            peers_declared_dead=driver.peers_declared_dead,
         )
 
     # --------------------------------------------- upcalls (what the overlay hands up)

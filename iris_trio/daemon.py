@@ -42,7 +42,7 @@ from ._node import Node, serve_node
 from .crypto.identity import NodeIdentity
 from .crypto.keys import DEV_NETWORK, Network, NetworkKey
 from .errors import ConfigError, KeyFormatError
-from .overlay.driver import OverlayDriver, split_address
+from .overlay.driver import split_address
 from .relay import DEFAULT_PORT, Relay, serve_relay
 
 __all__ = ["main"]
@@ -491,21 +491,32 @@ def _emit(record: dict[str, Any]) -> None:
     print(json.dumps(record, sort_keys=True), flush=True)
 
 
-def _status(driver: OverlayDriver, relay: Relay) -> dict[str, Any]:
-    overlay = driver.overlay
-    assert overlay is not None
-    stats = overlay.statistics()
+def _status(node: Node, relay: Relay) -> dict[str, Any]:
+    figures = node.statistics()
     return {
         "event": "status",
-        "node_id": f"{driver.id:032x}",
-        "address": driver.address,
-        "leaves_right": [f"{n:032x}" for n in overlay.leaves.right],
-        "leaves_left": [f"{n:032x}" for n in overlay.leaves.left],
-        "peers": stats.peers,
-        "table_entries": stats.table_entries,
-        "peers_declared_dead": stats.peers_declared_dead,
+        "node_id": figures.node_id,
+        "address": node.address,
+        "joined": figures.joined,
+        "leaves_right": list(figures.leaves_right),
+        "leaves_left": list(figures.leaves_left),
+        "peers": figures.peers,
+        "table_entries": figures.table_entries,
+        "peers_declared_dead": figures.peers_declared_dead,
+        "patterns": {
+            field: value
+            for field, value in dataclasses.asdict(figures).items()
+            if field not in _OVERLAY_FIELDS
+        },
         "relay": dataclasses.asdict(relay.statistics()),
     }
+
+
+#: NodeStatistics fields the status line shows at its top level.
+_OVERLAY_FIELDS = frozenset(
+    {"node_id", "joined", "leaves_right", "leaves_left", "peers", "table_entries"}
+    | {"peers_declared_dead"}
+)
 
 
 async def _run(args: argparse.Namespace, network: Network, identity: NodeIdentity) -> None:
@@ -527,7 +538,7 @@ async def _run(args: argparse.Namespace, network: Network, identity: NodeIdentit
                 if message is None:
                     raise
                 raise _StartError(message) from exc
-            driver = node.driver
+            node_id = node.statistics().node_id
             async with trio.open_nursery() as clients:
                 try:
                     relay: Relay = await clients.start(serve_relay, node, args.port)
@@ -540,25 +551,25 @@ async def _run(args: argparse.Namespace, network: Network, identity: NodeIdentit
                     {
                         "event": "ready",
                         "relay_port": relay.port,
-                        "node_id": f"{driver.id:032x}",
-                        "address": driver.address,
+                        "node_id": node_id,
+                        "address": node.address,
                         "network": network.name,
-                        "discovery": driver.discovery.mode,
-                        "peers": driver.overlay.statistics().peers if driver.overlay else 0,
+                        "discovery": args.discovery or ("loopback" if network.is_dev else "lan"),
+                        "peers": node.statistics().peers,
                     }
                 )
                 if args.status_interval > 0:
-                    clients.start_soon(_report, driver, relay, args.status_interval)
+                    clients.start_soon(_report, node, relay, args.status_interval)
                 async for _ in signals:
                     break
                 clients.cancel_scope.cancel()  # every client gets CLOSE first
             nursery.cancel_scope.cancel()  # then the node leaves the overlay gracefully
-    _emit({"event": "stopped", "node_id": f"{driver.id:032x}"})
+    _emit({"event": "stopped", "node_id": node_id})
 
 
-async def _report(driver: OverlayDriver, relay: Relay, interval: float) -> None:
+async def _report(node: Node, relay: Relay, interval: float) -> None:
     while True:
-        _emit(_status(driver, relay))
+        _emit(_status(node, relay))
         await trio.sleep(interval)
 
 

@@ -61,3 +61,18 @@ async def test_statistics_count_every_pattern(autojump_clock: trio.testing.MockC
         assert (got.requests_received, got.tunnels_accepted) == (6, 1)
         assert got.links >= 1
         nursery.cancel_scope.cancel()
+
+
+async def test_statistics_show_the_overlay_in_brief(autojump_clock: trio.testing.MockClock) -> None:
+    """What the daemon's status line shows comes from node.statistics(), not
+    from the driver's insides: the node's id, whether it joined, its peers and
+    its exact leaf set."""
+    async with open_cluster(5) as group:
+        ids = sorted(f"{node.driver.id:032x}" for node in group)
+        for node in group:
+            figures = node.statistics()
+            assert figures.node_id == f"{node.driver.id:032x}" and figures.joined
+            assert figures.peers == 4 and figures.peers_declared_dead == 0
+            leaves = set(figures.leaves_right) | set(figures.leaves_left)
+            assert leaves == set(ids) - {figures.node_id}  # five nodes: all are leaves
+            assert figures.table_entries >= 1

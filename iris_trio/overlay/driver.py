@@ -108,12 +108,17 @@ def advertised(address: str, observed_host: str | None) -> str:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class DriverStatistics:
-    """Link-level counters of the driver."""
+    """Link-level counters of the driver, and the overlay's state in brief."""
 
     links: int
     dials: int
     dials_failed: int
     frames_dropped_full_queue: int
+    peers: int = 0
+    leaves_right: tuple[int, ...] = ()
+    leaves_left: tuple[int, ...] = ()
+    table_entries: int = 0
+    peers_declared_dead: int = 0
 
 
 class OverlayDriver:
@@ -591,11 +596,22 @@ class OverlayDriver:
 
     def statistics(self) -> DriverStatistics:
         """Link-level counters (see ``overlay.statistics()`` for the overlay's)."""
+        overlay = self.overlay
+        if overlay is None:
+            return DriverStatistics(
+                len(self._links), self._dials, self._dials_failed, self._dropped
+            )
+        figures = overlay.statistics()
         return DriverStatistics(
             links=len(self._links),
             dials=self._dials,
             dials_failed=self._dials_failed,
             frames_dropped_full_queue=self._dropped,
+            peers=figures.peers,
+            leaves_right=tuple(overlay.leaves.right),
+            leaves_left=tuple(overlay.leaves.left),
+            table_entries=figures.table_entries,
+            peers_declared_dead=figures.peers_declared_dead,
         )
 
 
