@@ -27,7 +27,7 @@ from .._logs import LogLimiter
 from ..crypto.identity import NodeIdentity
 from ..crypto.keys import Network
 from ..errors import ConfigError, HandshakeError
-from ..transport.base import Transport
+from ..transport.base import Transport, split_host_port
 from ..transport.config import LinkConfig
 from ..transport.link import Link
 from ..transport.listener import LinkListener
@@ -87,14 +87,8 @@ _OVERLAY_FRAMES = (
 )
 
 
-def split_address(address: str) -> tuple[str, int]:
-    """("host", port) of "host:port" or "[v6 host]:port".
-
-    Raises:
-        ValueError: the port is not a number.
-    """
-    host, _, port = address.rpartition(":")
-    return host.strip("[]"), int(port)
+#: ("host", port) of "host:port" or "[v6 host]:port" (ValueError: no port number).
+split_address = split_host_port
 
 
 def advertised(address: str, observed_host: str | None) -> str:
