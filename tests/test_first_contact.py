@@ -9,6 +9,7 @@ trio's virtual clock over the in-memory transport.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import os
 import subprocess
@@ -23,6 +24,7 @@ import trio
 import trio.testing
 
 import iris_trio
+import iris_trio._node
 from iris_trio.overlay.ids import name_id
 from iris_trio.testing import Cluster, MemoryNetwork, open_cluster
 
@@ -450,3 +452,34 @@ async def test_bad_counts_are_refused_clearly(
         with pytest.raises(iris_trio.ConfigError, match="window"):
             async with node.tunnels(window=bad):
                 pass
+
+
+# ---------------------------------------------------------------------- logs
+
+
+async def test_info_logs_tell_joining_peers_clusters_and_topics(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="iris_trio")
+    async with open_cluster(3) as cluster:
+        node = cluster[0]
+        async with node.join("calc"), node.subscribe("news"):
+            pass
+    messages = [record.getMessage() for record in caplog.records]
+    assert sum("joined the overlay as" in m for m in messages) == 3  # once per node
+    assert any("peer" in m and "connected" in m for m in messages)
+    assert any("peer" in m and "disconnected" in m for m in messages)
+    for said in ("joined cluster 'calc'", "left cluster 'calc'", "subscribed to topic 'news'"):
+        assert said in messages, said
+
+
+async def test_the_dev_network_warning_comes_once_per_process(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(iris_trio._node, "_dev_warned", False)  # as in a fresh process
+    caplog.set_level(logging.WARNING, logger="iris_trio")
+    for _ in range(3):
+        async with iris_trio.join(discovery="off"):
+            pass
+    warnings = [r for r in caplog.records if "dev network" in r.getMessage()]
+    assert len(warnings) == 1 and "not secret" in warnings[0].getMessage()

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 from iris_trio.overlay.config import OverlayConfig
 from iris_trio.overlay.frames import Heartbeat, Route, RouteAck
 from iris_trio.overlay.ids import to_bytes
-from iris_trio.overlay.node import _MAX_SEEN, Deliver, OverlayNode, Send
+from iris_trio.overlay.node import _MAX_SEEN, Connect, Deliver, OverlayNode, Send
 from iris_trio.overlay.tree_frames import NodeMessage, TreeAnycast, TreeBounce
 from iris_trio.overlay.trees import LOST, BounceDelivery, Handover, MessageDelivery, TreeNode
 from iris_trio.patterns.request_frames import RequestReply
@@ -126,3 +127,33 @@ def test_an_anycast_whose_next_hop_goes_unacknowledged_is_lost_not_sent_again() 
     delivered = [e.route.payload for e in effects if isinstance(e, Deliver)]
     assert delivered == [b"plain"]  # A is now the closest: the plain message is its own
     assert a.statistics().rerouted == 0
+
+
+def test_a_lone_node_keeps_dialling_its_seeds_with_growing_pauses() -> None:
+    """A node whose seed is down (or not up yet) dials it again while it is
+    alone: after 1 s, then pauses doubling (with jitter) up to 30 s; once it has
+    a peer it stops. Until its seeds were tried it is not joined."""
+    node = OverlayNode(A_ID, "a:1", config=OverlayConfig())
+    node.start(0.0, ["seed:1"])
+    assert [e for e in node.take_effects() if isinstance(e, Connect)] == [Connect("seed:1", None)]
+    assert not node.check_ready(0.0)  # the seed is being dialled
+    dials: list[float] = []
+    now = 0.0
+    while now < 120.0:
+        node.connect_failed(now, "seed:1")  # every attempt fails at once
+        now += 0.25
+        node.tick(now)
+        if any(isinstance(e, Connect) for e in node.take_effects()):
+            dials.append(now)
+    pauses = [later - earlier for earlier, later in itertools.pairwise([0.0, *dials])]
+    assert 0.75 <= pauses[0] <= 1.5
+    assert all(b >= a * 1.1 for a, b in itertools.pairwise(pauses[:5])), pauses  # growing
+    assert max(pauses) <= 30 * 1.25 + 0.25
+    assert node.check_ready(now)  # alone, its seed tried: an answer to trust
+    node.connected(now, B_ID, "seed:1")
+    node.take_effects()
+    for _ in range(200):
+        now += 0.25
+        node.received(now, B_ID, Heartbeat())  # the peer stays alive
+        node.tick(now)
+        assert not [e for e in node.take_effects() if isinstance(e, Connect)]
