@@ -71,7 +71,10 @@ class NodeStatistics:
         events_received: events and broadcasts handed to this node's receivers
             (once per receiver).
         events_dropped: of those, dropped from a full receiver buffer (the
-            oldest goes); events_buffered: waiting in receivers now.
+            oldest goes); events_buffered: waiting in receivers now;
+            events_missed: events published that never reached a receiver of
+            this node while it was open (lost on the way, told by gaps in the
+            publishers' sequence numbers; once per receiver).
         requests_sent / requests_answered / requests_failed / requests_pending:
             this node's requests (failed: RemoteError, NoRespondersError or
             timeout; a cancelled request counts as neither answered nor failed).
@@ -96,6 +99,7 @@ class NodeStatistics:
     events_received: int
     events_dropped: int
     events_buffered: int
+    events_missed: int
     requests_sent: int
     requests_answered: int
     requests_failed: int
@@ -463,6 +467,7 @@ class Node:
             events_received=pubsub.events_received,
             events_dropped=pubsub.events_dropped,
             events_buffered=pubsub.events_buffered(),
+            events_missed=pubsub.events_missed,
             requests_sent=requester.sent,
             requests_answered=requester.answered,
             requests_failed=requester.failed,

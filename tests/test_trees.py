@@ -7,11 +7,11 @@ import random
 from iris_trio.overlay.config import OverlayConfig
 from iris_trio.overlay.ids import name_id
 from iris_trio.overlay.trees import TreeConfig
-from iris_trio.testing.simulator import Simulation
+from iris_trio.testing.simulator import FaultPlan, Simulation
 
 
-def network(nodes: int, seed: int) -> Simulation:
-    sim = Simulation(seed, config=OverlayConfig(), trees=TreeConfig())
+def network(nodes: int, seed: int, faults: FaultPlan | None = None) -> Simulation:
+    sim = Simulation(seed, config=OverlayConfig(), trees=TreeConfig(), faults=faults)
     for _ in range(nodes):
         sim.spawn()
         sim.run_for(0.05)
@@ -106,3 +106,51 @@ def test_deep_trees_in_a_larger_network_survive_failures() -> None:
     for victim in victims:
         sim.crash(victim)
     settle(sim, {tree: members - victims}, within=60)
+
+
+def _run_publishing(
+    sim: Simulation, publisher: int, tree: int, duration: float, sent: list[bytes]
+) -> None:
+    """Publish one event every 10 ms for ``duration`` seconds."""
+    steps = round(duration / 0.01)
+    for _ in range(steps):
+        event = b"%06d" % len(sent)
+        sent.append(event)
+        sim.publish(publisher, tree, [event])
+        sim.run_for(0.01)
+
+
+def _received(sim: Simulation, member: int, tree: int) -> list[bytes]:
+    return [
+        event
+        for node, delivery in sim.tree_deliveries
+        if node == member and delivery.tree == tree
+        for event in delivery.events
+    ]
+
+
+def test_a_tree_moving_to_a_joining_root_and_back_loses_no_event() -> None:
+    for seed in (61, 62, 63):
+        sim = network(10, seed, FaultPlan(in_order=True))  # links are TCP: in order
+        tree = name_id("topic", "moving-events")
+        nodes = sorted(n.id for n in sim.live_nodes())
+        members = set(nodes[::3])
+        publisher = next(node for node in nodes if node not in members)
+        for member in members:
+            sim.join_tree(member, tree)
+        settle(sim, {tree: members})
+        sent: list[bytes] = []
+        for move in range(5):
+            _run_publishing(sim, publisher, tree, 0.5, sent)
+            newcomer = sim.spawn(node_id=tree + 1 + move)  # the closest node now
+            _run_publishing(sim, publisher, tree, 2.0, sent)
+            assert sim.closest_live(tree) == newcomer
+            sim.leave(newcomer)
+        _run_publishing(sim, publisher, tree, 2.0, sent)
+        sim.run_for(2)
+        for member in sorted(members):
+            received = _received(sim, member, tree)
+            missing = len(set(sent) - set(received))
+            assert received == sent, f"seed {seed}: {missing} of {len(sent)} lost at {member:x}"
+            missed = sum(d.missed for n, d in sim.tree_deliveries if n == member)
+            assert missed == 0

@@ -56,16 +56,20 @@ class TreePrune(Frame):
 MAX_EVENTS = 1024
 
 
-@frame_kind(24, Blob(exact=16), Blob(exact=16), UInt(64), Sequence(Blob(), MAX_EVENTS))
+@frame_kind(24, Blob(exact=16), Blob(exact=16), UInt(32), UInt(64), Sequence(Blob(), MAX_EVENTS))
 @dataclasses.dataclass(frozen=True, slots=True)
 class TreePublish(Frame):
-    """Events for every member of a tree: routed to the root, then sent down.
+    """Events for every member of a tree: routed to the root, then passed along
+    the tree's links (from any node of the tree to all its tree neighbours but
+    the one it came from).
 
     A publisher sends the events it publishes in a burst together, in order.
 
     Attributes:
         tree: the tree's id.
         publisher: the publishing node's id.
+        epoch: drawn at random when the publisher's node starts, so that a
+            restarted publisher's numbers are not taken for old ones.
         sequence: the publisher's sequence number on this tree of the first
             event (from 1); the others follow it, one each.
         events: the events, in order (at least one).
@@ -73,6 +77,7 @@ class TreePublish(Frame):
 
     tree: bytes
     publisher: bytes
+    epoch: int
     sequence: int
     events: tuple[bytes, ...]
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections.abc import Sequence
 
 from ..errors import ProtocolError
@@ -26,6 +27,7 @@ from ..wire.frames import Frame, FrameCodec
 from .frames import Route
 from .ids import from_bytes, short, to_bytes
 from .node import Deliver, Effect, Lost, OverlayNode
+from .sequences import PublisherStreams
 from .tree_frames import (
     MAX_EVENTS,
     NodeMessage,
@@ -114,12 +116,15 @@ class Handover:
 @dataclasses.dataclass(frozen=True, slots=True)
 class TreeDelivery:
     """Events published on a tree this node is a member of (one publisher's, in
-    order; ``sequence`` is the first one's)."""
+    order; ``sequence`` is the first one's). ``missed``: events of this
+    publisher now known to have been missed here (lost on the way, e.g. behind
+    a partition), counted once."""
 
     tree: int
     publisher: int
     sequence: int
     events: tuple[bytes, ...]
+    missed: int = 0
 
 
 #: What :meth:`TreeNode.take_effects` returns.
@@ -140,6 +145,13 @@ class TreeConfig:
         settle_time: for this long after its leaf set changed, a root with no
             member below it answers "retry" rather than "no responders" (the
             tree may be moving to it).
+        handover_window: events routed to a node that is not (yet) in their
+            tree are held this long, and a node that has just become a tree's
+            root keeps what it passes on for this long and sends it to every
+            child that joins meanwhile: the old root and its subtree get what
+            was published while the tree moved (duplicates are dropped).
+        handover_frames / handover_bytes: the most event frames (and bytes) held
+            or kept per tree for that.
     """
 
     heartbeat_interval: float = 1.0
@@ -147,6 +159,9 @@ class TreeConfig:
     join_retry: float = 2.0
     report_interval: float = 0.02
     settle_time: float = 0.5
+    handover_window: float = 1.0
+    handover_frames: int = 256
+    handover_bytes: int = 4 * 1024 * 1024
 
 
 @dataclasses.dataclass(slots=True)
@@ -189,6 +204,11 @@ class TreeState:
     reported_serves: int = 0
     reported_at: float = -1.0
     report_pending: bool = False
+    #: Event frames passed on since this node became the root (see
+    #: ``TreeConfig.handover_window``), and until when they are kept.
+    replay: list[TreePublish] | None = None
+    replay_bytes: int = 0
+    replay_until: float = -math.inf
 
     def child_score(self, child: int) -> int:
         """A child's spare capacity less what is on the way to it."""
@@ -228,9 +248,14 @@ class TreeNode:
         self._codec = FrameCodec()
         self._now = 0.0
         self._sequences: dict[int, int] = {}  # tree -> our last published sequence
-        # (tree, publisher) -> last sequence delivered or forwarded: duplicates and
-        # late (reordered) events are dropped, so each publisher's events stay in order.
-        self._last_seen: dict[tuple[int, int], int] = {}
+        #: This node's epoch as a publisher (see TreePublish).
+        self.epoch = int.from_bytes(os.urandom(4), "big")
+        # What each publisher's events passed on here were: duplicates and late
+        # (reordered) events are dropped, so each publisher's events stay in order.
+        self._streams = PublisherStreams()
+        # tree -> (since, frames, bytes): events routed here for a tree this node
+        # is not in yet (it may be becoming the root; see handover_window).
+        self._held: dict[int, tuple[float, list[TreePublish], int]] = {}
         self._deliveries: list[_Delivery] = []
         #: Events dropped as duplicates or out of order, and with no tree to go to.
         self._report_due = math.inf  # the earliest deferred capacity report
@@ -269,7 +294,9 @@ class TreeNode:
         self._now = now
         sequence = self._sequences.get(tree, 0) + 1
         self._sequences[tree] = sequence + len(events) - 1
-        frame = TreePublish(to_bytes(tree), to_bytes(self.overlay.id), sequence, tuple(events))
+        frame = TreePublish(
+            to_bytes(tree), to_bytes(self.overlay.id), self.epoch, sequence, tuple(events)
+        )
         state = self.trees.get(tree)
         if state is not None and state.root and self.overlay.next_hop(tree) is None:
             self._disseminate(frame, came_from=None)  # we are the root: straight down
@@ -317,7 +344,13 @@ class TreeNode:
         self._report_due = math.inf
         self.overlay.tick(now)
         config = self.config
+        for tree, (since, frames, _) in list(self._held.items()):
+            if now - since > config.handover_window:
+                del self._held[tree]  # nobody joined: the tree has no members
+                self.events_orphaned += sum(len(frame.events) for frame in frames)
         for tree, state in list(self.trees.items()):
+            if state.replay is not None and now >= state.replay_until:
+                state.replay, state.replay_bytes = None, 0
             for child, heard in list(state.children.items()):
                 if now - heard > config.child_timeout or not self.overlay.is_connected(child):
                     self._forget_child(state, child)
@@ -518,22 +551,65 @@ class TreeNode:
         return frame if isinstance(frame, TreeJoin) else None
 
     def _disseminate(self, frame: TreePublish, *, came_from: int | None) -> None:
-        """Pass an event down the tree (from the root, or from our parent)."""
+        """Pass events along the tree: ``came_from`` is the tree neighbour they came
+        from, None when they were routed here (we are, or are becoming, the root)."""
         tree, publisher = from_bytes(frame.tree), from_bytes(frame.publisher)
         state = self.trees.get(tree)
-        if state is None or (came_from is not None and came_from != state.parent):
-            self.events_orphaned += 1  # not ours (any more): e.g. a stale parent link
+        if state is None:
+            if came_from is None:
+                self._hold(tree, frame)  # until the tree's members join us
             return
-        key = (tree, publisher)
-        last = frame.sequence + len(frame.events) - 1
-        if last <= self._last_seen.get(key, 0):
+        if came_from is None and not state.attached:
+            self._open_replay(state)  # the tree is moving to us
+        if came_from is not None and came_from != state.parent and came_from not in state.children:
+            self.events_orphaned += len(frame.events)  # not a tree link (any more)
+            return
+        verdict = self._streams.accept(
+            tree, publisher, frame.epoch, frame.sequence, len(frame.events)
+        )
+        if not verdict.deliver:
             self.events_duplicate += len(frame.events)
             return
-        self._last_seen[key] = last
+        now = self._now
         for child in state.children:
-            self.overlay.send_direct(self._now, child, frame)
+            if child != came_from:
+                self.overlay.send_direct(now, child, frame)
+        if state.parent is not None and state.parent != came_from:
+            self.overlay.send_direct(now, state.parent, frame)
+        if state.replay is not None and self._fits(state.replay, state.replay_bytes, frame):
+            state.replay.append(frame)
+            state.replay_bytes += _size(frame)
         if state.member:
-            self._deliveries.append(TreeDelivery(tree, publisher, frame.sequence, frame.events))
+            self._deliveries.append(
+                TreeDelivery(tree, publisher, frame.sequence, frame.events, verdict.missed)
+            )
+
+    def _fits(self, frames: list[TreePublish], size: int, frame: TreePublish) -> bool:
+        config = self.config
+        return len(frames) < config.handover_frames and size + _size(frame) <= config.handover_bytes
+
+    def _hold(self, tree: int, frame: TreePublish) -> None:
+        since, frames, size = self._held.get(tree, (self._now, [], 0))
+        if self._fits(frames, size, frame):
+            frames.append(frame)
+            self._held[tree] = (since, frames, size + _size(frame))
+        else:
+            self.events_orphaned += len(frame.events)
+
+    def _open_replay(self, state: TreeState) -> None:
+        if state.replay is None:
+            state.replay, state.replay_bytes = [], 0
+            state.replay_until = self._now + self.config.handover_window
+
+    def _adopt(self, state: TreeState, child: int) -> None:
+        """``child`` joined through us: while we have just become the root, it
+        gets what was passed on since (it drops what it has)."""
+        new = child not in state.children
+        state.children[child] = self._now
+        state.serves_changed_at = self._now  # it may take requests: it will say
+        if new and state.replay and self._now < state.replay_until:
+            for frame in state.replay:
+                self.overlay.send_direct(self._now, child, frame)
 
     def _send_join(self, tree: int, state: TreeState) -> None:
         state.join_sent_at = self._now
@@ -552,8 +628,7 @@ class TreeNode:
             state.parent = next_hop
             self._pin()
             return True
-        state.children[previous] = self._now
-        state.serves_changed_at = self._now  # it may take requests: it will say
+        self._adopt(state, previous)
         if state.attached:
             if state.linked:
                 self.overlay.send_direct(self._now, previous, TreeAck(join.tree))
@@ -586,13 +661,17 @@ class TreeNode:
         join = frame
         tree = from_bytes(join.tree)
         state = self.trees.setdefault(tree, TreeState())
+        if not state.root:  # the tree moves to us: keep what we pass on a while
+            self._open_replay(state)
         state.root = True
         state.parent = None
         state.join_sent_at = None
         if effect.previous is not None:
-            state.children[effect.previous] = self._now
-            state.serves_changed_at = self._now
+            self._adopt(state, effect.previous)
         self._set_linked(tree, state)
+        _, held, _ = self._held.pop(tree, (0.0, [], 0))
+        for frame in held:  # published while the tree was on its way to us
+            self._disseminate(frame, came_from=None)
         self._pin()
         return True
 
@@ -711,8 +790,7 @@ class TreeNode:
         if state.parent is not None:
             self.overlay.send_direct(self._now, state.parent, TreePrune(to_bytes(tree)))
         del self.trees[tree]
-        for key in [k for k in self._last_seen if k[0] == tree]:
-            del self._last_seen[key]
+        self._streams.forget_tree(tree)
 
     def _pin(self) -> None:
         pinned: set[int] = set()
@@ -721,6 +799,10 @@ class TreeNode:
             if state.parent is not None:
                 pinned.add(state.parent)
         self.overlay.pinned = pinned
+
+
+def _size(frame: TreePublish) -> int:
+    return sum(len(event) for event in frame.events) + 64
 
 
 def tree_problems(states: dict[int, TreeState], members: set[int], closest: int) -> list[str]:

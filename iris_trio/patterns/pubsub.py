@@ -52,7 +52,7 @@ class PubSub:
         self._outgoing_bytes: dict[int, int] = {}
         self._outgoing_lot = trio.lowlevel.ParkingLot()
         self.published = self.broadcasts_sent = 0
-        self.events_received = self.events_dropped = 0
+        self.events_received = self.events_dropped = self.events_missed = 0
 
     # ----------------------------------------------------------------- sending
 
@@ -197,6 +197,9 @@ class PubSub:
         """Events arrived on a tree: to every receiver of that tree."""
         for receiver in self._receivers.get(delivery.tree, ()):
             self.events_received += len(delivery.events)
+            if delivery.missed:
+                receiver.missed += delivery.missed
+                self.events_missed += delivery.missed
             for event in delivery.events:
                 if receiver._push(event):
                     self.events_dropped += 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import trio
@@ -10,8 +11,27 @@ from .queue import BoundedQueue, Overflow, QueueStatistics
 
 __all__ = ["Subscription", "SubscriptionStatistics"]
 
-#: Counters of one subscription (``delivered``, ``dropped``, ``buffered``, ...).
-SubscriptionStatistics = QueueStatistics
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SubscriptionStatistics:
+    """Counters of one subscription.
+
+    Attributes:
+        delivered: events that arrived (dropped ones included).
+        dropped: events dropped here because the buffer was full (this
+            subscriber did not keep up).
+        missed: events published while this subscription was open that never
+            arrived (lost on the way, e.g. behind a partition), as told by the
+            gaps in each publisher's sequence numbers. "Nothing was published"
+            and "I missed it" differ here.
+        buffered / buffered_bytes: events (and their bytes) waiting now.
+    """
+
+    delivered: int
+    dropped: int
+    missed: int
+    buffered: int
+    buffered_bytes: int
 
 
 class Subscription(BoundedQueue[bytes]):
@@ -31,6 +51,19 @@ class Subscription(BoundedQueue[bytes]):
         self.topic = topic
         self.tree = tree
         self._on_close = on_close
+        #: Events known to have been missed (see SubscriptionStatistics).
+        self.missed = 0
+
+    def statistics(self) -> SubscriptionStatistics:  # type: ignore[override]
+        """The subscription's counters (see :class:`SubscriptionStatistics`)."""
+        queue: QueueStatistics = super().statistics()
+        return SubscriptionStatistics(
+            delivered=queue.delivered,
+            dropped=queue.dropped,
+            missed=self.missed,
+            buffered=queue.buffered,
+            buffered_bytes=queue.buffered_bytes,
+        )
 
     def _push(self, data: bytes) -> bool:
         """Buffer an arriving event (called synchronously by the node); True if

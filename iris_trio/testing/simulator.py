@@ -24,7 +24,7 @@ from ..overlay.config import OverlayConfig
 from ..overlay.frames import Route
 from ..overlay.ids import RING, digit, ring_distance, shared_prefix, short
 from ..overlay.node import Connect, Deliver, Disconnect, OverlayNode, Send
-from ..overlay.trees import TreeConfig, TreeNode, tree_problems
+from ..overlay.trees import TreeConfig, TreeDelivery, TreeNode, tree_problems
 from ..wire.frames import Frame
 
 __all__ = ["Delivery", "FaultPlan", "LookupResult", "SimNode", "Simulation"]
@@ -39,12 +39,16 @@ class FaultPlan:
         duplicate: probability a frame is delivered twice.
         latency: (min, max) one-way delay, uniform; a spread reorders frames.
         connect_timeout: how long a dial to an unreachable address takes to fail.
+        in_order: frames on one connection arrive in the order they were sent
+            (as over TCP), whatever their latencies; by default a spread of
+            latencies reorders them.
     """
 
     loss: float = 0.0
     duplicate: float = 0.0
     latency: tuple[float, float] = (0.001, 0.005)
     connect_timeout: float = 3.0
+    in_order: bool = False
 
 
 @dataclasses.dataclass(slots=True)
@@ -124,6 +128,9 @@ class Simulation:
         self.join_settle = 1.0
         self.frames_sent = 0
         self.frames_dropped = 0
+        self._last_arrival: dict[tuple[int, int], float] = {}
+        #: Events delivered to tree members: (member's id, delivery), in order.
+        self.tree_deliveries: list[tuple[int, TreeDelivery]] = []
 
     # --------------------------------------------------------------- scheduling
 
@@ -263,6 +270,8 @@ class Simulation:
                 self._close(sim.id, effect.node)
             elif isinstance(effect, Deliver):
                 self._delivered(sim, effect.route)
+            elif isinstance(effect, TreeDelivery):
+                self.tree_deliveries.append((sim.id, effect))
 
     def _pair(self, a: int, b: int) -> tuple[int, int]:
         return (a, b) if a < b else (b, a)
@@ -280,9 +289,11 @@ class Simulation:
             return
         copies = 2 if self.rng.random() < self.faults.duplicate else 1
         for _ in range(copies):
-            self._at(
-                self.now + self._latency(), self._receive, sim.id, target, target.incarnation, frame
-            )
+            arrival = self.now + self._latency()
+            if self.faults.in_order:
+                arrival = max(arrival, self._last_arrival.get((sim.id, target_id), 0.0))
+                self._last_arrival[sim.id, target_id] = arrival
+            self._at(arrival, self._receive, sim.id, target, target.incarnation, frame)
 
     def _receive(self, source: int, target: SimNode, incarnation: int, frame: Frame) -> None:
         if self._pair(source, target.id) in self._connections:
@@ -427,6 +438,13 @@ class Simulation:
         sim = self.nodes[node_id]
         assert sim.trees is not None, "construct the Simulation with trees=TreeConfig()"
         sim.trees.join(self.now, tree)
+        self._apply(sim, self._effects(sim))
+
+    def publish(self, node_id: int, tree: int, events: list[bytes]) -> None:
+        """Publish ``events`` on ``tree`` from ``node_id`` (see ``tree_deliveries``)."""
+        sim = self.nodes[node_id]
+        assert sim.trees is not None, "construct the Simulation with trees=TreeConfig()"
+        sim.trees.publish(self.now, tree, events)
         self._apply(sim, self._effects(sim))
 
     def leave_tree(self, node_id: int, tree: int) -> None:
