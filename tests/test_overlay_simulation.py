@@ -246,3 +246,23 @@ def test_connections_are_only_those_some_table_needs() -> None:
     # About as many links as table entries, in and out: far from a full mesh.
     assert statistics.mean(settled) <= 2 * statistics.mean(own), sim.describe()
     assert max(settled) < len(live) / 2, sim.describe()
+
+
+@pytest.mark.parametrize("seed", [46, 47, 48])
+def test_a_split_ring_with_seeds_only_merges_once_healed(seed: int) -> None:
+    # No discovery: nodes know each other only through seeds and gossip. A 6/6
+    # split lasts 20 s, long enough for each side to declare the other dead.
+    sim = Simulation(seed, config=OverlayConfig(), beacon_interval=None)
+    for _ in range(12):
+        sim.spawn(seeds=2)
+        sim.run_for(0.05)
+    assert sim.run_until_converged(60) is not None, (sim.check()[:3], sim.describe())
+    ids = sorted(n.id for n in sim.live_nodes())
+    random.Random(seed).shuffle(ids)
+    sim.partition([ids[:6], ids[6:]])
+    sim.run_for(20)
+    assert sim.check() == [], sim.describe()  # two rings, each right on its side
+    assert all(len(n.overlay.peers) <= 5 for n in sim.live_nodes())
+    sim.heal()
+    # One ring again: every leaf set holds the nearest nodes of all twelve.
+    assert sim.run_until_converged(60) is not None, (sim.check()[:3], sim.describe())

@@ -44,6 +44,13 @@ class OverlayConfig:
             (With discovery off it is joined once its seeds were tried.)
         join_limit: a node counts as joined after this long whatever else holds
             (a seed that never answers must not hold it back for ever).
+        split_check_interval: a node with peers dials, this often (with
+            jitter), one of its seeds or of the addresses of peers it lost that
+            it has no connection to: if the ring split (a partition healed, a
+            node was frozen a while), the state exchanged on that connection
+            merges the two rings again. One connection per interval: cheap.
+        lost_addresses / lost_for: the most addresses of lost peers kept for
+            that, and for how long (seconds).
     """
 
     leaf_size: int = 8
@@ -62,6 +69,9 @@ class OverlayConfig:
     join_quiet: float = 0.25
     join_window: float = 2.0
     join_limit: float = 10.0
+    split_check_interval: float = 15.0
+    lost_addresses: int = 32
+    lost_for: float = 600.0
 
     def __post_init__(self) -> None:
         if self.leaf_size < 1:
@@ -76,6 +86,8 @@ class OverlayConfig:
             "idle_connection_grace",
             "tick_interval",
             "join_limit",
+            "split_check_interval",
+            "lost_for",
         ):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive")

@@ -178,6 +178,8 @@ class OverlayDriver:
         self.address = ""
         self._links: dict[int, Link] = {}
         self._initiators: dict[Link, int] = {}
+        # Where each link's peer said it listens (one value per peer process).
+        self._link_listens: dict[Link, str] = {}
         self._nursery: trio.Nursery | None = None
         self._changed = trio.lowlevel.ParkingLot()  # woken after every flush
         self._dials = self._dials_failed = self._dropped = 0
@@ -314,12 +316,25 @@ class OverlayDriver:
             self._dial_failed(address)
             return
         existing = self._links.get(node)
+        listen = link.peer_hello.listen
+        restarted = existing is not None and self._link_listens.get(existing) != listen
+        if existing is not None and existing.is_open and restarted:
+            # The same identity listening elsewhere: the peer restarted while its
+            # old process hangs (e.g. frozen). The new process takes its place.
+            log.info("peer %s is back at %s: its old link is closed", short(node), address)
+            del self._links[node]
+            self._nursery_start(functools.partial(self._retire, existing))
+            self.overlay.disconnected(trio.current_time(), node)
+            self._up.peer_lost(node)
+            existing = None
+        self._link_listens[link] = listen
         if existing is not None and existing.is_open:
             # Both ends keep the link initiated by the lower id and send only on it.
             # The other one stays open a moment, still read, so nothing the peer
             # sent on it before it made the same choice is lost.
             if self._initiators[existing] <= initiator:
                 await trio.sleep(_RETIRE_DELAY)
+                self._link_listens.pop(link, None)
                 return
             self._links[node] = link
             self._initiators[link] = initiator
@@ -340,6 +355,7 @@ class OverlayDriver:
             raise
         finally:
             self._initiators.pop(link, None)
+            self._link_listens.pop(link, None)
             if self._links.get(node) is link:
                 del self._links[node]
                 log.info("peer %s disconnected (%s)", short(node), address)

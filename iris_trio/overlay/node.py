@@ -279,6 +279,11 @@ class OverlayNode:
         self._seeds: list[str] = []
         self._seed_retry = 0.0  # the pause before seeds are dialled again (grows)
         self._next_seed_dial = math.inf
+        # Addresses of peers this node lost, and when (oldest first), and when
+        # the next check for a split ring is due (see split_check_interval).
+        self._lost_addresses: collections.OrderedDict[str, float] = collections.OrderedDict()
+        self._next_split_check = math.inf
+        self._split_checks = 0
         self._lone_ready_at = math.inf
         self._ready = False
         self._routed = self._forwarded = self._delivered = self._duplicates = 0
@@ -382,6 +387,7 @@ class OverlayNode:
         self._lone_ready_at = now + (self.config.join_window if discovery else 0.0)
         self._seeds = [address for address in seeds if address != self.address]
         self._dial_seeds(now)
+        self._next_split_check = now + self.config.split_check_interval
         self._next_exchange = now + self.config.exchange_interval * self.rng.uniform(0.5, 1.0)
 
     def _dial_seeds(self, now: float) -> None:
@@ -397,6 +403,35 @@ class OverlayNode:
             jitter = self.rng.uniform(0.75, 1.25) if retry else 1.0
             self._seed_retry = min(_SEED_RETRY_MAX, max(_SEED_RETRY_MIN, retry * 2))
             self._next_seed_dial = now + self._seed_retry * jitter
+
+    def _check_split(self, now: float) -> None:
+        """Dial one seed or lost peer's address that this node has no connection
+        to (in turn): if it is in another ring, the two merge (see
+        ``OverlayConfig.split_check_interval``)."""
+        config = self.config
+        self._next_split_check = now + config.split_check_interval * self.rng.uniform(0.75, 1.25)
+        while self._lost_addresses:
+            address, lost_at = next(iter(self._lost_addresses.items()))
+            if now - lost_at <= config.lost_for:
+                break
+            del self._lost_addresses[address]
+        connected = {peer.address for peer in self._peers.values()}
+        candidates = [
+            address
+            for address in (*self._seeds, *self._lost_addresses)
+            if address not in connected and address not in self._dialing and address != self.address
+        ]
+        if candidates:
+            address = candidates[self._split_checks % len(candidates)]
+            self._split_checks += 1
+            self._dial(address, _Dial(now, None))
+
+    def _remember_lost(self, address: str, now: float) -> None:
+        lost = self._lost_addresses
+        lost.pop(address, None)
+        lost[address] = now
+        while len(lost) > self.config.lost_addresses:
+            lost.popitem(last=False)
 
     def discovered(self, now: float, node: int, address: str) -> None:
         """A discovery beacon announced ``node`` at ``address``."""
@@ -537,6 +572,8 @@ class OverlayNode:
         elif self._peers:
             self._seed_retry = 0.0
             self._next_seed_dial = now
+            if now >= self._next_split_check:
+                self._check_split(now)
         if now >= self._ack_due:
             self.flush_acks(now)
         self._retransmit(now)
@@ -699,6 +736,8 @@ class OverlayNode:
             return
         self._acks_owed.pop(node, None)
         self._peer_ids.discard(peer.ref[0])
+        if reason is None or reason.startswith("silent"):  # not a goodbye, not idle
+            self._remember_lost(peer.address, now)
         if reason is not None:  # we decided: close the connection
             self._dead += reason.startswith("silent")
             self._outbox.append(Disconnect(node, reason))
