@@ -43,7 +43,7 @@ from .patterns.requests import IncomingRequests, Requester, Responder
 from .patterns.subscription import Subscription
 from .patterns.tunnel import DEFAULT_WINDOW, IncomingTunnels, Tunnel
 from .patterns.tunnels import DEFAULT_TUNNEL_BACKLOG, TUNNEL_FRAMES, Tunnels
-from .transport.base import Transport
+from .transport.base import Transport, is_loopback
 from .transport.link import Link
 from .wire.frames import Frame
 
@@ -604,10 +604,13 @@ async def serve_node(
             "the dev network discovers on loopback only: use discovery='loopback' or 'off', "
             "or a real network (network= and key=) for LAN discovery"
         )
+    host, port = split_address(listen or ("127.0.0.1:0" if dev else "0.0.0.0:0"))
+    loopback_only = dev and transport is None  # (a test's memory network has no hosts)
+    if loopback_only:
+        _check_dev_addresses(host, seeds)
     if dev and not _dev_warned:
         _dev_warned = True
         log.warning("dev network: loopback only; its key is published, not secret")
-    host, port = split_address(listen or ("127.0.0.1:0" if dev else "0.0.0.0:0"))
     build = functools.partial(
         OverlayDriver,
         identity or NodeIdentity.generate(),
@@ -618,8 +621,29 @@ async def serve_node(
         discovery=settings or DiscoveryConfig(mode=mode),
         config=config,
         transport=transport,
+        loopback_only=loopback_only,
     )
     await Node(build, cluster)._run(task_status)
+
+
+def _check_dev_addresses(host: str, seeds: Sequence[str]) -> None:
+    """The dev network's key is published: a dev node reachable from a network
+    would let anyone in, so it listens on and dials loopback only."""
+    if not is_loopback(host):
+        raise ConfigError(
+            f"the dev network is loopback only: cannot listen on {host!r} (its key is "
+            "published); listen on 127.0.0.1, or use a network of your own (a name and a key)"
+        )
+    for seed in seeds:
+        try:
+            seed_host = split_address(seed)[0]
+        except ValueError:
+            continue  # reported with the seeds' other checks
+        if not is_loopback(seed_host):
+            raise ConfigError(
+                f"the dev network is loopback only: seed {seed!r} is not on this host; "
+                "use a network of your own (a name and a key) to join other hosts"
+            )
 
 
 @asynccontextmanager

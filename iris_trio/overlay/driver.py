@@ -27,7 +27,7 @@ from .._logs import LogLimiter
 from ..crypto.identity import NodeIdentity
 from ..crypto.keys import Network
 from ..errors import ConfigError, HandshakeError
-from ..transport.base import Transport, split_host_port
+from ..transport.base import Transport, is_loopback, split_host_port
 from ..transport.config import LinkConfig
 from ..transport.link import Link
 from ..transport.listener import LinkListener
@@ -152,8 +152,11 @@ class OverlayDriver:
         rng: random.Random | None = None,
         trees: TreeConfig | None = None,
         transport: Transport | None = None,
+        loopback_only: bool = False,
     ) -> None:
         self.identity = identity
+        #: Dial loopback addresses only (the dev network: its key is published).
+        self.loopback_only = loopback_only
         self.network = network
         self.host = host
         self.port = port
@@ -278,6 +281,12 @@ class OverlayDriver:
 
     async def _dial(self, address: str, failed: trio.Event | None = None) -> None:
         self._dials += 1
+        if self.loopback_only and not _loopback_address(address):
+            # e.g. gossip or a beacon naming another host: the dev network stays local
+            self._dial_failed(address, ValueError("the dev network dials loopback only"))
+            if failed is not None:
+                failed.set()
+            return
         try:
             async with self.transport.connect(
                 address,
@@ -636,3 +645,10 @@ def _send_or_drop(link: Link, frame: Frame) -> bool:
     except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
         return False
     return True
+
+
+def _loopback_address(address: str) -> bool:
+    try:
+        return is_loopback(split_host_port(address)[0])
+    except ValueError:
+        return False

@@ -10,6 +10,7 @@ and runs :func:`~iris_trio.transport.link.open_link` on the streams it dials.
 
 from __future__ import annotations
 
+import ipaddress
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
@@ -21,7 +22,7 @@ from .config import LinkConfig
 from .link import FrameHandler, Link
 from .listener import LinkHandler, LinkListener
 
-__all__ = ["Transport", "split_host_port"]
+__all__ = ["Transport", "is_loopback", "split_host_port"]
 
 
 class Transport(Protocol):
@@ -85,3 +86,13 @@ def split_host_port(address: str) -> tuple[str, int]:
     """
     host, _, port = address.rpartition(":")
     return host.strip("[]"), int(port)
+
+
+def is_loopback(host: str) -> bool:
+    """True if ``host`` is a loopback address (127.0.0.0/8, ::1) or "localhost"."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
