@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import re
 from collections.abc import Callable
 from typing import Any, NoReturn, TypeVar
@@ -15,6 +16,7 @@ __all__ = [
     "INTERRUPTED",
     "CommandParser",
     "at_least",
+    "connect_failure",
     "host_port",
     "interrupted",
     "leaves",
@@ -133,6 +135,20 @@ def leaves(exc: BaseException) -> list[BaseException]:
     if isinstance(exc, BaseExceptionGroup):
         return [leaf for inner in exc.exceptions for leaf in leaves(inner)]
     return [exc]
+
+
+def connect_failure(exc: OSError) -> str:
+    """Why connecting failed, in a few words ("connection refused"), from the
+    error anyio or trio raise once every address was tried."""
+    cause = exc.__cause__
+    if isinstance(cause, BaseExceptionGroup):
+        inner = [leaf for leaf in leaves(cause) if isinstance(leaf, OSError)]
+        exc = inner[0] if inner else exc
+    elif isinstance(cause, OSError):
+        exc = cause
+    if exc.errno:
+        return os.strerror(exc.errno).lower()
+    return str(exc) or type(exc).__name__
 
 
 def interrupted(exc: BaseException) -> bool:

@@ -143,6 +143,18 @@ def _node(argv: list[str]) -> int:
     return node(argv)
 
 
+def _tool(name: str) -> Callable[[list[str]], int]:
+    """The shell tool ``name`` (imported when run: keeps `iris-trio --help` fast)."""
+
+    def run(argv: list[str]) -> int:
+        tool: Callable[[list[str]], int] = getattr(
+            importlib.import_module("iris_trio.tools"), f"main_{name}"
+        )
+        return tool(argv)
+
+    return run
+
+
 _COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "node": (_node, "run a node that serves the Iris relay protocol to local programs"),
     "demo": (_demo, "the system at work on this host (loopback), with live figures"),
@@ -151,6 +163,13 @@ _COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
         "run a benchmark (link, overlay, pubsub, request, broadcast, tunnel, relay, peers; report)",
     ),
     "keygen": (_keygen, "create a network key file"),
+    "request": (_tool("request"), "send a request to a cluster and print the reply"),
+    "reply": (_tool("reply"), "answer a cluster's requests by running a command"),
+    "publish": (_tool("publish"), "publish an event on a topic"),
+    "subscribe": (_tool("subscribe"), "print a topic's events, one per line"),
+    "broadcast": (_tool("broadcast"), "send a message to every member of a cluster"),
+    "status": (_tool("status"), "a readable summary of a node, from its monitor"),
+    "top": (_tool("top"), "watch a node: its summary, refreshed in the terminal"),
 }
 
 
@@ -162,8 +181,12 @@ def _usage() -> str:
         "",
         "commands:",
     ]
-    lines += [f"  {name:<8} {text}" for name, (_, text) in _COMMANDS.items()]
+    lines += [f"  {name:<10} {text}" for name, (_, text) in _COMMANDS.items()]
     lines += [
+        "",
+        "request, reply, publish, subscribe and broadcast use the node on this host",
+        "through its relay port (--port, IRIS_TRIO_PORT, else 55555); status and top",
+        "read its monitor (iris-trio node --monitor).",
         "",
         "options:",
         "  -h, --help  show this help",

@@ -1,8 +1,9 @@
 """``iris-trio node``: run an overlay node as a process, serving the Iris relay
 protocol to local clients (Iris client libraries, :func:`iris_trio.connect`).
 
-It prints one JSON line when ready (relay port, node id, address, peers) and,
-with ``--status-interval``, a JSON status line periodically. SIGINT or SIGTERM
+It prints one JSON line when ready (relay port, node id, address, monitor,
+peers) and, with ``--status-interval``, a JSON status line periodically; with
+``--monitor`` it serves its figures over HTTP (see :mod:`iris_trio.monitor`). SIGINT or SIGTERM
 make it close every client (CLOSE with a reason), leave the overlay gracefully
 and exit 0. Every flag has an environment variable (IRIS_TRIO_*); a flag given
 on the command line wins.
@@ -42,6 +43,7 @@ from ._node import Node, serve_node
 from .crypto.identity import NodeIdentity
 from .crypto.keys import DEV_NETWORK, Network, NetworkKey
 from .errors import ConfigError, KeyFormatError
+from .monitor import DEFAULT_MONITOR_PORT, Monitor, serve_monitor
 from .overlay.driver import split_address
 from .relay import DEFAULT_PORT, Relay, serve_relay
 
@@ -62,7 +64,7 @@ interfaces and finds its peers on the LAN."""
 _EPILOG: Final = f"""\
 output:
   stdout  one JSON line when ready: {{"event": "ready", "relay_port": ..., "node_id": ...,
-          "address": ..., "peers": ...}}; a JSON status line every --status-interval
+          "address": ..., "monitor": ..., "peers": ...}}; a JSON status line every --status-interval
           seconds; {{"event": "stopped", ...}} at the end
   stderr  log records (--log-level, --log-format) and error messages
 
@@ -79,12 +81,14 @@ environment:
   Every flag has a variable; a flag given on the command line wins:
   IRIS_TRIO_DEV (1/true/yes or 0/false/no), IRIS_TRIO_NET, IRIS_TRIO_KEY, IRIS_TRIO_RSA,
   IRIS_TRIO_LISTEN, IRIS_TRIO_PORT, IRIS_TRIO_SEEDS (comma-separated), IRIS_TRIO_DISCOVERY,
-  IRIS_TRIO_IDENTITY, IRIS_TRIO_STATUS_INTERVAL, IRIS_TRIO_LOG_LEVEL, IRIS_TRIO_LOG_FORMAT.
+  IRIS_TRIO_IDENTITY, IRIS_TRIO_STATUS_INTERVAL, IRIS_TRIO_MONITOR, IRIS_TRIO_LOG_LEVEL,
+  IRIS_TRIO_LOG_FORMAT.
   IRIS_TRIO_TRACEBACK=1 prints the traceback of an unexpected error (for a bug report).
 
 examples:
   iris-trio node --dev --status-interval 1        the dev network, relay on port {DEFAULT_PORT}
   iris-trio node --dev --port 0                   a second node on this host
+  iris-trio node --dev --monitor                  with its monitor: iris-trio status, top
   iris-trio keygen net.key && iris-trio node --net prod --key net.key --listen 10.0.0.5:0"""
 
 _TRUE: Final = frozenset({"1", "true", "yes", "on"})
@@ -132,6 +136,12 @@ def _seed(text: str) -> str:
     return address
 
 
+def _monitor_address(text: str) -> str:
+    """HOST:PORT, or a bare PORT on 127.0.0.1 (the monitor binds loopback unless told)."""
+    text = text.strip()
+    return host_port(f"127.0.0.1:{text}" if text.isdigit() else text)
+
+
 def _log_level(text: str) -> str:
     try:
         parse_log_level(text)
@@ -175,6 +185,7 @@ _OPTIONS: Final = (
     _Option("discovery", "--discovery", "IRIS_TRIO_DISCOVERY", _discovery, None),
     _Option("identity", "--identity", "IRIS_TRIO_IDENTITY", _text, None),
     _Option("status_interval", "--status-interval", "IRIS_TRIO_STATUS_INTERVAL", seconds, 0.0),
+    _Option("monitor", "--monitor", "IRIS_TRIO_MONITOR", _monitor_address, None),
     _Option("log_level", "--log-level", "IRIS_TRIO_LOG_LEVEL", _log_level, "warning"),
     _Option("log_format", "--log-format", "IRIS_TRIO_LOG_FORMAT", _log_format, "text"),
 )
@@ -240,6 +251,17 @@ def _parser() -> CommandParser:
         metavar="SECONDS",
         type=seconds,
         help="print a JSON status line every SECONDS (default 0: never)",
+    )
+    add(
+        "--monitor",
+        metavar="HOST:PORT",
+        nargs="?",
+        const=f"127.0.0.1:{DEFAULT_MONITOR_PORT}",
+        type=_monitor_address,
+        help="serve the node's monitor over HTTP there: /healthz, /status (JSON), /metrics "
+        "(Prometheus) and / (a live dashboard), read-only; a bare PORT means "
+        f"127.0.0.1:PORT; no value: 127.0.0.1:{DEFAULT_MONITOR_PORT}, where 'iris-trio "
+        "status' looks; port 0: any free port, shown in the ready line (default: none)",
     )
     add(
         "--log-level",
@@ -392,6 +414,12 @@ def _listen_advice(address: str) -> str:
     return f"use --listen {shown}:0 for any free port"
 
 
+def _monitor_advice(address: str) -> str:
+    host = split_address(address)[0]
+    shown = f"[{host}]" if ":" in host else host
+    return f"use --monitor {shown}:0 for any free port"
+
+
 def _relay_advice() -> str:
     return "use --port 0 for any free port, or another --port N"
 
@@ -405,23 +433,23 @@ def _probe(family: socket.AddressFamily, sockaddr: Any) -> None:
         probe.bind(sockaddr)
 
 
-def _check_listen(address: str) -> None:
-    """Refuse a link address this host cannot listen on, before anything starts."""
+def _check_listen(address: str, what: str = "link address", advice: str | None = None) -> None:
+    """Refuse an address this host cannot listen on, before anything starts."""
     host, port = split_address(address)
-    advice = _listen_advice(address)
+    advice = advice or _listen_advice(address)
     try:
         infos = socket.getaddrinfo(
             host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )
     except OSError as exc:
-        raise _UserError(_bind_problem(exc, address, "link address", advice)) from None
+        raise _UserError(_bind_problem(exc, address, what, advice)) from None
     for family, _, _, _, sockaddr in infos:
         try:
             _probe(family, sockaddr)
         except OSError as exc:
             if exc.errno == errno.EAFNOSUPPORT:
                 continue  # trio skips address families this host lacks
-            raise _UserError(_bind_problem(exc, address, "link address", advice)) from None
+            raise _UserError(_bind_problem(exc, address, what, advice)) from None
 
 
 def _check_relay_port(port: int) -> None:
@@ -487,6 +515,16 @@ def _relay_problem(exc: BaseException, port: int) -> str | None:
     return f"{cause}; {_relay_advice()}"
 
 
+def _monitor_problem(exc: BaseException, address: str) -> str | None:
+    """The message for the monitor failing to start with ``exc``, or None for a bug."""
+    cause = _cause(exc)
+    if isinstance(cause, ConfigError):
+        return str(cause)
+    if isinstance(cause, OSError):
+        return _bind_problem(cause, address, "monitor address", _monitor_advice(address))
+    return None
+
+
 def _emit(record: dict[str, Any]) -> None:
     print(json.dumps(record, sort_keys=True), flush=True)
 
@@ -547,12 +585,14 @@ async def _run(args: argparse.Namespace, network: Network, identity: NodeIdentit
                     if message is None:
                         raise
                     raise _StartError(message) from exc
+                monitor = await _start_monitor(clients, node, relay, args.monitor)
                 _emit(
                     {
                         "event": "ready",
                         "relay_port": relay.port,
                         "node_id": node_id,
                         "address": node.address,
+                        "monitor": None if monitor is None else monitor.url,
                         "network": network.name,
                         "discovery": args.discovery or ("loopback" if network.is_dev else "lan"),
                         "peers": node.statistics().peers,
@@ -565,6 +605,24 @@ async def _run(args: argparse.Namespace, network: Network, identity: NodeIdentit
                 clients.cancel_scope.cancel()  # every client gets CLOSE first
             nursery.cancel_scope.cancel()  # then the node leaves the overlay gracefully
     _emit({"event": "stopped", "node_id": node_id})
+
+
+async def _start_monitor(
+    nursery: trio.Nursery, node: Node, relay: Relay, address: str | None
+) -> Monitor | None:
+    """Start the node's monitor at ``address`` (None: no monitor)."""
+    if address is None:
+        return None
+    try:
+        monitor: Monitor = await nursery.start(
+            functools.partial(serve_monitor, node, address, relay=relay)
+        )
+    except Exception as exc:
+        message = _monitor_problem(exc, address)
+        if message is None:
+            raise
+        raise _StartError(message) from exc
+    return monitor
 
 
 async def _report(node: Node, relay: Relay, interval: float) -> None:
@@ -582,6 +640,8 @@ def _prepare(argv: list[str]) -> tuple[argparse.Namespace, Network, NodeIdentity
     if args.listen is not None:
         _check_listen(args.listen)
     _check_relay_port(args.port)
+    if args.monitor is not None:
+        _check_listen(args.monitor, "monitor address", _monitor_advice(args.monitor))
     identity = _identity(args.identity, sources["identity"])
     return args, network, identity
 
