@@ -39,7 +39,7 @@ from .patterns.limits import (
 from .patterns.membership import TUNNEL, Membership, wait_in_tree
 from .patterns.pubsub import PubSub
 from .patterns.request_frames import RequestReply
-from .patterns.requests import IncomingRequests, Requester, Responder
+from .patterns.requests import GO, GONE, IncomingRequests, Requester, Responder
 from .patterns.subscription import Subscription
 from .patterns.tunnel import DEFAULT_WINDOW, IncomingTunnels, Tunnel
 from .patterns.tunnels import DEFAULT_TUNNEL_BACKLOG, TUNNEL_FRAMES, Tunnels
@@ -521,7 +521,10 @@ class Node:
         """
         if isinstance(frame, RequestReply):
             holder = None if link is None else from_bytes(link.peer_id)
-            self._requester.reply_received(frame, holder)
+            if frame.status in (GO, GONE):  # a requester answers our member's claim
+                self._responder.claim_answered(frame)
+            else:
+                self._requester.reply_received(frame, holder)
         elif isinstance(frame, TUNNEL_FRAMES) and link is not None:
             self._tunnels.frame_received(link, frame)
         elif link is not None:
@@ -534,6 +537,7 @@ class Node:
         held fail at once."""
         self._tunnels.peer_lost(node)
         self._requester.peer_lost(node)
+        self._responder.peer_lost(node)
 
     def leaving(self) -> None:
         """The node starts to leave: what is still batched goes out now."""

@@ -83,31 +83,36 @@ async def test_a_request_never_runs_twice_when_the_tree_root_goes(
         nursery.cancel_scope.cancel()
 
 
-async def test_requests_held_by_a_member_that_dies_fail_at_once(
+async def test_requests_held_by_a_member_that_dies_fail_at_once_or_go_elsewhere(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    """A member killed while it holds requests (in its handlers and queued behind
-    them): each fails at once with RequestLostError, not after its 30 s timeout,
-    and none runs anywhere else (it may have run). Quick requests cost no notice."""
+    """A member killed while it holds requests: those in its handlers fail at
+    once with RequestLostError (they may have run), not after their 30 s
+    timeout; those still queued behind them surely never started and go to
+    another member. Nothing runs twice. Quick requests cost no notice."""
+    ran: collections.Counter[bytes] = collections.Counter()
     started = trio.Event()
 
     async def slow(data: bytes) -> bytes:
+        ran[data] += 1
         started.set()
         await trio.sleep(1000)
         return data
 
     async def quick(data: bytes) -> bytes:
+        ran[data] += 1
         return data
 
     async with open_cluster(6) as cluster, trio.open_nursery() as nursery:
         doomed, survivor, requester = cluster[3], cluster[4], cluster[0]
         await nursery.start(functools.partial(doomed.serve, slow, "jobs", limit=2))
         failures: list[tuple[type[BaseException], float]] = []
+        answers: list[bytes] = []
 
         async def ask(index: int) -> None:
             begun = trio.current_time()
             try:
-                await requester.request("jobs", b"%d" % index)
+                answers.append(await requester.request("jobs", b"%d" % index))
             except (iris_trio.RequestLostError, iris_trio.RequestTimeoutError) as exc:
                 failures.append((type(exc), trio.current_time() - begun))
 
@@ -116,13 +121,51 @@ async def test_requests_held_by_a_member_that_dies_fail_at_once(
                 asking.start_soon(ask, index)
             await started.wait()
             await trio.sleep(1.0)  # held for a while: the requester was told who holds them
+            await nursery.start(functools.partial(survivor.serve, quick, "jobs"))
             killed_at = trio.current_time()
             await cluster.kill(doomed)
-        assert [kind for kind, _ in failures] == [iris_trio.RequestLostError] * 5
+        assert [kind for kind, _ in failures] == [iris_trio.RequestLostError] * 2
+        assert len(answers) == 3  # the queued ones, answered by the survivor
         assert trio.current_time() - killed_at < 1.0
+        assert sorted(ran.values()) == [1] * 5  # each ran once: two slow, three quick
+        assert requester._requester.resent == 3
         # Quick requests to another member: answered, no notices on the way.
         await nursery.start(survivor.serve, quick, "fast")
+        notices = survivor._responder.notices_sent
         for index in range(50):
-            assert await requester.request("fast", b"%d" % index) == b"%d" % index
-        assert survivor._responder.notices_sent == 0
+            assert await requester.request("fast", b"f%d" % index) == b"f%d" % index
+        assert survivor._responder.notices_sent == notices
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_queued_request_is_claimed_before_it_starts(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A request queued long enough for its requester to be told so is handed to
+    the member's handler only after the requester agreed (GO), and it runs once:
+    the requester's view (queued, then started) and the member's agree."""
+    ran: collections.Counter[bytes] = collections.Counter()
+    gate = trio.Event()
+
+    async def gated(data: bytes) -> bytes:
+        ran[data] += 1
+        await gate.wait()
+        return data
+
+    async with open_cluster(4) as cluster, trio.open_nursery() as nursery:
+        member, requester = cluster[2], cluster[0]
+        await nursery.start(functools.partial(member.serve, gated, "gated", limit=1))
+        answers: list[bytes] = []
+
+        async def ask(index: int) -> None:
+            answers.append(await requester.request("gated", b"%d" % index))
+
+        async with trio.open_nursery() as asking:
+            for index in range(4):
+                asking.start_soon(ask, index)
+            await trio.sleep(1.0)  # one runs, three queued (and noticed)
+            gate.set()
+        assert sorted(answers) == [b"0", b"1", b"2", b"3"]
+        assert sorted(ran.values()) == [1] * 4
+        assert requester._requester.resent == 0
         nursery.cancel_scope.cancel()

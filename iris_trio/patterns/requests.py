@@ -51,8 +51,13 @@ __all__ = [
 _RETRY_PAUSE: Final = 0.02
 #: Answers (RequestReply.status; NO_RESPONDERS and LOST_ON_WAY only here, from a bounce).
 REPLY, REMOTE_ERROR, NO_RESPONDERS, OVERLOADED, RETRY = 0, 1, 2, 3, 4
-#: Not an answer: "I (the member at the other end of this link) hold it".
-HELD = 5
+#: Not answers (see run_notices): member to requester, "I (the member at the
+#: other end of this link) hold it: it may have run" (HELD), "I hold it queued:
+#: it has not started" (QUEUED), "may I start it now?" (CLAIM); requester to
+#: member, "start it" (GO), "do not: it went elsewhere or nobody waits" (GONE).
+HELD, QUEUED, CLAIM, GO, GONE = 5, 6, 7, 8, 9
+#: How long a member waits for the answer to a CLAIM before dropping the request.
+CLAIM_TIMEOUT: Final = 5.0
 LOST_ON_WAY = 16
 #: A member tells a requester that it holds its request once it has held it this
 #: long unanswered (quick requests cost nothing more): the requester then watches
@@ -99,7 +104,10 @@ class Request:
         "_address",
         "_answer",
         "_answered",
+        "_claimed",
+        "_handed",
         "_noticed",
+        "_queued_notice",
         "_started",
         "data",
         "deadline",
@@ -118,6 +126,12 @@ class Request:
         self._answered = False
         self._address = ""  # where the requester accepts links
         self._noticed = False  # the requester was told we hold it (see run_notices)
+        # The requester was told it is queued here, not started: it may send it
+        # elsewhere if we die, so it is handed out only once the requester says
+        # GO to our CLAIM (then _claimed).
+        self._queued_notice = False
+        self._claimed = False
+        self._handed = False  # taken from the queue (by a receiver, or to be claimed)
         # False while handed to a handler that has not begun (push model): such
         # a request can still go to another member if this one stops.
         self._started = True
@@ -178,6 +192,7 @@ class IncomingRequests(BoundedQueue[Request]):
         on_close: Callable[[IncomingRequests], None],
         *,
         max_bytes: int = MAX_QUEUED_BYTES,
+        claim: Callable[[Request, IncomingRequests], None] | None = None,
     ) -> None:
         super().__init__(
             _UNCOUNTED,
@@ -189,7 +204,38 @@ class IncomingRequests(BoundedQueue[Request]):
         )
         self._on_change = on_change
         self._on_close = on_close
-        self._in_hand: set[Request] = set()  # received, not yet answered
+        self._claim = claim
+        self._in_hand: set[Request] = set()  # received (or being claimed), not answered
+        self._ready: collections.deque[Request] = collections.deque()  # claimed: GO
+
+    def receive_nowait(self) -> Request:
+        """The next request; raises trio.WouldBlock if there is none, and
+        trio.ClosedResourceError once closed. A request whose requester was told
+        it is queued here is claimed first (asked GO of its requester): it comes
+        out once the requester agrees, so it never runs here and elsewhere."""
+        while self._ready and not self.closed:
+            request = self._ready.popleft()
+            if not request.answered and not request.expired:
+                request._started = True
+                return request
+            request._drop()
+        while True:
+            request = super().receive_nowait()
+            if not request._queued_notice or self._claim is None:
+                return request
+            request._started = False  # not yet: if we stop, it may go elsewhere
+            self._claim(request, self)  # in hand meanwhile: it counts as in flight
+
+    def _claimed(self, request: Request, go: bool) -> None:
+        """The requester answered our CLAIM (or did not in time: ``go`` False)."""
+        if request.answered or self.closed:
+            return
+        if not go:
+            request._drop()  # it went to another member, or nobody waits for it
+            return
+        request._claimed = True
+        self._ready.append(request)
+        self._waiting.unpark()
 
     @property
     def queued_bytes(self) -> int:
@@ -209,6 +255,7 @@ class IncomingRequests(BoundedQueue[Request]):
         return True
 
     def _taken(self, item: Request) -> None:
+        item._handed = True
         self._in_hand.add(item)
         self._on_change()
 
@@ -237,6 +284,7 @@ class IncomingRequests(BoundedQueue[Request]):
         received but never answered."""
         taken = list(self._in_hand)
         self._in_hand.clear()
+        self._ready.clear()
         return self.take_all(), taken
 
 
@@ -288,7 +336,11 @@ class Requester:
         # requests each such member holds: they fail at once if it goes.
         self._holder_of: dict[bytes, int] = {}
         self._held_by: dict[int, set[bytes]] = {}
+        # Requests a member said it holds queued, not started: sent again if it goes.
+        self._queued: set[bytes] = set()
         self.sent = self.answered = self.failed = 0
+        #: Requests sent again because the member that held them queued went away.
+        self.resent = 0
 
     @property
     def pending_requests(self) -> int:
@@ -381,17 +433,33 @@ class Requester:
         """An answer arrived (``holder``: the peer whose link it came on, if any):
         to the call waiting for it, if any still is. A HELD notice is not an
         answer: from then on the call fails at once if that member goes."""
-        call = self._pending.get(reply.request_id)
+        request_id, status = reply.request_id, reply.status
+        call = self._pending.get(request_id)
+        if status == CLAIM:
+            if holder is not None:  # (a claim comes over a link, never routed)
+                go = call is not None and not call.done.is_set()
+                if go:
+                    self._queued.discard(request_id)  # it may run from now on
+                    self._watch(request_id, holder)
+                self._port.send_to(holder, "", RequestReply(request_id, GO if go else GONE, b""))
+            return
         if call is None:
             return
-        if reply.status != HELD:
-            call.settle(reply.status, reply.data)
-        elif holder is not None and reply.request_id not in self._holder_of:
-            self._holder_of[reply.request_id] = holder
-            self._held_by.setdefault(holder, set()).add(reply.request_id)
+        if status not in (HELD, QUEUED):
+            call.settle(status, reply.data)
+        elif holder is not None:
+            self._watch(request_id, holder)
+            if status == QUEUED:
+                self._queued.add(request_id)
+
+    def _watch(self, request_id: bytes, holder: int) -> None:
+        if request_id not in self._holder_of:
+            self._holder_of[request_id] = holder
+            self._held_by.setdefault(holder, set()).add(request_id)
             self._port.hold(holder)  # the link we watch stays up
 
     def _unhold(self, request_id: bytes) -> None:
+        self._queued.discard(request_id)
         holder = self._holder_of.pop(request_id, None)
         if holder is not None:
             held = self._held_by[holder]
@@ -402,10 +470,17 @@ class Requester:
 
     def peer_lost(self, node: int) -> None:
         """The link to ``node`` is gone: the requests it held fail at once (the
-        member left or died; they may have run, so they are not sent again)."""
+        member left or died; they may have run, so they are not sent again),
+        except those it held queued and never claimed: they surely did not
+        start, and go to another member (a late claim for them is refused)."""
         for request_id in list(self._held_by.get(node, ())):
             call = self._pending.get(request_id)
-            if call is not None:
+            if call is None:
+                continue
+            if request_id in self._queued:
+                self.resent += 1
+                call.settle(RETRY)
+            else:
                 call.settle(LOST_ON_WAY, b"the member holding it went away")
 
     def bounce_received(self, bounce: BounceDelivery) -> None:
@@ -440,11 +515,16 @@ class Responder:
         # client of a cluster): (queue, limit).
         self._incoming: dict[int, list[tuple[IncomingRequests, int]]] = {}
         self.received = self.refused = 0
+        self.replied = 0  # replies (not errors) its members sent
         self._expired = 0
         # Requests held, oldest first, for the HELD notices (see run_notices).
         self._unnoticed: collections.deque[tuple[float, Request]] = collections.deque()
         self._arrivals = trio.lowlevel.ParkingLot()
         self.notices_sent = 0
+        # CLAIMs waiting for their answer, by request id.
+        self._claims: dict[bytes, tuple[Request, IncomingRequests, trio.Event]] = {}
+        self._go: set[bytes] = set()
+        self._spawn: Callable[..., None] | None = None
 
     @property
     def receivers(self) -> int:
@@ -464,7 +544,9 @@ class Responder:
         async with self._membership.member(cluster) as tree:
             # In place before the tree hears of this member, so that its first
             # report already says it takes requests.
-            incoming = IncomingRequests(lambda: self._report_spare(tree), self._stopped)
+            incoming = IncomingRequests(
+                lambda: self._report_spare(tree), self._stopped, claim=self._claim
+            )
             self._incoming.setdefault(tree, []).append((incoming, limit))
             self._membership.takes(tree, REQUEST, True)
             self._report_spare(tree)
@@ -538,6 +620,8 @@ class Responder:
             incoming._answered(handled)
             if status is not None:
                 port.send_to(origin, address, RequestReply(handled.request_id, status, data))
+                if status == REPLY:
+                    self.replied += 1
             if handled._noticed:
                 port.release(origin)
 
@@ -556,6 +640,7 @@ class Responder:
         HELD_NOTICE_AFTER unanswered that it holds it, over a link to it (dialled
         if need be), so that the requester sees it if this node dies. Run until
         cancelled; ``spawn`` starts a task in the node's nursery."""
+        self._spawn = spawn
         unnoticed = self._unnoticed
         while True:
             while not unnoticed:
@@ -578,11 +663,57 @@ class Responder:
             with trio.move_on_after(HELD_NOTICE_AFTER * 20), contextlib.suppress(OSError):
                 link = await port.connect_peer(request.requester, request._address)
         if link is not None and not request.answered:
+            # Still queued (not handed out): say so; it is then claimed before it
+            # is handed out (see IncomingRequests.receive_nowait).
+            queued = not request._handed
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                link.send_control_nowait(RequestReply(request.request_id, HELD, b""))
+                status = QUEUED if queued else HELD
+                link.send_control_nowait(RequestReply(request.request_id, status, b""))
+                request._queued_notice = queued
                 request._noticed = True
                 port.hold(request.requester)  # the link the requester watches stays up
                 self.notices_sent += 1
+
+    def _claim(self, request: Request, incoming: IncomingRequests) -> None:
+        if self._spawn is None:  # (notices run whenever requests are served)
+            incoming._claimed(request, True)
+            return
+        self._spawn(self._run_claim, request, incoming)
+
+    async def _run_claim(self, request: Request, incoming: IncomingRequests) -> None:
+        """Ask the requester whether we may start ``request`` (it was told the
+        request is queued here): GO hands it out, anything else drops it."""
+        request_id = request.request_id
+        answered = trio.Event()
+        self._claims[request_id] = (request, incoming, answered)
+        try:
+            link = self._port.peer_link(request.requester)
+            if link is not None and link.is_open:
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    link.send_control_nowait(RequestReply(request_id, CLAIM, b""))
+                    with trio.move_on_at(
+                        min(request.deadline, trio.current_time() + CLAIM_TIMEOUT)
+                    ):
+                        await answered.wait()
+        finally:
+            del self._claims[request_id]
+            go = request_id in self._go
+            self._go.discard(request_id)
+            incoming._claimed(request, go)
+
+    def claim_answered(self, reply: RequestReply) -> None:
+        """The requester answered a CLAIM (GO or GONE)."""
+        waiting = self._claims.get(reply.request_id)
+        if waiting is not None:
+            if reply.status == GO:
+                self._go.add(reply.request_id)
+            waiting[2].set()
+
+    def peer_lost(self, node: int) -> None:
+        """The link to ``node`` is gone: its requests being claimed are dropped."""
+        for request, _, answered in list(self._claims.values()):
+            if request.requester == node:
+                answered.set()
 
     def _answer(self, request: Request, status: int, data: bytes) -> None:
         request._answer(request, status, data)
