@@ -140,3 +140,59 @@ async def test_one_forged_sequence_number_does_not_silence_the_real_publisher(
         assert inbox.items == [b"first", b"forged", *(b"real %d" % n for n in range(50))]
         assert subscription.statistics().missed == 0
         tasks.cancel_scope.cancel()
+
+
+async def test_publishers_go_at_the_pace_of_the_slowest_branch_that_keeps_up(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A subscriber's node behind a slow path (2 MB/s): the node that sends it
+    the events would queue more than its link holds and drop; instead the
+    publisher is asked to pause, and every subscriber gets every event."""
+    async with open_cluster(6) as cluster, trio.open_nursery() as tasks:
+        publisher, slow = cluster[0], cluster[5]
+        subscribers = list(cluster[2:])
+        inboxes = [Inbox() for _ in subscribers]
+        for node, inbox in zip(subscribers, inboxes, strict=True):
+            subscription = await tasks.start(_subscribe, node, TOPIC)
+            tasks.start_soon(inbox.drain, subscription)
+        await wait_tree(list(cluster), "topic", TOPIC, {n.driver.id for n in subscribers})
+        cluster.memory.throttle(slow.address, 2_000_000)
+        event = b"x" * 1000
+        count = 40_000  # 40 MB: more than two link queues hold
+        for number in range(count):
+            await publisher.publish(TOPIC, b"%06d" % number + event)
+        for inbox in inboxes:
+            with trio.move_on_after(120):
+                await inbox.wait_for(count, timeout=120)
+            assert len(inbox.items) == count, f"{count - len(inbox.items)} events lost"
+        assert sum(node.statistics().frames_dropped for node in cluster) == 0
+        for inbox in inboxes:
+            assert [item[:6] for item in inbox.items] == [b"%06d" % n for n in range(count)]
+        tasks.cancel_scope.cancel()
+
+
+async def test_a_branch_that_does_not_keep_up_loses_its_own_events_only(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A subscriber's node behind a hopelessly slow path (50 kB/s): the publisher
+    pauses for it a while, then goes on without it; the others get everything."""
+    async with open_cluster(6) as cluster, trio.open_nursery() as tasks:
+        publisher, slow = cluster[0], cluster[5]
+        subscribers = list(cluster[2:])
+        inboxes = {node: Inbox() for node in subscribers}
+        for node, inbox in inboxes.items():
+            subscription = await tasks.start(_subscribe, node, TOPIC)
+            tasks.start_soon(inbox.drain, subscription)
+        await wait_tree(list(cluster), "topic", TOPIC, {n.driver.id for n in subscribers})
+        cluster.memory.throttle(slow.address, 50_000)
+        count = 40_000
+        begun = trio.current_time()
+        for number in range(count):
+            await publisher.publish(TOPIC, b"%06d" % number + b"x" * 1000)
+        assert trio.current_time() - begun < 60  # not at the slow branch's pace (800 s)
+        for node, inbox in inboxes.items():
+            if node is not slow:
+                await inbox.wait_for(count, timeout=60)
+                assert [item[:6] for item in inbox.items] == [b"%06d" % n for n in range(count)]
+        assert sum(node.statistics().frames_dropped for node in cluster) > 0
+        tasks.cancel_scope.cancel()

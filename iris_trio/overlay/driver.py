@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import math
 import random
 from collections.abc import Callable, Iterable, Sequence
 
@@ -48,6 +49,7 @@ from .tree_frames import (
     TreeHeartbeat,
     TreePrune,
     TreePublish,
+    TreeSlow,
 )
 from .trees import (
     AnycastDelivery,
@@ -84,7 +86,18 @@ _OVERLAY_FRAMES = (
     TreeAnycast,
     TreeBounce,
     NodeMessage,
+    TreeSlow,
 )
+#: A link to a tree neighbour queued beyond this share of its limit is falling
+#: behind: the publishers of what is sent on it are asked to pause this long,
+#: again every _SLOW_EVERY while it is, unless it sent less than
+#: _KEEPS_UP_BYTES in the last _SLOW_GIVE_UP seconds (a branch that does not
+#: keep up loses its own events, and does not hold everyone back).
+_SLOW_SHARE = 4
+_SLOW_PAUSE_MS = 20
+_SLOW_EVERY = 0.01
+_SLOW_GIVE_UP = 2.0
+_KEEPS_UP_BYTES = 256 * 1024
 
 
 #: ("host", port) of "host:port" or "[v6 host]:port" (ValueError: no port number).
@@ -183,6 +196,11 @@ class OverlayDriver:
         self._initiators: dict[Link, int] = {}
         # Where each link's peer said it listens (one value per peer process).
         self._link_listens: dict[Link, str] = {}
+        # Pacing of publishers (see _pace): links falling behind since when,
+        # and when each (tree, publisher) was last asked to pause.
+        self._behind_since: dict[int, tuple[float, int]] = {}
+        self._pausing: dict[int, set[tuple[bytes, bytes]]] = {}  # link -> (tree, publisher)
+        self._renewing = False
         self._nursery: trio.Nursery | None = None
         self._changed = trio.lowlevel.ParkingLot()  # woken after every flush
         self._dials = self._dials_failed = self._dropped = 0
@@ -367,6 +385,8 @@ class OverlayDriver:
             self._link_listens.pop(link, None)
             if self._links.get(node) is link:
                 del self._links[node]
+                self._behind_since.pop(node, None)
+                self._pausing.pop(node, None)
                 log.info("peer %s disconnected (%s)", short(node), address)
                 self.overlay.disconnected(trio.current_time(), node)
                 self._topology_changed()
@@ -466,6 +486,8 @@ class OverlayDriver:
                 link = self._links.get(effect.node)
                 if link is None or not _send_or_drop(link, effect.frame):
                     self._dropped += 1
+                elif type(effect.frame) is TreePublish:
+                    self._pace(effect.node, link, effect.frame)
             elif isinstance(effect, Connect):
                 self._nursery_start(functools.partial(self._dial, effect.address))
             elif isinstance(effect, Disconnect):
@@ -486,6 +508,64 @@ class OverlayDriver:
                 self._nursery_start(functools.partial(self._hand_over, effect))
 
     # ------------------------------------------------------------------ queries
+
+    def _pace(self, node: int, link: Link, frame: TreePublish) -> None:
+        """After events went on ``link``: if it is falling behind, ask their
+        publisher to pause, and keep asking while it is (see TreeSlow)."""
+        if not self._behind(node, link):
+            return
+        publishers = self._pausing.setdefault(node, set())
+        key = (frame.tree, frame.publisher)
+        if key not in publishers:
+            publishers.add(key)
+            self._ask_to_pause(key)
+            if not self._renewing:
+                self._renewing = True
+                self._nursery_start(self._renew_pauses)
+
+    def _behind(self, node: int, link: Link) -> bool:
+        """True while ``link`` queues beyond its share and still drains (keeps up)."""
+        config, figures = self.link_config, link.statistics()
+        queued = figures.queued_bytes * _SLOW_SHARE >= config.send_queue_bytes or (
+            figures.queued_frames * _SLOW_SHARE >= config.send_queue_frames
+        )
+        if not queued:
+            self._behind_since.pop(node, None)
+            return False
+        now = trio.current_time()
+        since, sent = self._behind_since.setdefault(node, (now, figures.bytes_sent))
+        if figures.bytes_sent - sent >= _KEEPS_UP_BYTES:  # behind, but draining
+            self._behind_since[node] = (now, figures.bytes_sent)
+            return True
+        return now - since <= _SLOW_GIVE_UP  # else it does not keep up: it drops
+
+    def _ask_to_pause(self, key: tuple[bytes, bytes]) -> None:
+        tree, publisher = key
+        assert self.trees is not None
+        pause = TreeSlow(tree, _SLOW_PAUSE_MS)
+        self.trees.send_to(trio.current_time(), from_bytes(publisher), "", pause)
+
+    async def _renew_pauses(self) -> None:
+        """While links fall behind, their publishers are asked again and again
+        to pause; once a link has drained below its share, they may go on."""
+        try:
+            while self._pausing:
+                await trio.sleep(_SLOW_EVERY)
+                for node, publishers in list(self._pausing.items()):
+                    link = self._links.get(node)
+                    if link is None or not self._behind(node, link):
+                        del self._pausing[node]
+                        continue
+                    for key in publishers:
+                        self._ask_to_pause(key)
+                self._flush()
+        finally:
+            self._renewing = False
+
+    def paused_until(self, tree: int) -> float:
+        """Until when a publisher on ``tree`` should wait: a branch of the tree
+        asked it to slow down (-inf: no pause)."""
+        return -math.inf if self.trees is None else self.trees.paused_until.get(tree, -math.inf)
 
     @property
     def ready(self) -> bool:

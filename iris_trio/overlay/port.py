@@ -64,6 +64,11 @@ class OverlayPort(Protocol):
         """The links an event published on ``tree`` leaves on (for pacing)."""
         ...
 
+    def paused_until(self, tree: int) -> float:
+        """Until when a publisher on ``tree`` should wait (a branch of the tree
+        asked it to slow down); -inf when it need not."""
+        ...
+
     def anycast(self, tree: int, kind: int, tag: bytes, payload: bytes) -> None:
         """Send ``payload`` to one member of ``tree`` that takes ``kind``, chosen by
         spare capacity; if nobody takes it, a bounce with ``tag`` comes back."""

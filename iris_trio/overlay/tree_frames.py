@@ -18,6 +18,7 @@ __all__ = [
     "TreeJoin",
     "TreePrune",
     "TreePublish",
+    "TreeSlow",
 ]
 
 
@@ -158,3 +159,15 @@ class TreeAck(Frame):
     """
 
     tree: bytes
+
+
+@frame_kind(29, Blob(exact=16), UInt(16))
+@dataclasses.dataclass(frozen=True, slots=True)
+class TreeSlow(Frame):
+    """From a node of a tree to a publisher on it: "a branch of mine that keeps
+    up is falling behind: publish nothing more on ``tree`` for ``pause_ms``"
+    (sent again while it lasts). Hop-by-hop pacing: publishers go at the pace
+    of the slowest branch that keeps up, rather than interior nodes dropping."""
+
+    tree: bytes
+    pause_ms: int

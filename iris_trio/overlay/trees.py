@@ -38,6 +38,7 @@ from .tree_frames import (
     TreeJoin,
     TreePrune,
     TreePublish,
+    TreeSlow,
 )
 
 __all__ = [
@@ -256,6 +257,9 @@ class TreeNode:
         # tree -> (since, frames, bytes): events routed here for a tree this node
         # is not in yet (it may be becoming the root; see handover_window).
         self._held: dict[int, tuple[float, list[TreePublish], int]] = {}
+        #: tree -> until when this node, as a publisher, should publish nothing
+        #: more on it (a branch asked it to slow down; see TreeSlow).
+        self.paused_until: dict[int, float] = {}
         self._deliveries: list[_Delivery] = []
         #: Events dropped as duplicates or out of order, and with no tree to go to.
         self._report_due = math.inf  # the earliest deferred capacity report
@@ -325,6 +329,8 @@ class TreeNode:
             self._deliveries.append(BounceDelivery(frame.tag, frame.reason, frame.detail))
         elif isinstance(frame, NodeMessage):  # handed over to us over a new link
             self._message_arrived(frame)
+        elif isinstance(frame, TreeSlow):
+            self._slow(frame)
         elif isinstance(frame, TreeAck):
             tree = from_bytes(frame.tree)
             state = self.trees.get(tree)
@@ -481,7 +487,19 @@ class TreeNode:
             message = NodeMessage(to_bytes(node), address, self._codec.encode(frame))
             self.overlay.route(now, node, self._codec.encode(message))
 
+    def _slow(self, frame: TreeSlow) -> None:
+        tree = from_bytes(frame.tree)
+        until = self._now + min(frame.pause_ms, 1000) / 1000
+        if until > self.paused_until.get(tree, -math.inf):
+            self.paused_until[tree] = until
+        if len(self.paused_until) > 1024:  # forget the pauses that are over
+            now = self._now
+            self.paused_until = {t: u for t, u in self.paused_until.items() if u > now}
+
     def _deliver_to_self(self, frame: Frame) -> None:
+        if isinstance(frame, TreeSlow):
+            self._slow(frame)
+            return
         if isinstance(frame, TreeBounce):
             self._deliveries.append(BounceDelivery(frame.tag, frame.reason, frame.detail))
         else:

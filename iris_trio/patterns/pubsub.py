@@ -74,6 +74,11 @@ class PubSub:
         if not port.ready:
             await port.wait_joined()
             waited = True
+        paused_until = port.paused_until(tree)
+        if paused_until > trio.current_time():  # a branch of the tree falls behind
+            self.flush()  # what is batched goes first, then we wait
+            await trio.sleep_until(paused_until)
+            waited = True
         if tree not in self._outgoing:  # once per batch: where the batch will leave
             for link in port.tree_links(tree):
                 if not link.has_send_capacity:

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-from collections.abc import AsyncIterator
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import trio
@@ -80,6 +81,13 @@ class MemoryNetwork:
         self._connections: dict[str, set[_Connection]] = {}
         self._killed: set[str] = set()
         self._next_port = 1
+        # Bytes per second into each throttled node, and the send streams of
+        # the connections towards each node (to throttle those open already).
+        self._rates: dict[str, float] = {}
+        self._towards: dict[str, set[trio.testing.MemorySendStream]] = {}
+        self._receiver: weakref.WeakKeyDictionary[
+            trio.testing.MemorySendStream, trio.testing.MemoryReceiveStream
+        ] = weakref.WeakKeyDictionary()
 
     def __repr__(self) -> str:
         return f"<MemoryNetwork {self.name!r}: {len(self._listening)} listening>"
@@ -166,6 +174,9 @@ class MemoryNetwork:
         ours, theirs = trio.testing.memory_stream_pair()
         connection = (ours, theirs)
         self._track(connection, listen, address)
+        self._aim(ours.send_stream, theirs.receive_stream, address)
+        if listen:
+            self._aim(theirs.send_stream, ours.receive_stream, listen)
         entry.nursery.start_soon(self._accept, entry.listener, connection, listen, address)
         try:
             async with open_link(
@@ -180,6 +191,8 @@ class MemoryNetwork:
                 yield link
         finally:
             self._untrack(connection, listen, address)
+            self._towards.get(address, set()).discard(ours.send_stream)
+            self._towards.get(listen, set()).discard(theirs.send_stream)
 
     # ---------------------------------------------------------------- faults
 
@@ -199,6 +212,31 @@ class MemoryNetwork:
         self._killed.add(address)
         for connection in list(self._connections.get(address, ())):
             _cut(connection)
+
+    def throttle(self, address: str, bytes_per_second: float) -> None:
+        """Let bytes into the node at ``address`` at most at this rate, on each
+        of its connections (as a slow network path to its host would): its
+        peers' writes to it take their time, so their send queues fill. Applies
+        to open connections and later ones. Not a checkpoint."""
+        if not bytes_per_second > 0:
+            raise ValueError("bytes_per_second must be positive")
+        self._rates[address] = bytes_per_second
+        for send_stream in self._towards.get(address, ()):
+            send_stream.send_all_hook = _throttled(
+                send_stream, self._receiver[send_stream], bytes_per_second
+            )
+
+    def _aim(
+        self,
+        send_stream: trio.testing.MemorySendStream,
+        receive_stream: trio.testing.MemoryReceiveStream,
+        address: str,
+    ) -> None:
+        self._towards.setdefault(address, set()).add(send_stream)
+        self._receiver[send_stream] = receive_stream
+        rate = self._rates.get(address)
+        if rate is not None:
+            send_stream.send_all_hook = _throttled(send_stream, receive_stream, rate)
 
     def revive(self, address: str) -> None:
         """Let a killed node at ``address`` connect and be connected to again."""
@@ -237,6 +275,31 @@ class MemoryNetwork:
             await listener.handle_stream(connection[1], source=source or None)
         finally:
             self._untrack(connection, source, address)
+
+
+def _throttled(
+    send_stream: trio.testing.MemorySendStream,
+    receive_stream: trio.testing.MemoryReceiveStream,
+    rate: float,
+) -> Callable[[], Awaitable[None]]:
+    """A send hook that delivers what was written after the time it takes at ``rate``."""
+
+    async def deliver() -> None:
+        try:
+            data = send_stream.get_data_nowait()
+        except trio.WouldBlock:
+            return
+        if data:
+            await trio.sleep(len(data) / rate)
+        try:
+            if data:
+                receive_stream.put_data(data)
+            else:
+                receive_stream.put_eof()
+        except trio.ClosedResourceError:
+            raise trio.BrokenResourceError("the receiving end was closed") from None
+
+    return deliver
 
 
 async def _reset() -> None:
