@@ -9,11 +9,13 @@ trees; their semantics are in docs/patterns.md.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -47,12 +49,16 @@ from .transport.base import Transport, is_loopback
 from .transport.link import Link
 from .wire.frames import Frame
 
+if TYPE_CHECKING:
+    from .monitor import Monitor
+
 __all__ = [
     "MAX_MESSAGE_SIZE",
     "MAX_NAME_LENGTH",
     "MAX_TIMEOUT",
     "Node",
     "NodeStatistics",
+    "PeerInfo",
     "check_message",
     "check_name",
     "join",
@@ -78,9 +84,10 @@ class NodeStatistics:
         requests_sent / requests_answered / requests_failed / requests_pending:
             this node's requests (failed: RemoteError, NoRespondersError or
             timeout; a cancelled request counts as neither answered nor failed).
-        requests_received / requests_expired / requests_refused: requests to
-            this node's members; expired ones waited past their deadline and were
-            dropped unhandled; refused ones found the queue full.
+        requests_received / requests_replied / requests_expired /
+            requests_refused: requests to this node's members: handed to them,
+            answered with a reply (not an error), dropped unhandled past their
+            deadline, and refused with a full queue.
         tunnels_opened / tunnels_accepted / tunnels_open: tunnels this node
             opened, its members took, and open now; tunnel_bytes_sent /
             tunnel_bytes_received: message bytes through them.
@@ -105,6 +112,7 @@ class NodeStatistics:
     requests_failed: int
     requests_pending: int
     requests_received: int
+    requests_replied: int
     requests_expired: int
     requests_refused: int
     tunnels_opened: int
@@ -123,6 +131,34 @@ class NodeStatistics:
     peers_declared_dead: int
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class PeerInfo:
+    """One overlay peer this node has a link to now (see :meth:`Node.peers`).
+
+    Attributes:
+        id: its node id (32 hex digits).
+        address: where it accepts links.
+        leaf: it is in this node's leaf set; in_table: in its routing table.
+        link_age: seconds since the link came up.
+        rtt: the smoothed round-trip time of an overlay hop to it and its
+            acknowledgement, in seconds; None until one was measured.
+        queued_bytes / queued_frames: waiting on the link to it now;
+        bytes_sent / bytes_received: moved over that link. None, all four,
+            in the moment the overlay knows the peer but the link is not in use.
+    """
+
+    id: str
+    address: str
+    leaf: bool
+    in_table: bool
+    link_age: float
+    rtt: float | None
+    queued_bytes: int | None
+    queued_frames: int | None
+    bytes_sent: int | None
+    bytes_received: int | None
+
+
 class Node:
     """A running node (from :func:`join` or :func:`serve_node`).
 
@@ -137,6 +173,9 @@ class Node:
         self.cluster = cluster
         self._nursery: trio.Nursery | None = None
         self._closed = False
+        self._started_at = trio.current_time()
+        self._topics: collections.Counter[str] = collections.Counter()
+        self._monitor: Monitor | None = None
         self._joined = False  # the overlay said it has joined: no more waiting
         self._malformed = 0  # routed pattern messages no pattern could take
         self._membership = Membership(driver, self._cluster_joined, self._cluster_left)
@@ -145,8 +184,14 @@ class Node:
         self._responder = Responder(driver, self._membership)
         self._tunnels = Tunnels(driver, self._requester, self._membership, self._spawn)
 
-    async def _run(self, task_status: trio.TaskStatus[Node]) -> None:
-        """Run the node's tasks until cancelled (see :func:`serve_node`)."""
+    async def _run(
+        self,
+        task_status: trio.TaskStatus[Node],
+        monitor: list[trio.SocketListener] | None = None,
+    ) -> None:
+        """Run the node's tasks until cancelled (see :func:`serve_node`); with
+        ``monitor`` (bound listeners, which belong to it), its monitor too."""
+        pending = monitor  # listeners not yet handed to the monitor
         try:
             async with open_unwrapped_nursery() as nursery:
                 self._nursery = nursery
@@ -155,9 +200,16 @@ class Node:
                     self._membership.enter(self.cluster)
                 nursery.start_soon(guarded, self._pubsub.run_flusher)
                 nursery.start_soon(guarded, self._responder.run_notices, self._spawn)
+                if monitor is not None:
+                    from .monitor import serve_monitor  # noqa: PLC0415 - only when asked
+
+                    pending = None  # the monitor owns them (and closes them) from here
+                    self._monitor = await nursery.start(guarded, serve_monitor, self, monitor)
                 task_status.started(self)
         finally:
             self._closed = True
+            for listener in pending or ():  # the node failed before its monitor started
+                listener.socket.close()
 
     @property
     def id(self) -> bytes:
@@ -173,6 +225,67 @@ class Node:
     def driver(self) -> OverlayDriver:
         """The overlay driver (for diagnostics and the layers above)."""
         return self._driver
+
+    @property
+    def closed(self) -> bool:
+        """True once the node has stopped (its ``join()`` has exited)."""
+        return self._closed
+
+    @property
+    def started_at(self) -> float:
+        """When the node started, in ``trio.current_time()`` seconds."""
+        return self._started_at
+
+    @property
+    def topics(self) -> tuple[str, ...]:
+        """The topics this node subscribes to now (sorted)."""
+        return tuple(sorted(self._topics))
+
+    @property
+    def clusters(self) -> tuple[str, ...]:
+        """The clusters this node is a member of now (sorted)."""
+        return tuple(sorted(self._membership.clusters))
+
+    @property
+    def monitor(self) -> Monitor | None:
+        """The node's monitor, when started with ``monitor=`` (else None). Set
+        its ``relay`` to show a relay's figures as well."""
+        return self._monitor
+
+    @property
+    def monitor_url(self) -> str | None:
+        """``http://HOST:PORT`` of the node's monitor (the port chosen for port
+        0), or None without one."""
+        return None if self._monitor is None else self._monitor.url
+
+    def peers(self) -> list[PeerInfo]:
+        """The overlay peers this node has a link to now, by id."""
+        driver = self._driver
+        overlay = driver.overlay
+        if overlay is None:
+            return []
+        now = trio.current_time()
+        leaves = {*overlay.leaves.right, *overlay.leaves.left}
+        table = set(overlay.table)
+        shown = []
+        for peer, address in sorted(overlay.peers.items()):
+            link = driver.peer_link(peer)
+            figures = link.statistics() if link is not None else None
+            shown.append(
+                PeerInfo(
+                    id=f"{peer:032x}",
+                    address=address,
+                    leaf=peer in leaves,
+                    in_table=peer in table,
+                    link_age=now - overlay.connected_since(peer),
+                    rtt=overlay.peer_rtt(peer),
+                    queued_bytes=figures.queued_bytes if figures else None,
+                    queued_frames=figures.queued_frames if figures else None,
+                    bytes_sent=figures.bytes_sent if figures else None,
+                    bytes_received=figures.bytes_received if figures else None,
+                )
+            )
+        return shown
 
     async def wait_joined(self) -> None:
         """Wait until this node has joined the overlay; at once from then on.
@@ -266,8 +379,14 @@ class Node:
         self._check_open()
         check_name("topic", topic)
         check_count("capacity", capacity)
-        async with self._pubsub.subscribe(topic, capacity) as subscription:
-            yield subscription
+        self._topics[topic] += 1
+        try:
+            async with self._pubsub.subscribe(topic, capacity) as subscription:
+                yield subscription
+        finally:
+            self._topics[topic] -= 1
+            if not self._topics[topic]:
+                del self._topics[topic]
 
     @asynccontextmanager
     async def join(self, cluster: str) -> AsyncIterator[None]:
@@ -473,6 +592,7 @@ class Node:
             requests_failed=requester.failed,
             requests_pending=requester.pending_requests,
             requests_received=responder.received,
+            requests_replied=responder.replied,
             requests_expired=responder.expired,
             requests_refused=responder.refused,
             tunnels_opened=tunnels.opened,
@@ -582,13 +702,20 @@ async def serve_node(
     identity: NodeIdentity | None = None,
     config: OverlayConfig | None = None,
     transport: Transport | None = None,
+    monitor: str | None = None,
     task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run a node until cancelled (the composable form of :func:`join`).
 
     Reports the :class:`Node` through ``task_status``. See :func:`join` for the
-    arguments; ``transport`` is how links are made: TCP by default,
+    arguments (``monitor`` included: the monitor runs as one more task of the
+    node's own); ``transport`` is how links are made: TCP by default,
     :class:`iris_trio.testing.MemoryNetwork` for tests (with ``discovery="off"``).
+
+    Raises:
+        ConfigError: an invalid argument (before anything starts).
+        MonitorAddressError: the monitor cannot listen at ``monitor`` (before
+            the node starts).
     """
     global _dev_warned  # noqa: PLW0603 - once per process
     if cluster is not None:
@@ -627,7 +754,13 @@ async def serve_node(
         transport=transport,
         loopback_only=loopback_only,
     )
-    await Node(build, cluster)._run(task_status)
+    node = Node(build, cluster)
+    listeners = None
+    if monitor is not None:
+        from .monitor import bind_monitor  # noqa: PLC0415 - only when asked
+
+        listeners = await bind_monitor(monitor)
+    await node._run(task_status, listeners)
 
 
 def _check_dev_addresses(host: str, seeds: Sequence[str]) -> None:
@@ -662,6 +795,7 @@ async def join(
     identity: NodeIdentity | None = None,
     config: OverlayConfig | None = None,
     transport: Transport | None = None,
+    monitor: str | None = None,
 ) -> AsyncIterator[Node]:
     """Join the overlay (as a member of ``cluster``, if given) for the ``async with`` body.
 
@@ -678,9 +812,20 @@ async def join(
         transport: how links are made: TCP by default;
             :class:`iris_trio.testing.MemoryNetwork` for tests (it needs
             ``discovery="off"`` and seeds: discovery beacons are UDP).
+        monitor: "host:port" to serve the node's monitor on (read-only HTTP:
+            ``/healthz``, ``/status``, ``/metrics`` and a dashboard; see
+            docs/operations.md), as one more task of the node's; port 0 picks a
+            free port, which :attr:`Node.monitor_url` shows. Default: none.
+            Give a host other than loopback only to let other hosts read it.
 
     Network failures never escape; the body's own exception leaves unwrapped.
     On exit the node leaves the overlay gracefully.
+
+    Raises:
+        ConfigError: an invalid argument, such as a ``monitor`` that is not
+            HOST:PORT (before anything starts).
+        MonitorAddressError: the monitor cannot listen at ``monitor`` (in use,
+            not this host's...; an ``OSError``), before the node starts.
     """
     async with open_unwrapped_nursery() as nursery:
         node: Node = await nursery.start(
@@ -694,6 +839,7 @@ async def join(
                 identity=identity,
                 config=config,
                 transport=transport,
+                monitor=monitor,
                 task_status=task_status,
             )
         )

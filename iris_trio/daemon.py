@@ -3,10 +3,10 @@ protocol to local clients (Iris client libraries, :func:`iris_trio.connect`).
 
 It prints one JSON line when ready (relay port, node id, address, monitor,
 peers) and, with ``--status-interval``, a JSON status line periodically; with
-``--monitor`` it serves its figures over HTTP (see :mod:`iris_trio.monitor`). SIGINT or SIGTERM
-make it close every client (CLOSE with a reason), leave the overlay gracefully
-and exit 0. Every flag has an environment variable (IRIS_TRIO_*); a flag given
-on the command line wins.
+``--monitor`` it serves its figures over HTTP, in the node's own task tree (see
+:mod:`iris_trio.monitor`). SIGINT or SIGTERM make it close every client (CLOSE
+with a reason), leave the overlay gracefully and exit 0. Every flag has an
+environment variable (IRIS_TRIO_*); a flag given on the command line wins.
 
 Mistakes (a port in use, an address that is not this host's, a missing key
 file, an invalid environment value...) are reported in one or two lines on
@@ -43,7 +43,7 @@ from ._node import Node, serve_node
 from .crypto.identity import NodeIdentity
 from .crypto.keys import DEV_NETWORK, Network, NetworkKey
 from .errors import ConfigError, KeyFormatError
-from .monitor import DEFAULT_MONITOR_PORT, Monitor, serve_monitor
+from .monitor import DEFAULT_MONITOR_PORT, MonitorAddressError
 from .overlay.driver import split_address
 from .relay import DEFAULT_PORT, Relay, serve_relay
 
@@ -136,9 +136,12 @@ def _seed(text: str) -> str:
     return address
 
 
-def _monitor_address(text: str) -> str:
-    """HOST:PORT, or a bare PORT on 127.0.0.1 (the monitor binds loopback unless told)."""
+def _monitor_address(text: str) -> str | None:
+    """HOST:PORT, or a bare PORT on 127.0.0.1 (the monitor binds loopback unless
+    told); empty (an IRIS_TRIO_MONITOR set to nothing): no monitor."""
     text = text.strip()
+    if not text:
+        return None
     return host_port(f"127.0.0.1:{text}" if text.isdigit() else text)
 
 
@@ -388,12 +391,21 @@ def _identity(path: str | None, source: str) -> NodeIdentity:
 
 def _bind_problem(exc: OSError, address: str, what: str, advice: str) -> str:
     """The message for a failure to listen on ``address``."""
+    monitor = what == "monitor address"
     if isinstance(exc, socket.gaierror):
         host = split_address(address)[0] if ":" in address else address
-        return f"cannot listen on {address}: host {host!r} not found ({exc.strerror}); {advice}"
+        return (
+            f"cannot listen on {address}: host {host!r} not found ({exc.strerror}); use an "
+            "address of this host (127.0.0.1 for loopback, 0.0.0.0 for all of them)"
+        )
     code = exc.errno
     if code == errno.EADDRINUSE:
         return f"{what} {address} is in use (another node running?): {advice}"
+    if code == errno.EADDRNOTAVAIL and monitor:
+        return (
+            f"cannot listen on {address}: that address is not one of this host's; use "
+            "127.0.0.1:PORT (loopback), or an address of this host to let others read it"
+        )
     if code == errno.EADDRNOTAVAIL:
         return (
             f"cannot listen on {address}: that address is not one of this host's; "
@@ -494,10 +506,16 @@ def _cause(exc: BaseException) -> BaseException:
 
 
 def _start_problem(exc: BaseException, address: str | None) -> str | None:
-    """The message for the node failing to start with ``exc``, or None for a bug."""
+    """The message for the node (or its monitor) failing to start with ``exc``,
+    or None for a bug."""
     cause = _cause(exc)
     if isinstance(cause, ConfigError):
         return str(cause)
+    if isinstance(cause, MonitorAddressError):
+        error = cause.__cause__ if isinstance(cause.__cause__, OSError) else cause
+        return _bind_problem(
+            error, cause.address, "monitor address", _monitor_advice(cause.address)
+        )
     if isinstance(cause, OSError):
         shown = address or "the default link address"
         advice = _listen_advice(address) if address else "give one with --listen HOST:PORT"
@@ -513,16 +531,6 @@ def _relay_problem(exc: BaseException, port: int) -> str | None:
     if cause.errno == errno.EADDRINUSE or os.strerror(errno.EADDRINUSE) in str(cause):
         return f"relay port {port} is in use (another node running?): {_relay_advice()}"
     return f"{cause}; {_relay_advice()}"
-
-
-def _monitor_problem(exc: BaseException, address: str) -> str | None:
-    """The message for the monitor failing to start with ``exc``, or None for a bug."""
-    cause = _cause(exc)
-    if isinstance(cause, ConfigError):
-        return str(cause)
-    if isinstance(cause, OSError):
-        return _bind_problem(cause, address, "monitor address", _monitor_advice(address))
-    return None
 
 
 def _emit(record: dict[str, Any]) -> None:
@@ -569,6 +577,7 @@ async def _run(args: argparse.Namespace, network: Network, identity: NodeIdentit
                         seeds=list(args.seed),
                         discovery=args.discovery,
                         identity=identity,
+                        monitor=args.monitor,
                     )
                 )
             except Exception as exc:
@@ -585,14 +594,15 @@ async def _run(args: argparse.Namespace, network: Network, identity: NodeIdentit
                     if message is None:
                         raise
                     raise _StartError(message) from exc
-                monitor = await _start_monitor(clients, node, relay, args.monitor)
+                if node.monitor is not None:
+                    node.monitor.relay = relay  # its figures and clients shown too
                 _emit(
                     {
                         "event": "ready",
                         "relay_port": relay.port,
                         "node_id": node_id,
                         "address": node.address,
-                        "monitor": None if monitor is None else monitor.url,
+                        "monitor": node.monitor_url,
                         "network": network.name,
                         "discovery": args.discovery or ("loopback" if network.is_dev else "lan"),
                         "peers": node.statistics().peers,
@@ -605,24 +615,6 @@ async def _run(args: argparse.Namespace, network: Network, identity: NodeIdentit
                 clients.cancel_scope.cancel()  # every client gets CLOSE first
             nursery.cancel_scope.cancel()  # then the node leaves the overlay gracefully
     _emit({"event": "stopped", "node_id": node_id})
-
-
-async def _start_monitor(
-    nursery: trio.Nursery, node: Node, relay: Relay, address: str | None
-) -> Monitor | None:
-    """Start the node's monitor at ``address`` (None: no monitor)."""
-    if address is None:
-        return None
-    try:
-        monitor: Monitor = await nursery.start(
-            functools.partial(serve_monitor, node, address, relay=relay)
-        )
-    except Exception as exc:
-        message = _monitor_problem(exc, address)
-        if message is None:
-            raise
-        raise _StartError(message) from exc
-    return monitor
 
 
 async def _report(node: Node, relay: Relay, interval: float) -> None:

@@ -3,6 +3,8 @@ HTTP on loopback, the figures they show, and bad requests that never hurt the no
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,8 +16,18 @@ import trio.testing
 from prometheus_client.parser import text_string_to_metric_families
 
 import iris_trio
-from iris_trio.monitor import HttpLimits, Monitor, RateMeter, fetch, monitor_url, serve_monitor
+from iris_trio.monitor import (
+    HttpLimits,
+    Monitor,
+    MonitorAddressError,
+    RateMeter,
+    fetch,
+    monitor_url,
+    serve_monitor,
+)
 from iris_trio.monitor.snapshot import node_status
+from iris_trio.overlay.config import OverlayConfig
+from iris_trio.overlay.node import OverlayNode, Send
 from iris_trio.relay import serve_relay
 from iris_trio.testing import open_cluster
 
@@ -53,9 +65,28 @@ def test_monitor_addresses_are_read_or_refused_in_words() -> None:
     assert monitor_url("8222") == "http://127.0.0.1:8222"
     assert monitor_url("[::1]:9000/") == "http://[::1]:9000"
     assert monitor_url("http://localhost:1/") == "http://localhost:1"
+    assert monitor_url(" http://127.0.0.1:55556/status ") == "http://127.0.0.1:55556"
     for bad in ("https://x:1", "x", "x:0", "x:99999", "x:port"):
         with pytest.raises(ValueError):
             monitor_url(bad)
+
+
+def test_the_round_trip_time_of_a_peer_is_that_of_its_acknowledged_hops() -> None:
+    config = OverlayConfig()
+    a, b = OverlayNode(1 << 120, "a:1", config=config), OverlayNode(2 << 120, "b:1", config=config)
+    a.connected(0.0, b.id, "b:1")
+    b.connected(0.0, a.id, "a:1")
+    a.take_effects()
+    b.take_effects()
+    assert a.peer_rtt(b.id) is None  # nothing measured yet
+    a.route(1.0, b.id, b"question")
+    (route,) = [e.frame for e in a.take_effects() if isinstance(e, Send)]
+    b.received(1.01, a.id, route)
+    b.route(1.02, a.id, b"answer")  # the acknowledgement rides on it
+    (answer,) = [e.frame for e in b.take_effects() if isinstance(e, Send)]
+    a.received(1.03, b.id, answer)
+    assert a.peer_rtt(b.id) == pytest.approx(0.03)
+    assert a.peer_rtt(12345) is None  # not a peer
 
 
 # ------------------------------------------------------ the figures (virtual time)
@@ -86,7 +117,8 @@ async def test_status_shows_peers_trees_and_counters(
     for peer in served["peers"]:
         assert peer["leaf"] is True
         assert peer["link_age_s"] >= 0 and peer["queued_bytes"] >= 0
-        assert peer["rtt_ms"] is None  # the overlay hands out no round-trip time
+        assert peer["rtt_ms"] is None or peer["rtt_ms"] >= 0  # None until measured
+    assert (served["clusters"], served["topics"]) == (["calc"], ["news"])
     trees = {(tree["kind"], tree["name"]) for tree in served["trees"] if tree["member"]}
     assert trees == {("cluster", "calc"), ("topic", "news")}
     # each tree has exactly one root among the nodes, and its children are peers
@@ -119,7 +151,11 @@ async def monitored_pair(
     async with (
         iris_trio.join(network=network, listen="127.0.0.1:0", discovery="off") as first,
         iris_trio.join(
-            network=network, listen="127.0.0.1:0", discovery="off", seeds=[first.address]
+            network=network,
+            listen="127.0.0.1:0",
+            discovery="off",
+            seeds=[first.address],
+            monitor="127.0.0.1:0",
         ) as second,
         trio.open_nursery() as nursery,
     ):
@@ -129,7 +165,8 @@ async def monitored_pair(
                 first, relay=relay, limits=limits, task_status=task_status
             )
         )
-        two: Monitor = await nursery.start(serve_monitor, second)
+        assert second.monitor is not None  # the node's own (embedded) monitor
+        two = second.monitor
         await nursery.start(second.serve, echo, "calc")
         await first.wait_joined()
         await second.wait_joined()
@@ -154,6 +191,7 @@ async def test_the_figures_move_with_traffic_in_status_and_metrics() -> None:
             "answered": 0,
             "failed": 0,
             "pending": 0,
+            "received": 0,
             "served": 0,
             "expired": 0,
             "refused": 0,
@@ -245,31 +283,49 @@ async def test_bad_requests_get_their_4xx_and_the_node_goes_on() -> None:
         assert (await exchange(port, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")).startswith(
             b"HTTP/1.1 400"
         )  # a TLS hello
-        huge = b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n"
+        huge = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n"
         assert (await exchange(port, huge)).startswith(b"HTTP/1.1 431")
         body = b"x" * 70000
-        post = b"POST /status HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body)
+        post = b"POST /status HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\n\r\n" % len(body)
         assert (await exchange(port, post + body)).startswith(b"HTTP/1.1 413")
-        put = b"PUT /status HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        put = b"PUT /status HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n"
+        put += b"Connection: close\r\n\r\n"
         answer = await exchange(port, put)
         assert answer.startswith(b"HTTP/1.1 405") and b"allow: get, head" in answer.lower()
-        head = b"HEAD /status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        head = b"HEAD /status HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
         answer = await exchange(port, head)
         assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"\r\n\r\n")
         missing = await fetch(one.url + "/nothing")
         assert missing.status == 404 and b"/status" in missing.body
         # two requests on one connection (keep-alive), then the node still answers
-        twice = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * 2
-        twice += b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        twice = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" * 2
+        twice += b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
         assert (await exchange(port, twice)).count(b"HTTP/1.1 200 OK") == 3
         assert (await fetch(one.url + "/healthz")).status == 200
         assert await first.request("calc", b"still", timeout=5) == b"still"
 
 
+async def test_a_loopback_monitor_answers_only_for_loopback_host_names() -> None:
+    # A web page that rebinds its own name to 127.0.0.1 cannot read the figures.
+    async with monitored_pair() as (_, one, _, _):
+        for host, status in (
+            (b"evil.example", b"403"),
+            (b"evil.example:8080", b"403"),
+            (b"127.0.0.1.nip.io", b"403"),
+            (b"localhost:%d" % one.port, b"200"),
+            (b"127.0.0.1", b"200"),
+        ):
+            request = b"GET /status HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n" % host
+            answer = await exchange(one.port, request)
+            assert answer.startswith(b"HTTP/1.1 " + status), (host, answer[:200])
+        old = await exchange(one.port, b"GET /healthz HTTP/1.0\r\n\r\n")  # no Host at all
+        assert old.startswith(b"HTTP/1.1 200")
+
+
 async def test_connections_beyond_the_limit_are_closed_on_arrival() -> None:
     async with monitored_pair(HttpLimits(connections=2, idle_timeout=5)) as (_, one, _, _):
         idle = [await trio.open_tcp_stream("127.0.0.1", one.port) for _ in range(2)]
-        await idle[0].send_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        await idle[0].send_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         assert (await idle[0].receive_some(4096)).startswith(b"HTTP/1.1 200")  # both are in
         assert await exchange(one.port, b"GET /healthz HTTP/1.1\r\n\r\n") == b""
         for stream in idle:
@@ -317,3 +373,63 @@ async def test_bad_addresses_are_typed_errors() -> None:
             with pytest.raises(OSError):
                 await serve_monitor(node, f"127.0.0.1:{monitor.port}")
             nursery.cancel_scope.cancel()
+
+
+# ------------------------------------------------ the monitor inside the node
+
+
+async def fail_on_odd(data: bytes) -> bytes:
+    if int(data) % 2:
+        raise ValueError("odd")
+    return data
+
+
+async def test_a_node_joined_with_a_monitor_serves_it_in_its_own_task_tree() -> None:
+    network = hermetic_network()
+    async with iris_trio.join(
+        "calc", network=network, listen="127.0.0.1:0", discovery="off", monitor="127.0.0.1:0"
+    ) as node:
+        url = node.monitor_url
+        assert url is not None and url.startswith("http://127.0.0.1:")
+        assert not url.endswith(":0")
+        health = await fetch(url + "/healthz")
+        async with trio.open_nursery() as nursery:
+            await nursery.start(node.serve, fail_on_odd)
+            async with node.subscribe("news"), node.subscribe("news"):
+                for number in range(10):
+                    with contextlib.suppress(iris_trio.RemoteError):
+                        await node.request("calc", b"%d" % number, timeout=5)
+                status = await get_json(url + "/status")
+            nursery.cancel_scope.cancel()
+        after = await get_json(url + "/status")
+    assert (health.status, health.body) == (200, b"ok: joined, 0 peers\n")
+    assert status["node_id"] == f"{node.driver.id:032x}"
+    assert (status["clusters"], status["topics"]) == (["calc"], ["news"])
+    assert after["topics"] == []
+    requests = status["requests"]
+    assert (requests["sent"], requests["answered"], requests["failed"]) == (10, 5, 5)
+    assert (requests["received"], requests["served"]) == (10, 5)  # served: replied
+    assert status["address"]["listen"] == status["address"]["advertised"]
+    assert 0 <= status["uptime_s"] < 60
+    # The monitor went with the node: nothing listens there any more.
+    with pytest.raises(iris_trio.monitor.MonitorUnavailableError):
+        await fetch(url + "/healthz")
+
+
+async def test_bad_monitor_addresses_are_typed_errors_before_the_node_starts() -> None:
+    network = hermetic_network()
+    with pytest.raises(iris_trio.ConfigError, match="HOST:PORT"):
+        async with iris_trio.join(network=network, discovery="off", monitor="localhost"):
+            pytest.fail("the node started")
+    async with iris_trio.join(
+        network=network, listen="127.0.0.1:0", discovery="off", monitor="127.0.0.1:0"
+    ) as node:
+        assert node.monitor is not None
+        taken = f"127.0.0.1:{node.monitor.port}"
+        with pytest.raises(MonitorAddressError, match="in use") as caught:
+            async with iris_trio.join(network=network, discovery="off", monitor=taken):
+                pytest.fail("the node started")
+        assert isinstance(caught.value, OSError) and caught.value.errno == errno.EADDRINUSE
+        assert caught.value.address == taken
+    async with iris_trio.join(network=network, listen="127.0.0.1:0", discovery="off") as plain:
+        assert plain.monitor is None and plain.monitor_url is None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import io
 import json
 import os
 import secrets
@@ -22,11 +23,13 @@ from typing import IO, Any
 import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
+from rich.console import Console
 
 import iris_trio
 from iris_trio.crypto import NetworkKey
 from iris_trio.monitor import fetch
 from iris_trio.tools.messaging import format_event
+from iris_trio.tools.watch import render_status
 
 COMMAND = [sys.executable, "-m", "iris_trio.cli"]
 
@@ -215,6 +218,38 @@ def test_events_print_one_per_line_in_each_style() -> None:
     assert format_event("t", b"\xff", "text") == b"\\xff\n"
     assert format_event("t", b"as\nis", "raw") == b"as\nis\n"
     assert json.loads(format_event("t", b"x", "json")) == {"topic": "t", "size": 1, "text": "x"}
+    # What a publisher sends cannot drive the terminal (a tab stays a tab).
+    assert format_event("t", b"\x1b[2J\x07a\tb\r", "text") == b"\\x1b[2J\\x07a\tb\\r\n"
+
+
+def test_a_status_cannot_drive_the_terminal() -> None:
+    status = {
+        "node_id": "ab" * 16,
+        "network": "net\x1b]0;title\x07",
+        "version": "1",
+        "uptime_s": 1.0,
+        "joined": True,
+        "address": {"listen": "127.0.0.1:1", "advertised": "127.0.0.1:1"},
+        "routing_table": {"entries": 0, "filled_rows": 0},
+        "leaf_set": {"right": [], "left": []},
+        "rates": {"window_s": 4.0},
+        "requests": dict.fromkeys(("sent", "answered", "failed", "pending", "served"), 0)
+        | {"expired": 0, "refused": 0},
+        "events": dict.fromkeys(("published", "broadcasts_sent", "received", "dropped"), 0)
+        | {"missed": 0, "buffered": 0},
+        "tunnels": dict.fromkeys(("opened", "accepted", "open", "bytes_sent"), 0)
+        | {"bytes_received": 0},
+        "links": {"open": 0, "bytes_sent": 0, "bytes_received": 0},
+        "drops": dict.fromkeys(("link_queue_full", "routed_dropped", "tree_messages_dropped"), 0)
+        | {"relay_events_dropped": None, "peers_declared_dead": 0},
+        "relay": None,
+        "peers": [],
+        "trees": [],
+    }
+    screen = io.StringIO()
+    Console(file=screen, force_terminal=True, width=100).print(render_status(status))
+    shown = screen.getvalue()
+    assert "net\\x1b]0;title\\x07" in shown and "\x1b]0" not in shown
 
 
 async def test_broadcast_reaches_the_members(node: Daemon) -> None:
@@ -302,6 +337,26 @@ async def _status(daemon: Daemon) -> dict[str, Any]:
     return document
 
 
+def test_top_stops_quietly_when_its_reader_goes(node: Daemon) -> None:
+    top = subprocess.Popen(
+        [*COMMAND, "top", "--interval", "0.05", "--monitor", node.monitor],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert read_line(top.stdout, 30).startswith(b"iris-trio top: ")
+        assert top.stdout is not None
+        top.stdout.close()  # as `iris-trio top | head -1` does
+        _, err = top.communicate(timeout=30)
+    finally:
+        if top.poll() is None:
+            top.kill()
+            top.wait()
+    assert top.returncode == 1 and err == b"", err.decode()[-2000:]
+    by_page = tool("status", "--json", "--monitor", node.monitor + "/status")
+    assert json.loads(by_page.stdout)["node_id"] == node.ready["node_id"]
+
+
 def test_status_shows_the_peers_of_a_second_node(node: Daemon, tmp_path: Path) -> None:
     (tmp_path / "network.key").write_bytes(node.key.read_bytes())
     second = start_daemon(tmp_path, node.network, "--seed", node.ready["address"])
@@ -384,8 +439,9 @@ def test_the_node_refuses_a_monitor_address_in_use_in_one_line(
     node: Daemon, tmp_path: Path
 ) -> None:
     in_use = node.monitor.removeprefix("http://")
+    private = ("--net", node.network, "--key", str(node.key), "--discovery", "off")
     result = subprocess.run(
-        [*COMMAND, "node", "--dev", "--discovery", "off", "--port", "0", "--monitor", in_use],
+        [*COMMAND, "node", *private, "--listen", "127.0.0.1:0", "--port", "0", "--monitor", in_use],
         capture_output=True,
         timeout=60,
         check=False,
@@ -396,7 +452,7 @@ def test_the_node_refuses_a_monitor_address_in_use_in_one_line(
         "use --monitor 127.0.0.1:0 for any free port\n"
     )
     bad = subprocess.run(
-        [*COMMAND, "node", "--dev", "--monitor", "nowhere"],
+        [*COMMAND, "node", *private, "--monitor", "nowhere"],
         capture_output=True,
         timeout=60,
         check=False,

@@ -2,7 +2,9 @@
 
 ``/healthz`` (joined or not), ``/status`` (JSON), ``/metrics`` (Prometheus) and
 ``/`` (a live dashboard that needs no internet), served by :func:`serve_monitor`
-on h11 over trio, as one more task tree beside the node. See docs/operations.md.
+on h11 over trio: in the node's own nursery when the node is started with
+``monitor=`` (``serve_node``, ``join``, ``iris-trio node --monitor``), or beside
+it. See docs/operations.md.
 """
 
 from .fetch import MonitorUnavailableError as MonitorUnavailableError
@@ -14,4 +16,6 @@ from .rates import RateMeter as RateMeter
 from .server import DEFAULT_MONITOR_ADDRESS as DEFAULT_MONITOR_ADDRESS
 from .server import DEFAULT_MONITOR_PORT as DEFAULT_MONITOR_PORT
 from .server import Monitor as Monitor
+from .server import MonitorAddressError as MonitorAddressError
+from .server import bind_monitor as bind_monitor
 from .server import serve_monitor as serve_monitor

@@ -38,12 +38,14 @@ class Page:
 
 
 def monitor_url(text: str) -> str:
-    """The monitor URL ``text`` names: ``http://HOST:PORT[/path]``, ``HOST:PORT``
-    or a bare ``PORT`` (on 127.0.0.1). Returns it without a trailing slash.
+    """The monitor ``text`` names: ``http://HOST:PORT`` (any path, such as a
+    page's, is left out), ``HOST:PORT`` or a bare ``PORT`` (on 127.0.0.1).
+    Returns ``http://HOST:PORT``.
 
     Raises:
         ValueError: ``text`` is none of those (the message says why).
     """
+    given = text
     text = text.strip()
     if text.isdigit():
         text = f"127.0.0.1:{text}"
@@ -51,14 +53,15 @@ def monitor_url(text: str) -> str:
         text = "http://" + text
     parts = urllib.parse.urlsplit(text)
     if parts.scheme != "http":
-        raise ValueError(f"{text!r}: the monitor speaks plain http://, not {parts.scheme}://")
+        raise ValueError(f"{given!r}: the monitor speaks plain http://, not {parts.scheme}://")
     try:
         port = parts.port
     except ValueError:
-        raise ValueError(f"{text!r} has no valid port (0 to 65535)") from None
+        raise ValueError(f"{given!r} has no valid port (1 to 65535)") from None
     if not parts.hostname or port is None or port == 0:
-        raise ValueError(f"{text!r} is not HOST:PORT of a monitor (e.g. 127.0.0.1:8222)")
-    return text.rstrip("/")
+        raise ValueError(f"{given!r} is not HOST:PORT of a monitor (e.g. 127.0.0.1:55556)")
+    host = parts.hostname
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 async def fetch(url: str, *, accept: str = "*/*") -> Page:

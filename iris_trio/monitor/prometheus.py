@@ -35,7 +35,18 @@ _COUNTERS = (
         "requests_failed",
         "Requests of this node that failed (remote error, no responders or timeout).",
     ),
-    ("requests", "served", "requests_served", "Requests handed to this node's members."),
+    (
+        "requests",
+        "received",
+        "requests_received",
+        "Requests handed to this node's members.",
+    ),
+    (
+        "requests",
+        "served",
+        "requests_served",
+        "Requests this node's members answered with a reply (not an error).",
+    ),
     (
         "requests",
         "expired",
@@ -225,7 +236,8 @@ class StatusCollector:
             value=relay["connections_open"],
         )
         for field, name, text in _RELAY_COUNTERS:
-            yield CounterMetricFamily(_name(name), text, value=relay[field])
+            if relay.get(field) is not None:
+                yield CounterMetricFamily(_name(name), text, value=relay[field])
 
 
 def metrics_registry(read: Callable[[], Status]) -> CollectorRegistry:

@@ -7,12 +7,13 @@ import functools
 import importlib.resources
 import json
 import logging
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 import trio
 
 from ..errors import ConfigError
-from ..transport.base import split_host_port
+from ..transport.base import is_loopback, split_host_port
 from .http import HttpLimits, HttpRequest, HttpResponse, serve_http
 from .prometheus import metrics_registry, render_metrics
 from .rates import RateMeter
@@ -22,7 +23,15 @@ if TYPE_CHECKING:
     from .._node import Node
     from ..relay import Relay
 
-__all__ = ["DEFAULT_MONITOR_ADDRESS", "DEFAULT_MONITOR_PORT", "Monitor", "serve_monitor"]
+__all__ = [
+    "DEFAULT_MONITOR_ADDRESS",
+    "DEFAULT_MONITOR_PORT",
+    "Monitor",
+    "MonitorAddressError",
+    "bind_monitor",
+    "parse_address",
+    "serve_monitor",
+]
 
 log = logging.getLogger("iris_trio.monitor")
 
@@ -62,6 +71,23 @@ def _text(status: int, message: str, **headers: str) -> HttpResponse:
     return HttpResponse(status, (message + "\n").encode("utf-8"), headers=extra)
 
 
+def _peers(count: int) -> str:
+    return f"{count} peer" if count == 1 else f"{count} peers"
+
+
+def _loopback_host(header: str | None) -> bool:
+    """True if a Host header names this host by a loopback name (or is absent,
+    as HTTP/1.0 allows): ``127.0.0.1``, ``[::1]`` or ``localhost``, any port."""
+    if header is None:
+        return True
+    host = header.strip().lower()
+    if host.startswith("["):
+        host = host[1 : host.find("]")] if "]" in host else host
+    elif host.count(":") == 1:
+        host = host.partition(":")[0]
+    return is_loopback(host.removesuffix("."))
+
+
 def parse_address(address: str) -> tuple[str, int]:
     """(host, port) of ``"HOST:PORT"`` or ``"[v6 host]:PORT"``.
 
@@ -84,6 +110,7 @@ class Monitor:
         relay: the node's relay endpoint (its counters and clients are shown),
             or None; may be set once the relay runs.
         addresses: the (host, port) pairs it listens on.
+        port: the port it listens on (chosen by the system for port 0).
         url: ``http://host:port`` of the first of them.
     """
 
@@ -94,7 +121,9 @@ class Monitor:
         host, port = addresses[0]
         self.port = port
         self.url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-        self._started = trio.current_time()
+        # On loopback only, a request must name a loopback host: a web page
+        # that rebinds its own name to 127.0.0.1 cannot read the figures.
+        self._loopback_only = all(is_loopback(address[0]) for address in addresses)
         self._meter = RateMeter(RATE_WINDOW, int(RATE_WINDOW / SAMPLE_INTERVAL) + 1)
         self._registry = metrics_registry(self.status)
 
@@ -103,7 +132,7 @@ class Monitor:
         return node_status(
             self.node,
             relay=self.relay,
-            uptime=trio.current_time() - self._started,
+            uptime=trio.current_time() - self.node.started_at,
             rates=self._meter.rates(),
             window=self._meter.window,
         )
@@ -113,9 +142,18 @@ class Monitor:
         self._meter.record(trio.current_time(), counters(self.node))
 
     async def run_sampler(self) -> None:
-        """Sample the counters every SAMPLE_INTERVAL seconds, until cancelled."""
+        """Sample the counters every SAMPLE_INTERVAL seconds, until cancelled.
+
+        A failure to sample (a bug) is logged once and leaves the rates as they
+        were: the monitor never takes its node down."""
+        failed = False
         while True:
-            self.sample()
+            try:
+                self.sample()
+            except Exception:
+                if not failed:
+                    log.exception("monitor: sampling the counters failed")
+                failed = True
             await trio.sleep(SAMPLE_INTERVAL)
 
     def respond(self, request: HttpRequest) -> HttpResponse:
@@ -125,6 +163,12 @@ class Monitor:
                 405,
                 f"{request.method} is not allowed: this monitor is read-only",
                 Allow="GET, HEAD",
+            )
+        if self._loopback_only and not _loopback_host(request.headers.get("host")):
+            return _text(
+                403,
+                "this monitor listens on loopback: ask it as 127.0.0.1, [::1] or localhost "
+                "(other host names are refused against DNS rebinding)",
             )
         if request.path == "/healthz":
             return self._health()
@@ -144,24 +188,53 @@ class Monitor:
 
     def _health(self) -> HttpResponse:
         node = self.node
-        if node._closed:
+        if node.closed:
             return _text(503, "stopped: the node has left the overlay")
         if not node.joined:
             peers = node.statistics().peers
             return _text(
-                503, f"joining: the node is still finding its neighbours ({peers} peers so far)"
+                503, f"joining: the node is still finding its neighbours ({_peers(peers)} so far)"
             )
-        return _text(200, f"ok: joined, {node.statistics().peers} peers")
+        return _text(200, f"ok: joined, {_peers(node.statistics().peers)}")
 
 
-async def _open_listeners(address: str) -> list[trio.SocketListener]:
+class MonitorAddressError(OSError):
+    """The monitor cannot listen at its address (in use, not this host's, a
+    host that is not found...). An ``OSError`` with the cause's ``errno``; the
+    original error is its ``__cause__``.
+
+    Attributes:
+        address: the ``HOST:PORT`` asked for.
+    """
+
+    def __init__(self, address: str, cause: OSError) -> None:
+        reason = cause.strerror or str(cause) or type(cause).__name__
+        super().__init__(cause.errno, f"the monitor cannot listen at {address}: {reason}")
+        self.address = address
+
+
+async def bind_monitor(address: str) -> list[trio.SocketListener]:
+    """Listen at ``address`` for a monitor (pass the result to :func:`serve_monitor`).
+
+    Raises:
+        ConfigError: ``address`` is not HOST:PORT.
+        MonitorAddressError: it cannot be listened on.
+    """
     host, port = parse_address(address)
-    return await trio.open_tcp_listeners(port, host=host or None)
+    try:
+        return await trio.open_tcp_listeners(port, host=host or None)
+    except OSError as exc:
+        raise MonitorAddressError(address, exc) from exc
+
+
+def _close(listeners: Sequence[trio.SocketListener]) -> None:
+    for listener in listeners:
+        listener.socket.close()
 
 
 async def serve_monitor(
     node: Node,
-    address: str = DEFAULT_MONITOR_ADDRESS,
+    address: str | Sequence[trio.SocketListener] = DEFAULT_MONITOR_ADDRESS,
     *,
     relay: Relay | None = None,
     limits: HttpLimits | None = None,
@@ -174,21 +247,31 @@ async def serve_monitor(
     Read-only. Reports the :class:`Monitor` (its ``url`` shows the port
     chosen for port 0) through ``task_status``.
 
+    A node started with ``serve_node(monitor=...)`` or ``join(monitor=...)``
+    runs this in its own nursery (see ``Node.monitor``); call it directly to
+    serve a monitor beside a node.
+
     Args:
         node: the node to show.
         address: ``"HOST:PORT"`` to listen on (default loopback, any free port;
-            give a non-loopback host only to let other hosts read the figures).
-        relay: the node's relay endpoint, to show its counters and clients.
+            give a non-loopback host only to let other hosts read the figures),
+            or listeners from :func:`bind_monitor` (they belong to this call).
+        relay: the node's relay endpoint, to show its counters and clients
+            (or set ``Monitor.relay`` once it runs).
         limits: the HTTP server's bounds (connections, sizes, timeouts).
 
     Raises:
         ConfigError: ``address`` is not HOST:PORT.
-        OSError: it cannot be listened on (in use, not this host's...).
+        MonitorAddressError: it cannot be listened on (in use, not this host's...).
     """
-    listeners = await _open_listeners(address)
-    bound = [listener.socket.getsockname()[:2] for listener in listeners]
-    monitor = Monitor(node, relay, [(str(host), int(port)) for host, port in bound])
-    monitor.sample()
+    listeners = list(await bind_monitor(address) if isinstance(address, str) else address)
+    try:
+        bound = [listener.socket.getsockname()[:2] for listener in listeners]
+        monitor = Monitor(node, relay, [(str(host), int(port)) for host, port in bound])
+        monitor.sample()
+    except BaseException:
+        _close(listeners)
+        raise
     log.info("monitor at %s", monitor.url)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(monitor.run_sampler)

@@ -7,6 +7,7 @@ changes nothing. Figures the node does not keep are ``None``, never guessed.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -14,11 +15,12 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from .. import __version__
+from ..overlay.driver import split_address
 from ..overlay.ids import DIGITS, name_id
 from ..patterns.membership import CLUSTER, TOPIC
 
 if TYPE_CHECKING:
-    from .._node import Node, NodeStatistics
+    from .._node import Node, PeerInfo
     from ..relay import Relay
 
 __all__ = ["RATE_COUNTERS", "counters", "node_status"]
@@ -47,35 +49,21 @@ def _hex(node: int) -> str:
     return f"{node:032x}"
 
 
-def _events_missed(figures: NodeStatistics) -> int | None:
-    """Events lost on the way to this node's subscribers, where the node counts them."""
-    missed = getattr(figures, "events_missed", None)
-    return missed if isinstance(missed, int) else None
-
-
-def _link_bytes(node: Node) -> tuple[int, int]:
+def _link_bytes(peers: list[PeerInfo]) -> tuple[int, int]:
     """Bytes sent and received over the links up now."""
-    driver = node.driver
-    sent = received = 0
-    overlay = driver.overlay
-    for peer in overlay.peers if overlay is not None else ():
-        link = driver.peer_link(peer)
-        if link is not None:
-            figures = link.statistics()
-            sent += figures.bytes_sent
-            received += figures.bytes_received
-    return sent, received
+    sent = sum(peer.bytes_sent or 0 for peer in peers)
+    return sent, sum(peer.bytes_received or 0 for peer in peers)
 
 
 def counters(node: Node) -> dict[str, float]:
     """The current values of :data:`RATE_COUNTERS` (for a :class:`RateMeter`)."""
     figures = node.statistics()
-    link_sent, link_received = _link_bytes(node)
+    link_sent, link_received = _link_bytes(node.peers())
     return {
         "requests_sent": figures.requests_sent,
         "requests_answered": figures.requests_answered,
         "requests_failed": figures.requests_failed,
-        "requests_served": figures.requests_received,
+        "requests_served": figures.requests_replied,
         "requests_expired": figures.requests_expired,
         "events_published": figures.published,
         "broadcasts_sent": figures.broadcasts_sent,
@@ -88,39 +76,45 @@ def counters(node: Node) -> dict[str, float]:
     }
 
 
-def _peers(node: Node, leaves: set[int]) -> list[dict[str, Any]]:
+def _peers(peers: list[PeerInfo]) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": peer.id,
+            "address": peer.address,
+            "leaf": peer.leaf,
+            "in_table": peer.in_table,
+            "link_age_s": round(peer.link_age, 3),
+            "rtt_ms": None if peer.rtt is None else round(peer.rtt * 1000, 3),
+            "queued_bytes": peer.queued_bytes,
+            "queued_frames": peer.queued_frames,
+            "bytes_sent": peer.bytes_sent,
+            "bytes_received": peer.bytes_received,
+        }
+        for peer in peers
+    ]
+
+
+def _listen(node: Node) -> str:
+    """Where the node listens for links: its host, and the port it was given
+    (or, for port 0, the one it got)."""
     driver = node.driver
-    overlay = driver.overlay
-    if overlay is None:
-        return []
-    now = trio.current_time()
-    table = set(overlay.table)
-    peers = []
-    for peer, address in sorted(overlay.peers.items()):
-        link = driver.peer_link(peer)
-        figures = link.statistics() if link is not None else None
-        peers.append(
-            {
-                "id": _hex(peer),
-                "address": address,
-                "leaf": peer in leaves,
-                "in_table": peer in table,
-                "link_age_s": round(now - overlay.connected_since(peer), 3),
-                # The overlay keeps no per-peer round-trip time it hands out.
-                "rtt_ms": None,
-                "queued_bytes": figures.queued_bytes if figures else None,
-                "queued_frames": figures.queued_frames if figures else None,
-                "bytes_sent": figures.bytes_sent if figures else None,
-                "bytes_received": figures.bytes_received if figures else None,
-            }
-        )
-    return peers
+    host, port = driver.host, driver.port
+    if port == 0:  # (a test's memory network has addresses of another form)
+        with contextlib.suppress(ValueError):
+            port = split_address(node.address)[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _routing_table(node: Node) -> dict[str, Any]:
     overlay = node.driver.overlay
     if overlay is None:
-        return {"entries": 0, "filled_rows": 0, "row_fill": [], "columns": _COLUMNS}
+        return {
+            "entries": 0,
+            "filled_rows": 0,
+            "row_fill": [],
+            "columns": _COLUMNS,
+            "rows": DIGITS,
+        }
     fill = [sum(entry is not None for entry in row) for row in overlay.table.rows]
     while fill and fill[-1] == 0:
         fill.pop()
@@ -135,14 +129,8 @@ def _routing_table(node: Node) -> dict[str, Any]:
 
 def _tree_names(node: Node) -> dict[int, tuple[str, str]]:
     """Tree id -> (kind, name) for the clusters and topics this node uses."""
-    names: dict[int, tuple[str, str]] = {}
-    for tree, receivers in node._pubsub._receivers.items():
-        for subscription in receivers:
-            # A cluster's broadcast receivers are kept beside the topics' ones.
-            if name_id(TOPIC, subscription.topic) == tree:
-                names[tree] = (TOPIC, subscription.topic)
-    for cluster in node._membership.clusters:
-        names[name_id(CLUSTER, cluster)] = (CLUSTER, cluster)
+    names = {name_id(TOPIC, topic): (TOPIC, topic) for topic in node.topics}
+    names.update({name_id(CLUSTER, cluster): (CLUSTER, cluster) for cluster in node.clusters})
     return names
 
 
@@ -185,27 +173,28 @@ def node_status(
     node: Node,
     *,
     relay: Relay | None = None,
-    uptime: float,
-    rates: Mapping[str, float],
-    window: float,
+    uptime: float | None = None,
+    rates: Mapping[str, float] | None = None,
+    window: float = 0.0,
 ) -> dict[str, Any]:
     """A JSON-ready snapshot of ``node`` (the monitor's ``/status``).
 
     Args:
         node: the node to describe.
         relay: its relay endpoint, if it serves one.
-        uptime: seconds since the node started.
+        uptime: seconds since the node started (default: from ``node.started_at``).
         rates: per-second rates of :data:`RATE_COUNTERS` (from a ``RateMeter``).
         window: the seconds ``rates`` look back over.
     """
     figures = node.statistics()
     driver = node.driver
     overlay = driver.overlay
-    leaves = {int(leaf, 16) for leaf in (*figures.leaves_right, *figures.leaves_left)}
-    link_sent, link_received = _link_bytes(node)
-    missed = _events_missed(figures)
+    peers = node.peers()
+    link_sent, link_received = _link_bytes(peers)
+    missed = figures.events_missed
     relay_figures = _relay(relay)
-    host = driver.host
+    if uptime is None:
+        uptime = trio.current_time() - node.started_at
     return {
         "node_id": figures.node_id,
         "network": driver.network.name,
@@ -213,11 +202,10 @@ def node_status(
         "uptime_s": round(uptime, 3),
         "joined": figures.joined,
         "cluster": node.cluster,
-        "address": {
-            "listen": f"[{host}]:{driver.port}" if ":" in host else f"{host}:{driver.port}",
-            "advertised": node.address,
-        },
-        "peers": _peers(node, leaves),
+        "clusters": list(node.clusters),
+        "topics": list(node.topics),
+        "address": {"listen": _listen(node), "advertised": node.address},
+        "peers": _peers(peers),
         "leaf_set": {
             "right": list(figures.leaves_right),
             "left": list(figures.leaves_left),
@@ -230,7 +218,8 @@ def node_status(
             "answered": figures.requests_answered,
             "failed": figures.requests_failed,
             "pending": figures.requests_pending,
-            "served": figures.requests_received,
+            "received": figures.requests_received,
+            "served": figures.requests_replied,
             "expired": figures.requests_expired,
             "refused": figures.requests_refused,
         },
@@ -266,5 +255,5 @@ def node_status(
             "relay_events_dropped": relay_figures["events_dropped"] if relay_figures else None,
             "peers_declared_dead": figures.peers_declared_dead,
         },
-        "rates": {"window_s": window, **{name: round(v, 3) for name, v in rates.items()}},
+        "rates": {"window_s": window, **{n: round(v, 3) for n, v in (rates or {}).items()}},
     }

@@ -308,6 +308,12 @@ class OverlayNode:
         """When the connection to ``node`` came up (KeyError if it is not up)."""
         return self._peers[node].connected_at
 
+    def peer_rtt(self, node: int) -> float | None:
+        """The smoothed round-trip time to ``node`` in seconds (a hop to its
+        acknowledgement), or None: not connected, or nothing measured yet."""
+        peer = self._peers.get(node)
+        return None if peer is None else peer.srtt
+
     def statistics(self) -> OverlayStatistics:
         """A snapshot of the node's state and counters."""
         return OverlayStatistics(

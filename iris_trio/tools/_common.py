@@ -8,6 +8,7 @@ import argparse
 import contextlib
 import math
 import os
+import re
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -35,6 +36,7 @@ __all__ = [
     "ToolError",
     "ToolParser",
     "add_port",
+    "escape_controls",
     "message_data",
     "open_connection",
     "positive_seconds",
@@ -129,6 +131,17 @@ def message_data(text: str) -> bytes:
     return text.encode("utf-8", "surrogateescape")
 
 
+_CONTROLS: Final = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f]")  # a tab stays
+_NAMED: Final = {"\n": "\\n", "\r": "\\r"}
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with its control characters but tabs escaped (``\\n``,
+    ``\\x1b``...), so that what a peer sent can neither break a line nor drive
+    the terminal."""
+    return _CONTROLS.sub(lambda m: _NAMED.get(m[0]) or f"\\x{ord(m[0]):02x}", text)
+
+
 def _no_node(port: int, reason: str) -> ToolError:
     return ToolError(
         f"no node listens on port {port} ({reason}); start one with 'iris-trio node', "
@@ -207,9 +220,11 @@ def run_tool(
         status = trio.run(main, *args)
     except BaseException as exc:
         for leaf in leaves(exc):
+            if isinstance(leaf, SystemExit):  # rich stops so when stdout closes (`| head`)
+                return leaf.code if isinstance(leaf.code, int) else FAILED
             message = explain(leaf, cluster)
             if message is not None:
-                print(f"{prog}: {message}", file=sys.stderr)
+                print(f"{prog}: {escape_controls(message)}", file=sys.stderr)
                 return leaf.status if isinstance(leaf, ToolError) else FAILED
         raise
     return int(status or 0)

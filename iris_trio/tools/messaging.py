@@ -27,6 +27,7 @@ from ..patterns.limits import MAX_MESSAGE_SIZE
 from ._common import (
     ToolParser,
     add_port,
+    escape_controls,
     message_data,
     open_connection,
     positive_seconds,
@@ -265,7 +266,8 @@ def main_broadcast(argv: list[str]) -> int:
 
 def format_event(topic: str, data: bytes, style: str) -> bytes:
     """One line (newline included) showing an event in ``style``: ``text``
-    (UTF-8 with escapes, so that an event stays on one line), ``raw`` (its bytes
+    (UTF-8, with control characters and undecodable bytes escaped, so that an
+    event stays on one line and cannot drive the terminal), ``raw`` (its bytes
     as they are) or ``json`` (``{"topic", "size", "text" | "base64"}``)."""
     if style == "raw":
         return data + b"\n"
@@ -276,8 +278,7 @@ def format_event(topic: str, data: bytes, style: str) -> bytes:
         except UnicodeDecodeError:
             record["base64"] = base64.b64encode(data).decode("ascii")
         return json.dumps(record, ensure_ascii=False).encode("utf-8") + b"\n"
-    text = data.decode("utf-8", "backslashreplace").replace("\r", "\\r").replace("\n", "\\n")
-    return text.encode("utf-8") + b"\n"
+    return escape_controls(data.decode("utf-8", "backslashreplace")).encode("utf-8") + b"\n"
 
 
 async def _main_subscribe(args: argparse.Namespace) -> None:

@@ -18,7 +18,14 @@ from rich.text import Text
 from .._command import at_least
 from ..monitor import DEFAULT_MONITOR_PORT
 from ..monitor.fetch import MonitorUnavailableError, fetch, monitor_url
-from ._common import ToolError, ToolParser, positive_seconds, run_tool, until_stopped
+from ._common import (
+    ToolError,
+    ToolParser,
+    escape_controls,
+    positive_seconds,
+    run_tool,
+    until_stopped,
+)
 
 __all__ = ["main_status", "main_top", "render_status"]
 
@@ -79,6 +86,7 @@ def _figures(status: Status) -> Table:
             f"answered {requests['answered']}",
             f"failed {requests['failed']}",
             f"pending {requests['pending']}",
+            f"received {requests.get('received', '—')}",
             f"served {requests['served']}{_rate(status, 'requests_served')}",
             f"expired {requests['expired']}",
             f"refused {requests['refused']}",
@@ -126,8 +134,9 @@ def _figures(status: Status) -> Table:
 
 def _peers(status: Status) -> Table:
     table = Table(title="peers", title_justify="left", box=None, padding=(0, 2, 0, 0))
-    for column in ("peer", "address", "role", "link age", "RTT", "queued", "out", "in"):
-        table.add_column(column, justify="right" if column in {"queued", "out", "in"} else "left")
+    for column in ("peer", "address", "role", "link age", "RTT", "queued", "bytes out", "in"):
+        left = column in {"peer", "address", "role"}
+        table.add_column(column, justify="left" if left else "right")
     for peer in status["peers"]:
         role = "leaf" if peer["leaf"] else "table" if peer["in_table"] else "link"
         rtt = "—" if peer["rtt_ms"] is None else f"{peer['rtt_ms']:.1f} ms"
@@ -158,8 +167,21 @@ def _trees(status: Status) -> Table:
     return table
 
 
+def _printable(value: Any) -> Any:
+    """``value`` (a JSON document) with control characters escaped in its
+    strings: what a monitor (or a peer, through it) says cannot drive the terminal."""
+    if isinstance(value, str):
+        return escape_controls(value)
+    if isinstance(value, list):
+        return [_printable(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _printable(item) for key, item in value.items()}
+    return value
+
+
 def render_status(status: Status) -> RenderableType:
     """A readable summary of a ``/status`` document (for rich)."""
+    status = _printable(status)
     joined = "joined" if status["joined"] else "joining"
     head = Text.assemble(
         ("node ", "bold"),
@@ -197,17 +219,18 @@ def _monitor(args: argparse.Namespace) -> str:
         raise ToolError(f"{source}: {exc}", 2) from None
 
 
-async def read_status(url: str) -> dict[str, Any]:
+async def read_status(url: str, *, advice: bool = True) -> dict[str, Any]:
     """The ``/status`` document of the monitor at ``url``.
 
     Raises:
-        ToolError: no monitor answered, or what answered was not one.
+        ToolError: no monitor answered (with ``advice``, the message says how
+            to start one), or what answered was not one.
     """
     with trio.move_on_after(_FETCH_TIMEOUT):
         try:
             page = await fetch(url + "/status", accept="application/json")
         except MonitorUnavailableError as exc:
-            if exc.listening:
+            if exc.listening or not advice:
                 raise ToolError(str(exc)) from None
             raise ToolError(
                 f"{exc}; start the node with --monitor HOST:PORT and give that address "
@@ -271,7 +294,7 @@ async def _main_top(args: argparse.Namespace) -> None:
         while args.count is None or shown < args.count:
             await trio.sleep(args.interval)
             try:
-                status = await read_status(url)
+                status = await read_status(url, advice=False)
                 show(frame(status))
             except ToolError as exc:  # keep watching: the node may come back
                 show(frame(status, f"no fresh figures: {exc}"))

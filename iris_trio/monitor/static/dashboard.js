@@ -124,8 +124,8 @@ function drawCounters(status) {
   const rows = [
     ["requests sent", status.requests.sent], ["requests answered", status.requests.answered],
     ["requests failed", status.requests.failed], ["requests pending", status.requests.pending],
-    ["requests served", status.requests.served], ["requests expired", status.requests.expired],
-    ["requests refused", status.requests.refused],
+    ["requests received", status.requests.received], ["requests served", status.requests.served],
+    ["requests expired", status.requests.expired], ["requests refused", status.requests.refused],
     ["events published", status.events.published], ["broadcasts sent", status.events.broadcasts_sent],
     ["events received", status.events.received], ["events dropped", status.events.dropped],
     ["events missed", status.events.missed], ["events buffered", status.events.buffered],
