@@ -70,7 +70,7 @@ async def test_silent_connections_do_not_exhaust_the_listener() -> None:
                 await link.send(Payload(1, b"hi"))
                 assert await link.receive() == Payload(1, b"hi")
         stats = listener.statistics()
-        assert stats.rejected_busy >= 30
+        assert stats.rejected_busy + stats.evicted >= 30  # the oldest silent ones make room
         assert stats.handshakes_in_progress <= 4
         # The deadline frees the slots the silent connections held.
         with trio.fail_after(3):

@@ -5,7 +5,7 @@ daemon runs it); :mod:`iris_trio.relay.client` is the anyio client. The wire
 format is the sans-IO :mod:`iris_trio.relay.codec`.
 """
 
-from .connection import RelayLimits as RelayLimits
+from .limits import RelayLimits as RelayLimits
 from .server import DEFAULT_PORT as DEFAULT_PORT
 from .server import Relay as Relay
 from .server import RelayStatistics as RelayStatistics

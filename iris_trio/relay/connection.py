@@ -13,7 +13,6 @@ protocol violation (CLOSE(reason), logged and counted) or when the relay stops
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import heapq
 import logging
@@ -34,9 +33,10 @@ from ..errors import (
     RequestLostError,
 )
 from ..patterns.limits import MAX_MESSAGE_SIZE, MAX_TIMEOUT, check_name
+from ..patterns.queue import ByteBudget
 from ..patterns.requests import IncomingRequests, Request
 from ..patterns.subscription import Subscription
-from ..patterns.tunnel import DEFAULT_WINDOW, Tunnel
+from ..patterns.tunnel import Tunnel
 from .bridge import TunnelBridge
 from .chunks import CHUNK_LIMIT
 from .codec import (
@@ -69,6 +69,7 @@ from .codec import (
     Unsubscribe,
 )
 from .codec import Request as RelayRequest
+from .limits import RelayLimitError, RelayLimits, RelayTotals
 from .writer import PacketWriter
 
 if TYPE_CHECKING:
@@ -83,6 +84,8 @@ log = logging.getLogger("iris_trio.relay")
 NO_RESPONDERS_FAULT: Final = "no responders: "
 _SHUTDOWN: Final = "the node is shutting down"
 _READ_SIZE: Final = 256 * 1024
+#: Packets acted on between two yields to the scheduler.
+_YIELD_EVERY: Final = 64
 #: A fault naming an exception type the way ``str(RemoteError)`` does:
 #: "ValueError: bad input" (the type's last dotted part is capitalised).
 _TYPED_FAULT: Final = re.compile(r"((?:[A-Za-z_]\w*\.)*[A-Z]\w*): (.*)", re.DOTALL)
@@ -109,38 +112,6 @@ def _seconds(timeout_ms: int) -> float:
     return min(max(timeout_ms, 1) / 1000, MAX_TIMEOUT)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class RelayLimits:
-    """Per-connection limits of the relay.
-
-    Attributes:
-        handshake_timeout: seconds a new connection has to send INIT.
-        pending_requests: the client's own requests in flight; beyond, its
-            further packets wait (it is not read).
-        served_requests: requests handed to a service connection at once (its
-            capacity in the cluster's load balancing).
-        queued_bytes: bytes queued for the client before producers wait.
-        event_buffer: events (and broadcasts) buffered per subscription when the
-            client reads slowly; beyond, the oldest is dropped and counted.
-        tunnels: tunnels open (or opening) on one connection.
-        tunnel_window: bytes of allowance granted to the client per tunnel.
-        max_tunnel_message: the largest tunnel message a client may send.
-        confirm_timeout: seconds a service has to confirm an inbound tunnel.
-        close_timeout: seconds a graceful CLOSE waits for in-flight work.
-    """
-
-    handshake_timeout: float = 10.0
-    pending_requests: int = 4096
-    served_requests: int = 64
-    queued_bytes: int = 4 * 1024 * 1024
-    event_buffer: int = 4096
-    tunnels: int = 1024
-    tunnel_window: int = DEFAULT_WINDOW
-    max_tunnel_message: int = 64 * 1024 * 1024
-    confirm_timeout: float = 10.0
-    close_timeout: float = 30.0
-
-
 class _GoneError(Exception):
     """The client closed or lost its connection."""
 
@@ -165,11 +136,16 @@ class RelayConnection:
         stream: trio.SocketStream,
         limits: RelayLimits,
         counters: Counter[str],
+        totals: RelayTotals | None = None,
+        *,
+        refusal: str | None = None,
     ) -> None:
         self._node = node
         self._stream = stream
         self._limits = limits
         self._counters = counters
+        self._totals = totals or RelayTotals(limits)
+        self._refused = refusal  # DENY the client with this (the relay is full)
         self._writer = PacketWriter(stream.send_all, limits.queued_bytes, fd=stream.socket.fileno())
         self._writer_scope = trio.CancelScope(shield=True)
         self._reader = PacketReader("client")
@@ -196,7 +172,9 @@ class RelayConnection:
         self._next_build = 0
         # Subscriptions and broadcast receivers, for their counters.
         self._topics: dict[str, tuple[trio.CancelScope, Subscription]] = {}
+        self._subscriptions = 0  # taken or being taken (the limit counts these)
         self._receivers: set[Subscription] = set()
+        self._events = ByteBudget(limits.buffered_bytes, parent=self._totals.events)
         self._dropped_closed = 0
         self._handlers: dict[type[Packet], Callable[[Any], Awaitable[None]]] = {
             Broadcast: self._on_broadcast,
@@ -211,6 +189,11 @@ class RelayConnection:
             TunnelTransfer: self._on_tunnel_transfer,
             TunnelClose: self._on_tunnel_close,
         }
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes waiting in this client's send queue."""
+        return self._writer.queued
 
     @property
     def events_dropped(self) -> int:
@@ -287,10 +270,13 @@ class RelayConnection:
             try:
                 graceful = await self._read(pipelined)
             except RelayProtocolError as exc:
+                final = self._violation(exc)
+                await self._unsubscribe_all()
                 work.cancel_scope.cancel()
-                return self._violation(exc)
+                return final
             if not graceful:
                 self._ending = self._ending or "the client disconnected"
+                await self._unsubscribe_all()
                 work.cancel_scope.cancel()
                 return None
             self._ending = "the client closed the connection"
@@ -301,9 +287,14 @@ class RelayConnection:
         return NodeClose("")
 
     def _violation(self, exc: RelayProtocolError) -> Packet:
-        self._counters["protocol_violations"] += 1
-        log.warning("relay client %s broke the protocol: %s", self._peer, exc)
-        self._ending = f"protocol violation: {exc}"
+        if isinstance(exc, RelayLimitError):
+            self._counters["limits_exceeded"] += 1
+            log.warning("relay client %s exceeded a limit: %s", self._peer, exc)
+            self._ending = f"limit exceeded: {exc}"
+        else:
+            self._counters["protocol_violations"] += 1
+            log.warning("relay client %s broke the protocol: %s", self._peer, exc)
+            self._ending = f"protocol violation: {exc}"
         return NodeClose(self._ending)
 
     def _peer_name(self) -> str:
@@ -332,8 +323,7 @@ class RelayConnection:
                     raise RelayProtocolError(f"expected INIT, got {type(init).__name__}")
                 return init, packets[1:]
 
-    @staticmethod
-    def _refusal(init: ClientInit) -> str | None:
+    def _refusal(self, init: ClientInit) -> str | None:
         if init.magic != MAGIC_CLIENT:
             return f"Unsupported protocol magic: {init.magic!r}."
         if init.version != VERSION:
@@ -343,20 +333,24 @@ class RelayConnection:
                 check_name("cluster", init.cluster)
             except ConfigError as exc:
                 return f"Invalid cluster name: {exc}."
-        return None
+        return self._refused
 
     async def _read(self, packets: list[Packet]) -> bool:
         """Act on packets in order; True when the client sent CLOSE, False when it
         vanished."""
         handlers = self._handlers
         while True:
-            for packet in packets:
+            for count, packet in enumerate(packets, 1):
                 if type(packet) is ClientClose:
                     return True
                 handler = handlers.get(type(packet))
                 if handler is None:
                     raise RelayProtocolError(f"unexpected {type(packet).__name__}")
                 await handler(packet)
+                if count % _YIELD_EVERY == 0:
+                    # One read holds up to thousands of small packets: the node's
+                    # own duties (heartbeats, acknowledgements) run in between.
+                    await trio.lowlevel.checkpoint()
             try:
                 packets = self._reader.feed(await self._receive())
             except _GoneError:
@@ -366,12 +360,24 @@ class RelayConnection:
         """After CLOSE: stop serving, let the client's own requests finish, close
         its tunnels cleanly."""
         self._service_scope.cancel()
-        for scope, _ in self._topics.values():
-            scope.cancel()
+        await self._unsubscribe_all()
         while self._requests or self._tunnels or self._opening:
             for bridge in self._tunnels.values():  # also those opened meanwhile
                 bridge.close()
             await self._changed.park()
+
+    async def _unsubscribe_all(self) -> None:
+        """End the client's subscriptions a slice at a time: leaving a tree is
+        work for the overlay, and a thousand at once would hold up its own
+        duties (heartbeats, acknowledgements) for as long."""
+        scopes = [scope for scope, _ in self._topics.values()]
+        for start in range(0, len(scopes), _YIELD_EVERY):
+            for scope in scopes[start : start + _YIELD_EVERY]:
+                scope.cancel()
+            # The cancelled ones unwind in the next batch, before this task
+            # goes on; I/O is polled between batches.
+            await trio.lowlevel.checkpoint()
+            await trio.lowlevel.checkpoint()
 
     def _spawn(self, function: Callable[..., Awaitable[None]], *args: object) -> None:
         assert self._work is not None
@@ -464,6 +470,7 @@ class RelayConnection:
     async def _serve_broadcasts(self, task_status: trio.TaskStatus[None]) -> None:
         capacity = self._limits.event_buffer
         async with self._node.broadcasts(self.cluster, capacity=capacity) as receiver:
+            receiver.limit_bytes(self._limits.event_bytes, size=len, budget=self._events)
             self._receivers.add(receiver)
             task_status.started()
             try:
@@ -474,12 +481,16 @@ class RelayConnection:
     async def _serve_tunnels(self, task_status: trio.TaskStatus[None]) -> None:
         async with self._node.tunnels(self.cluster) as inbox:
             task_status.started()
+            totals = self._totals
             while True:
                 while len(self._tunnels) + len(self._builds) >= self._limits.tunnels:
                     await self._changed.park()
+                while totals.tunnels >= self._limits.total_tunnels:
+                    await totals.tunnel_ended.park()
                 tunnel = await inbox.receive()
                 self._next_build += 1
                 self._builds[self._next_build] = _Build(tunnel)
+                totals.tunnels += 1
                 self._spawn(self._offer_tunnel, self._next_build)
 
     async def _offer_tunnel(self, build_id: int) -> None:
@@ -496,6 +507,7 @@ class RelayConnection:
                 await self._relay_tunnel(build.bridge)
         finally:
             self._builds.pop(build_id, None)
+            self._totals.tunnel_closed()
             self._changed.unpark_all()
 
     async def _on_tunnel_confirm(self, packet: TunnelConfirm) -> None:
@@ -515,8 +527,17 @@ class RelayConnection:
     async def _on_request(self, packet: RelayRequest) -> None:
         if packet.id in self._requests:
             raise RelayProtocolError(f"request id {packet.id} is already pending")
+        # Beyond either limit the client waits (it is not read meanwhile).
         if not _acquired_nowait(self._request_slots):
-            await self._request_slots.acquire()  # beyond the limit the client waits
+            await self._request_slots.acquire()
+        totals = self._totals
+        if not _acquired_nowait(totals.request_slots):
+            try:
+                await totals.request_slots.acquire()
+            except BaseException:
+                self._request_slots.release()
+                raise
+        totals.pending_requests += 1
         self._requests.add(packet.id)
         self._spawn(self._request, packet)
 
@@ -547,6 +568,8 @@ class RelayConnection:
         finally:
             self._requests.discard(packet.id)
             self._request_slots.release()
+            self._totals.request_slots.release()
+            self._totals.pending_requests -= 1
             self._changed.unpark_all()
 
     async def _on_broadcast(self, packet: Broadcast) -> None:
@@ -578,14 +601,34 @@ class RelayConnection:
             check_name("topic", packet.topic)
         except ConfigError as exc:  # the protocol has no answer to carry it
             raise RelayProtocolError(str(exc)) from None
+        limits, totals = self._limits, self._totals
+        if self._subscriptions >= limits.subscriptions:
+            raise RelayLimitError(
+                f"more than {limits.subscriptions} subscriptions on one connection"
+            )
+        if totals.subscriptions >= limits.total_subscriptions:
+            raise RelayLimitError(
+                f"the node serves {limits.total_subscriptions} subscriptions to relay clients"
+            )
         assert self._work is not None
+        self._subscriptions += 1
+        totals.subscriptions += 1
         await self._work.start(self._quietly, self._subscription, packet.topic)
 
     async def _subscription(
         self, topic: str, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
+        try:
+            await self._subscribe(topic, task_status)
+        finally:
+            self._subscriptions -= 1
+            self._totals.subscriptions -= 1
+
+    async def _subscribe(self, topic: str, task_status: trio.TaskStatus[None]) -> None:
+        limits = self._limits
         with trio.CancelScope() as scope:
-            async with self._node.subscribe(topic, capacity=self._limits.event_buffer) as events:
+            async with self._node.subscribe(topic, capacity=limits.event_buffer) as events:
+                events.limit_bytes(limits.event_bytes, size=len, budget=self._events)
                 self._topics[topic] = (scope, events)
                 self._receivers.add(events)
                 task_status.started()
@@ -597,18 +640,23 @@ class RelayConnection:
                         del self._topics[topic]
 
     async def _forward(self, source: Subscription, packet: Callable[[bytes], Packet]) -> None:
-        """Send what arrives on ``source`` to the client until it closes; everything
-        buffered goes at once each time (the source fills in bursts, and taking
-        one item per turn would let it overflow while the client keeps up)."""
+        """Send what arrives on ``source`` to the client until it closes. An event
+        is taken only while the client's queue has room, so a client that does
+        not read leaves its events in the subscription's bounded buffer (where
+        the oldest are dropped and counted); what is buffered goes at once when
+        there is room (the source fills in bursts)."""
         writer = self._writer
-        async for first in source:
-            await writer.send(packet(first))
-            while True:
+        while True:
+            await writer.wait_room()
+            await source.wait_buffered()
+            while writer.has_room:
                 try:
                     data = source.receive_nowait()
-                except (trio.WouldBlock, trio.ClosedResourceError):
+                except trio.WouldBlock:
                     break
-                await writer.send(packet(data))
+                except trio.ClosedResourceError:
+                    return
+                writer.send_nowait(packet(data))
 
     def _forget_receiver(self, receiver: Subscription) -> None:
         self._receivers.discard(receiver)
@@ -648,11 +696,16 @@ class RelayConnection:
 
     async def _on_tunnel_init(self, packet: TunnelInit) -> None:
         self._check_new_tunnel(packet.tunnel_id)
-        if len(self._tunnels) + len(self._opening) >= self._limits.tunnels:
+        limits, totals = self._limits, self._totals
+        if (
+            len(self._tunnels) + len(self._opening) >= limits.tunnels
+            or totals.tunnels >= limits.total_tunnels
+        ):
             self._counters["tunnels_refused"] += 1
             self._writer.send_nowait(TunnelConfirmed(packet.tunnel_id, True))
         else:
             self._opening.add(packet.tunnel_id)
+            totals.tunnels += 1
             self._spawn(self._open_tunnel, packet)
         await trio.lowlevel.checkpoint_if_cancelled()
 
@@ -674,6 +727,7 @@ class RelayConnection:
             self._writer.send_nowait(TunnelConfirmed(packet.tunnel_id, True))
         finally:
             self._opening.discard(packet.tunnel_id)
+            self._totals.tunnel_closed()
             self._changed.unpark_all()
 
     async def _on_tunnel_allow(self, packet: TunnelAllow) -> None:

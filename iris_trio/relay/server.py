@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Final
 import trio
 
 from .._util import open_unwrapped_nursery
-from .connection import RelayConnection, RelayLimits
+from .connection import RelayConnection
+from .limits import RelayLimits, RelayTotals
 
 if TYPE_CHECKING:
     from .._node import Node
@@ -40,6 +41,13 @@ class RelayStatistics:
         unknown_replies: replies to requests that had already expired.
         events_dropped: events and broadcasts a slow client missed.
         internal_errors: connections ended by a failure of the relay itself.
+        limits_exceeded: connections closed for going beyond a limit
+            (``CLOSE("limit exceeded: ...")``); connections beyond
+            ``RelayLimits.connections`` are denied instead (``denied``).
+        subscriptions / pending_requests / tunnels: what all clients hold now.
+        buffered_bytes: event bytes buffered for all clients now (their
+            subscriptions' buffers; not what waits in their send queues).
+        queued_bytes: bytes waiting in all clients' send queues now.
     """
 
     connections_accepted: int
@@ -50,6 +58,12 @@ class RelayStatistics:
     unknown_replies: int
     events_dropped: int
     internal_errors: int
+    limits_exceeded: int = 0
+    subscriptions: int = 0
+    pending_requests: int = 0
+    tunnels: int = 0
+    buffered_bytes: int = 0
+    queued_bytes: int = 0
 
 
 class Relay:
@@ -63,9 +77,15 @@ class Relay:
         self.limits = limits
         self.counters: Counter[str] = Counter()
         self.connections: set[RelayConnection] = set()
+        self.totals = RelayTotals(limits)
 
     async def _serve_client(self, stream: trio.SocketStream) -> None:
-        connection = RelayConnection(self.node, stream, self.limits, self.counters)
+        refusal = None
+        if len(self.connections) >= self.limits.connections:
+            refusal = f"The node serves {self.limits.connections} relay clients, its most."
+        connection = RelayConnection(
+            self.node, stream, self.limits, self.counters, self.totals, refusal=refusal
+        )
         self.connections.add(connection)
         self.counters["connections_accepted"] += 1
         try:
@@ -90,6 +110,12 @@ class Relay:
             events_dropped=count["events_dropped"]
             + sum(c.events_dropped for c in self.connections),
             internal_errors=count["internal_errors"],
+            limits_exceeded=count["limits_exceeded"],
+            subscriptions=self.totals.subscriptions,
+            pending_requests=self.totals.pending_requests,
+            tunnels=self.totals.tunnels,
+            buffered_bytes=self.totals.events.used,
+            queued_bytes=sum(c.queued_bytes for c in self.connections),
         )
 
 

@@ -106,11 +106,32 @@ class PacketWriter:
         """Something was read: the next packet is probably its answer."""
         self._read_since_write = True
 
-    async def send(self, packet: Packet) -> None:
-        """Queue ``packet``, first waiting while the queue is over its limit."""
+    @property
+    def has_room(self) -> bool:
+        """True while less than ``limit`` bytes are queued (and not closed)."""
+        return self._queued < self._limit and not self._closed
+
+    async def wait_room(self) -> None:
+        """Wait until less than ``limit`` bytes are queued. A checkpoint.
+
+        Raises:
+            anyio.BrokenResourceError: the writer is closed.
+        """
+        await anyio.lowlevel.checkpoint_if_cancelled()
         while self._queued >= self._limit and not self._closed:
             await self._has_room.wait()
-        self.send_nowait(packet)
+        if self._closed:
+            raise anyio.BrokenResourceError("the relay connection is closed")
+
+    async def send(self, packet: Packet) -> None:
+        """Queue ``packet`` once it fits within the limit (a packet larger than
+        the limit waits for an empty queue). A checkpoint."""
+        data = encode(packet)
+        while self._queued and self._queued + len(data) > self._limit and not self._closed:
+            if self._has_room.is_set():
+                self._has_room = anyio.Event()
+            await self._has_room.wait()
+        self.send_bytes_nowait(data)
         await anyio.lowlevel.checkpoint_if_cancelled()
 
     async def flush(self) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Final
 
 import trio
@@ -154,8 +154,13 @@ async def perform_handshake(
     hello: Hello,
     timeout: float,
     codec: FrameCodec | None = None,
+    on_proven: Callable[[], None] | None = None,
 ) -> HandshakeResult:
     """Run the XXpsk0 handshake on ``stream`` within ``timeout`` seconds.
+
+    ``on_proven`` (responder only) is called once the initiator's first message
+    authenticated, i.e. the initiator holds the network key: the listener
+    protects such handshakes from eviction.
 
     Raises:
         HandshakeError: on any failure: timeout, a different key/name/version,
@@ -201,6 +206,8 @@ async def perform_handshake(
                     state.read_message(first)  # no Diffie-Hellman work before this passes
                 except HandshakeError:
                     raise HandshakeError(OTHER_NETWORK) from None
+                if on_proven is not None:
+                    on_proven()
                 stalled = f"the peer stalled: the handshake did not complete within {timeout:g} s"
                 await _send(stream, state.write_message(hello_bytes))
                 last = await messages.next(closed=_GAVE_UP)

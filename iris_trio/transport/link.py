@@ -6,7 +6,13 @@ hands each to the link's consumer. The *writer* drains a bounded queue of
 encoded frames and joins as many as fit into one ``send_all``, which the
 secure stream cuts into records of up to 64 KiB: under load many frames share
 one AEAD operation and one system call. An idle writer sends keepalives; a
-reader that hears nothing for ``idle_timeout`` declares the peer dead.
+link that hears nothing for ``idle_timeout`` declares the peer dead.
+
+Silence is what the peer did, not what this side got round to: it is counted
+only while the reader is waiting for data (not while it works through what
+arrived, nor while this process was too busy to run it), and data waiting
+unread in the socket is no silence either. So a node that spent a long turn
+on other work does not declare its peers dead for it.
 
 Failures of the peer or the network never escape the link's tasks: they end
 the link and are kept as :attr:`Link.close_reason`; operations then raise
@@ -19,6 +25,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+import select
 import struct
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -133,6 +140,8 @@ class Link:
         self._bytes_received = 0
         self._keepalives_sent = 0
         self._last_write = self._last_read = trio.current_time()
+        # Since when the reader waits for data (None: it is working on data).
+        self._listening_since: float | None = None
         self._read_since_write = False
 
     def __repr__(self) -> str:
@@ -144,6 +153,22 @@ class Link:
     def is_open(self) -> bool:
         """True until the link is closing, closed or broken."""
         return not (self._closing or self._close_reason is not None or self._remote_closed)
+
+    @property
+    def silent_for(self) -> float:
+        """Seconds the peer has been silent: how long the reader has been waiting
+        for data with nothing arriving; 0 while it works through what arrived
+        or data waits unread. What liveness checks should judge a peer by."""
+        silent = self._silence()
+        if silent > 0 and _readable(self._secure.transport_stream):
+            return 0.0  # the peer spoke; our reader has not run yet
+        return silent
+
+    def _silence(self) -> float:
+        since = self._listening_since
+        if since is None:
+            return 0.0
+        return max(trio.current_time() - max(since, self._last_read), 0.0)
 
     @property
     def close_reason(self) -> BaseException | None:
@@ -371,7 +396,9 @@ class Link:
         secure, codec, reader = self._secure, self._codec, self._frame_reader
         try:
             while True:
+                self._listening_since = trio.current_time()
                 data = await secure.receive_some()
+                self._listening_since = None
                 self._last_read = trio.current_time()  # the writer watches for silence
                 self._read_since_write = True
                 if not data:
@@ -401,9 +428,15 @@ class Link:
 
     def _check_silence(self) -> None:
         """The peer must be heard from (any record: keepalives are sent when idle)."""
-        silent = trio.current_time() - self._last_read
-        if silent > self.config.idle_timeout:
+        silent = self._silence()
+        if silent > self.config.idle_timeout and not _readable(self._secure.transport_stream):
             raise PeerSilentError(f"nothing received for {silent:.1f} s")
+
+    def _until_silent(self) -> float:
+        """Seconds until the peer counts as silent, if it stays quiet."""
+        since = self._listening_since
+        heard = trio.current_time() if since is None else max(since, self._last_read)
+        return heard + self.config.idle_timeout - trio.current_time()
 
     def _take_batch(self) -> bytes:
         queue = self._queue
@@ -437,7 +470,7 @@ class Link:
                     if self._closing:
                         break
                     self._check_silence()
-                    until_silent = self._last_read + config.idle_timeout - trio.current_time()
+                    until_silent = self._until_silent()
                     with trio.move_on_after(min(config.keepalive_interval, until_silent + 1e-3)):
                         await self._writer_lot.park()
                     self._check_silence()
@@ -489,6 +522,21 @@ async def run_link(
         nursery.start_soon(link._run_reader)
         nursery.start_soon(link._run_writer)
         task_status.started(link)
+
+
+def _readable(stream: trio.abc.Stream) -> bool:
+    """True if data waits unread in ``stream``'s socket (False without one)."""
+    socket = getattr(stream, "socket", None)
+    if socket is None:
+        return False
+    try:
+        if not hasattr(select, "poll"):  # Windows
+            return bool(select.select([socket.fileno()], [], [], 0)[0])
+        poller = select.poll()
+        poller.register(socket.fileno(), select.POLLIN)
+        return bool(poller.poll(0))
+    except (OSError, ValueError):  # closed meanwhile
+        return False
 
 
 def _address_of(stream: trio.abc.Stream) -> str | None:
