@@ -16,7 +16,9 @@ __all__ = [
     "INTERRUPTED",
     "CommandParser",
     "at_least",
+    "byte_size",
     "connect_failure",
+    "format_bytes",
     "host_port",
     "interrupted",
     "leaves",
@@ -111,6 +113,33 @@ def seconds(text: str) -> float:
     if not math.isfinite(value) or value < 0:
         raise argparse.ArgumentTypeError(f"{text!r}: use 0 or a positive number of seconds")
     return value
+
+
+#: The suffixes a size in bytes may carry (binary: 1 KiB is 1,024 bytes).
+_UNITS = {"b": 1, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
+_SIZE = re.compile(r"\s*([0-9]+)\s*([a-z]*)\s*", re.IGNORECASE)
+
+
+def byte_size(text: str) -> int:
+    """An argparse type: a size in bytes, a whole number optionally followed by
+    B, KiB, MiB, GiB or TiB (any case): ``65536``, ``64KiB``, ``16MiB``."""
+    match = _SIZE.fullmatch(text)
+    unit = _UNITS.get(match.group(2).lower() or "b") if match else None
+    if match is None or unit is None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a size in bytes; give a whole number, or one with KiB, MiB "
+            "or GiB (65536, 64KiB, 16MiB, 1GiB)"
+        )
+    return int(match.group(1)) * unit
+
+
+def format_bytes(size: int) -> str:
+    """``size`` as :func:`byte_size` reads it, in the largest unit that divides
+    it: 4194304 is ``4MiB``, 1000 stays ``1000``."""
+    for name, unit in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size and size % unit == 0:
+            return f"{size // unit}{name}"
+    return str(size)
 
 
 def at_least(minimum: int, maximum: int | None = None) -> Callable[[str], int]:

@@ -30,16 +30,20 @@ from .overlay.ids import from_bytes
 from .overlay.trees import AnycastDelivery, BounceDelivery, TreeDelivery
 from .patterns.limits import (
     DEFAULT_HANDLER_LIMIT,
+    DEFAULT_SUBSCRIPTION_BUDGET,
+    DEFAULT_SUBSCRIPTION_BYTES,
     MAX_MESSAGE_SIZE,
     MAX_NAME_LENGTH,
     MAX_TIMEOUT,
     check_count,
     check_message,
     check_name,
+    check_size,
     check_timeout,
 )
 from .patterns.membership import TUNNEL, Membership, wait_in_tree
 from .patterns.pubsub import PubSub
+from .patterns.queue import ByteBudget
 from .patterns.request_frames import RequestReply
 from .patterns.requests import GO, GONE, IncomingRequests, Requester, Responder
 from .patterns.subscription import Subscription
@@ -168,7 +172,13 @@ class Node:
     arrives to the pattern it belongs to.
     """
 
-    def __init__(self, build_driver: Callable[..., OverlayDriver], cluster: str | None) -> None:
+    def __init__(
+        self,
+        build_driver: Callable[..., OverlayDriver],
+        cluster: str | None,
+        *,
+        subscription_bytes: int = DEFAULT_SUBSCRIPTION_BUDGET,
+    ) -> None:
         driver = self._driver = build_driver(upcalls=self)
         self.cluster = cluster
         self._nursery: trio.Nursery | None = None
@@ -180,6 +190,8 @@ class Node:
         self._malformed = 0  # routed pattern messages no pattern could take
         self._membership = Membership(driver, self._cluster_joined, self._cluster_left)
         self._pubsub = PubSub(driver, self._membership)
+        #: The bytes buffered by all embedded subscriptions and broadcast receivers.
+        self._subscription_budget = ByteBudget(subscription_bytes)
         self._requester = Requester(driver)
         self._responder = Responder(driver, self._membership)
         self._tunnels = Tunnels(driver, self._requester, self._membership, self._spawn)
@@ -257,6 +269,15 @@ class Node:
         """``http://HOST:PORT`` of the node's monitor (the port chosen for port
         0), or None without one."""
         return None if self._monitor is None else self._monitor.url
+
+    @property
+    def subscription_budget(self) -> ByteBudget:
+        """The bytes all subscriptions and broadcast receivers of this node
+        buffer together (``used`` now, at most ``max_bytes``: the node's
+        ``subscription_bytes=``); beyond, the one holding the most drops its
+        oldest event (counted there). A relay client's subscriptions count
+        against the relay's limits instead."""
+        return self._subscription_budget
 
     def peers(self) -> list[PeerInfo]:
         """The overlay peers this node has a link to now, by id."""
@@ -358,7 +379,13 @@ class Node:
         await self._pubsub.broadcast(check_name("cluster", cluster), data)
 
     @asynccontextmanager
-    async def subscribe(self, topic: str, *, capacity: int = 1024) -> AsyncIterator[Subscription]:
+    async def subscribe(
+        self,
+        topic: str,
+        *,
+        capacity: int = 1024,
+        max_bytes: int = DEFAULT_SUBSCRIPTION_BYTES,
+    ) -> AsyncIterator[Subscription]:
         """Receive the events of ``topic`` for the ``async with`` body.
 
         Returns once the subscription receives: every event published after it
@@ -371,17 +398,25 @@ class Node:
         Args:
             topic: the topic name.
             capacity: events buffered before the oldest is dropped (and counted).
+            max_bytes: bytes of events buffered before the oldest is dropped
+                (and counted); default 16 MiB. One event is kept whatever its
+                size. All subscriptions of the node together buffer at most its
+                ``subscription_bytes=`` (default 256 MiB; see
+                :attr:`subscription_budget`).
 
         Raises:
-            ConfigError: ``topic`` is empty or too long, or ``capacity`` < 1.
+            ConfigError: ``topic`` is empty or too long, or ``capacity`` or
+                ``max_bytes`` < 1.
             trio.ClosedResourceError: the node has stopped.
         """
         self._check_open()
         check_name("topic", topic)
         check_count("capacity", capacity)
+        check_size("max_bytes", max_bytes)
         self._topics[topic] += 1
         try:
             async with self._pubsub.subscribe(topic, capacity) as subscription:
+                subscription.bound_bytes(max_bytes, self._subscription_budget)
                 yield subscription
         finally:
             self._topics[topic] -= 1
@@ -409,7 +444,11 @@ class Node:
 
     @asynccontextmanager
     async def broadcasts(
-        self, cluster: str | None = None, *, capacity: int = 1024
+        self,
+        cluster: str | None = None,
+        *,
+        capacity: int = 1024,
+        max_bytes: int = DEFAULT_SUBSCRIPTION_BYTES,
     ) -> AsyncIterator[Subscription]:
         """Receive broadcasts for the ``async with`` body.
 
@@ -418,16 +457,22 @@ class Node:
         :meth:`join`) and receives that cluster's broadcasts only. Returns once
         the broadcasts sent from then on reach the receiver (the node has joined
         the overlay and each cluster's tree has taken it in; 5 s at most each).
+        ``capacity`` and ``max_bytes`` bound the receiver's buffer as
+        :meth:`subscribe`'s (the oldest broadcast goes, counted), and it counts
+        against the node's :attr:`subscription_budget` too.
 
         Raises:
-            ConfigError: ``cluster`` is empty or too long, or ``capacity`` < 1.
+            ConfigError: ``cluster`` is empty or too long, or ``capacity`` or
+                ``max_bytes`` < 1.
             trio.ClosedResourceError: the node has stopped.
         """
         self._check_open()
         check_count("capacity", capacity)
+        check_size("max_bytes", max_bytes)
         if cluster is not None:
             check_name("cluster", cluster)
         async with self._pubsub.broadcasts(cluster, capacity) as receiver:
+            receiver.bound_bytes(max_bytes, self._subscription_budget)
             yield receiver
 
     # ----------------------------------------------------------- request / reply
@@ -703,6 +748,7 @@ async def serve_node(
     config: OverlayConfig | None = None,
     transport: Transport | None = None,
     monitor: str | None = None,
+    subscription_bytes: int = DEFAULT_SUBSCRIPTION_BUDGET,
     task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run a node until cancelled (the composable form of :func:`join`).
@@ -720,6 +766,7 @@ async def serve_node(
     global _dev_warned  # noqa: PLW0603 - once per process
     if cluster is not None:
         check_name("cluster", cluster)
+    check_size("subscription_bytes", subscription_bytes)
     chosen = _network(network, key)
     dev = chosen is DEV_NETWORK
     settings: DiscoveryConfig | None = None
@@ -754,7 +801,7 @@ async def serve_node(
         transport=transport,
         loopback_only=loopback_only,
     )
-    node = Node(build, cluster)
+    node = Node(build, cluster, subscription_bytes=subscription_bytes)
     listeners = None
     if monitor is not None:
         from .monitor import bind_monitor  # noqa: PLC0415 - only when asked
@@ -796,6 +843,7 @@ async def join(
     config: OverlayConfig | None = None,
     transport: Transport | None = None,
     monitor: str | None = None,
+    subscription_bytes: int = DEFAULT_SUBSCRIPTION_BUDGET,
 ) -> AsyncIterator[Node]:
     """Join the overlay (as a member of ``cluster``, if given) for the ``async with`` body.
 
@@ -817,6 +865,11 @@ async def join(
             docs/operations.md), as one more task of the node's; port 0 picks a
             free port, which :attr:`Node.monitor_url` shows. Default: none.
             Give a host other than loopback only to let other hosts read it.
+        subscription_bytes: the most bytes all the node's subscriptions and
+            broadcast receivers buffer together (default 256 MiB); beyond,
+            the one holding the most drops its oldest event (counted there).
+            Each also buffers at most its own ``max_bytes=`` (see
+            :meth:`Node.subscribe`).
 
     Network failures never escape; the body's own exception leaves unwrapped.
     On exit the node leaves the overlay gracefully.
@@ -840,6 +893,7 @@ async def join(
                 config=config,
                 transport=transport,
                 monitor=monitor,
+                subscription_bytes=subscription_bytes,
                 task_status=task_status,
             )
         )

@@ -2,11 +2,14 @@
 protocol to local clients (Iris client libraries, :func:`iris_trio.connect`).
 
 It prints one JSON line when ready (relay port, node id, address, monitor,
-peers) and, with ``--status-interval``, a JSON status line periodically; with
-``--monitor`` it serves its figures over HTTP, in the node's own task tree (see
-:mod:`iris_trio.monitor`). SIGINT or SIGTERM make it close every client (CLOSE
-with a reason), leave the overlay gracefully and exit 0. Every flag has an
-environment variable (IRIS_TRIO_*); a flag given on the command line wins.
+peers, the relay's limits) and, with ``--status-interval``, a JSON status line
+periodically; with ``--monitor`` it serves its figures over HTTP, in the node's
+own task tree (see :mod:`iris_trio.monitor`). SIGINT or SIGTERM make it close
+every client (CLOSE with a reason), leave the overlay gracefully and exit 0.
+Every flag has an environment variable (IRIS_TRIO_*); a flag given on the
+command line wins. The relay's limits (:class:`~iris_trio.relay.RelayLimits`)
+are set with ``--relay-limit NAME=VALUE`` (repeatable) or
+``IRIS_TRIO_RELAY_LIMITS``.
 
 Mistakes (a port in use, an address that is not this host's, a missing key
 file, an invalid environment value...) are reported in one or two lines on
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import errno
 import functools
 import json
@@ -24,6 +28,7 @@ import os
 import signal
 import socket
 import sys
+import textwrap
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -32,6 +37,8 @@ import trio
 from ._command import (
     INTERRUPTED,
     CommandParser,
+    byte_size,
+    format_bytes,
     host_port,
     interrupted,
     leaves,
@@ -45,7 +52,8 @@ from .crypto.keys import DEV_NETWORK, Network, NetworkKey
 from .errors import ConfigError, KeyFormatError
 from .monitor import DEFAULT_MONITOR_PORT, MonitorAddressError
 from .overlay.driver import split_address
-from .relay import DEFAULT_PORT, Relay, serve_relay
+from .patterns.limits import MAX_COUNT, MAX_TIMEOUT
+from .relay import DEFAULT_PORT, Relay, RelayLimits, serve_relay
 
 __all__ = ["main"]
 
@@ -61,11 +69,11 @@ dev nodes on this host, with a published key that is not secret. With --net NAME
 and --key FILE (or --rsa FILE) it joins a real network: it listens on all
 interfaces and finds its peers on the LAN."""
 
-_EPILOG: Final = f"""\
+_EPILOG: Final = """\
 output:
-  stdout  one JSON line when ready: {{"event": "ready", "relay_port": ..., "node_id": ...,
-          "address": ..., "monitor": ..., "peers": ...}}; a JSON status line every --status-interval
-          seconds; {{"event": "stopped", ...}} at the end
+  stdout  one JSON line when ready: {"event": "ready", "relay_port": ..., "node_id": ...,
+          "address": ..., "monitor": ..., "peers": ..., "relay_limits": {...}}; a JSON
+          status line every --status-interval seconds; {"event": "stopped", ...} at the end
   stderr  log records (--log-level, --log-format) and error messages
 
 stopping:
@@ -82,13 +90,16 @@ environment:
   IRIS_TRIO_DEV (1/true/yes or 0/false/no), IRIS_TRIO_NET, IRIS_TRIO_KEY, IRIS_TRIO_RSA,
   IRIS_TRIO_LISTEN, IRIS_TRIO_PORT, IRIS_TRIO_SEEDS (comma-separated), IRIS_TRIO_DISCOVERY,
   IRIS_TRIO_IDENTITY, IRIS_TRIO_STATUS_INTERVAL, IRIS_TRIO_MONITOR, IRIS_TRIO_LOG_LEVEL,
-  IRIS_TRIO_LOG_FORMAT.
-  IRIS_TRIO_TRACEBACK=1 prints the traceback of an unexpected error (for a bug report).
+  IRIS_TRIO_LOG_FORMAT, IRIS_TRIO_RELAY_LIMITS (NAME=VALUE,NAME=VALUE; a --relay-limit wins
+  for its NAME).
+  IRIS_TRIO_TRACEBACK=1 prints the traceback of an unexpected error (for a bug report)."""
 
+_EXAMPLES: Final = f"""\
 examples:
   iris-trio node --dev --status-interval 1        the dev network, relay on port {DEFAULT_PORT}
   iris-trio node --dev --port 0                   a second node on this host
   iris-trio node --dev --monitor                  with its monitor: iris-trio status, top
+  iris-trio node --dev --relay-limit subscriptions=64 --relay-limit total_buffered_bytes=1GiB
   iris-trio keygen net.key && iris-trio node --net prod --key net.key --listen 10.0.0.5:0"""
 
 _TRUE: Final = frozenset({"1", "true", "yes", "on"})
@@ -168,6 +179,160 @@ def _text(text: str) -> str | None:
     return text or None
 
 
+# ------------------------------------------------------------ relay limits
+
+_RELAY_LIMITS_VARIABLE: Final = "IRIS_TRIO_RELAY_LIMITS"
+#: RelayLimits' fields by name, in their order.
+_LIMITS: Final = {field.name: field for field in dataclasses.fields(RelayLimits)}
+
+
+def _limit_kind(name: str) -> str:
+    """How a RelayLimits field is written: "seconds" (a float field), "bytes"
+    (an int field named ``*bytes``, ``*_window`` or ``*_message``) or "count"."""
+    if isinstance(_LIMITS[name].default, float):
+        return "seconds"
+    return "bytes" if name.endswith(("bytes", "_window", "_message")) else "count"
+
+
+def _limit_value(name: str, text: str) -> int | float:
+    """The value of the limit ``name`` written as ``text``.
+
+    Raises:
+        argparse.ArgumentTypeError: it is not a value of that kind, or out of range.
+    """
+    kind = _limit_kind(name)
+    if kind == "seconds":
+        try:
+            value = float(text.strip().removesuffix("s"))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a number of seconds ({name} is a time)"
+            ) from None
+        if not 0 < value <= MAX_TIMEOUT:  # NaN fails this too
+            raise argparse.ArgumentTypeError(
+                f"{name} must be more than 0 and at most {MAX_TIMEOUT:g} seconds, not {text}"
+            )
+        return value
+    if kind == "bytes":
+        number = byte_size(text)
+        most = MAX_COUNT if not name.endswith("bytes") else None
+    else:
+        try:
+            number = int(text.strip(), 10)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a whole number ({name} is a count)"
+            ) from None
+        most = MAX_COUNT
+    if most is not None and number > most:
+        raise argparse.ArgumentTypeError(f"{name} must be at most {most}, not {number}")
+    return number
+
+
+def _limit_setting(spec: str, source: str) -> tuple[str, int | float]:
+    """One NAME=VALUE of ``source`` (the flag or the variable) as (field, value).
+
+    Raises:
+        _UserError: an unknown name, or a value the limit does not take (status 2).
+    """
+    name, equals, text = spec.partition("=")
+    name = name.strip().lower().replace("-", "_")
+    if not equals or not name or not text.strip():
+        raise _UserError(
+            f"{source} {spec!r} is not NAME=VALUE (e.g. subscriptions=512 or "
+            "total_buffered_bytes=128MiB; the names are in --help)",
+            status=2,
+        )
+    if name not in _LIMITS:
+        near = difflib.get_close_matches(name, _LIMITS, n=1)
+        hint = f"did you mean {near[0]}? " if near else ""
+        raise _UserError(
+            f"{source} {spec.strip()!r}: no relay limit is called {name!r}; {hint}the "
+            f"limits are {', '.join(_LIMITS)}",
+            status=2,
+        )
+    try:
+        value = _limit_value(name, text)
+        RelayLimits(**{name: value})  # type: ignore[arg-type]  # its own checks
+    except (argparse.ArgumentTypeError, ConfigError) as exc:
+        raise _UserError(f"{source} {spec.strip()!r}: {exc}", status=2) from None
+    return name, value
+
+
+def _relay_limits(flags: list[str] | None) -> RelayLimits:
+    """The relay's limits: its defaults, then IRIS_TRIO_RELAY_LIMITS, then each
+    --relay-limit (the last one of a name wins).
+
+    Raises:
+        _UserError: an unknown name or an invalid value (status 2).
+    """
+    settings: dict[str, int | float] = {}
+    variable = os.environ.get(_RELAY_LIMITS_VARIABLE, "")
+    for spec in variable.split(","):
+        if spec.strip():
+            name, value = _limit_setting(spec, _RELAY_LIMITS_VARIABLE)
+            settings[name] = value
+    for spec in flags or ():
+        name, value = _limit_setting(spec, "--relay-limit")
+        settings[name] = value
+    try:
+        return RelayLimits(**settings)  # type: ignore[arg-type]
+    except ConfigError as exc:
+        raise _UserError(f"relay limits: {exc}", status=2) from None
+
+
+def _show_limit(name: str, value: float) -> str:
+    """A limit's value as the flag takes it (``4MiB``, ``10s``, ``1024``)."""
+    kind = _limit_kind(name)
+    if kind == "seconds":
+        return f"{value:g}s"
+    return format_bytes(int(value)) if kind == "bytes" else str(value)
+
+
+def _limit_descriptions() -> dict[str, str]:
+    """Each limit's description, from RelayLimits' docstring (its Attributes)."""
+    described: dict[str, str] = {}
+    current = None
+    in_attributes = False
+    for line in (RelayLimits.__doc__ or "").splitlines():
+        text = line.strip()
+        if text.endswith(":") and " " not in text:  # a section: Attributes:, Raises:
+            in_attributes = text == "Attributes:"
+            current = None
+            continue
+        if not in_attributes or not text:
+            continue
+        name, colon, rest = text.partition(": ")
+        if colon and name in _LIMITS:
+            current = name
+            described[name] = rest
+        elif current is not None:
+            described[current] += " " + text
+    return described
+
+
+def _limits_help() -> str:
+    """The "relay limits" section of --help: every limit, its default and meaning."""
+    defaults = RelayLimits()
+    descriptions = _limit_descriptions()
+    width = max(map(len, _LIMITS))
+    lines = [
+        "relay limits:",
+        "  --relay-limit NAME=VALUE (repeatable) or IRIS_TRIO_RELAY_LIMITS=NAME=VALUE,...",
+        "  (the flag wins for its NAME). Counts are whole numbers, sizes bytes (65536,",
+        "  64KiB, 16MiB, 1GiB), times seconds. total_* and connections count for all",
+        "  relay clients together, the others per client connection (docs/relay.md).",
+        f"  {'NAME':{width}}  DEFAULT",
+    ]
+    for name in _LIMITS:
+        shown = f"  {name:{width}}  {_show_limit(name, getattr(defaults, name)):8}"
+        meaning = descriptions.get(name, "")
+        wrapped = textwrap.wrap(meaning, 88 - len(shown) - 1) or [""]
+        lines.append(f"{shown} {wrapped[0]}".rstrip())
+        lines += [" " * (len(shown) + 1) + more for more in wrapped[1:]]
+    return "\n".join(lines)
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Option:
     dest: str
@@ -195,7 +360,8 @@ _OPTIONS: Final = (
 
 
 def _parser() -> CommandParser:
-    parser = CommandParser(prog=_PROG, description=_DESCRIPTION, epilog=_EPILOG)
+    epilog = f"{_EPILOG}\n\n{_limits_help()}\n\n{_EXAMPLES}"
+    parser = CommandParser(prog=_PROG, description=_DESCRIPTION, epilog=epilog)
     add = parser.add_argument
     add(
         "--dev",
@@ -265,6 +431,14 @@ def _parser() -> CommandParser:
         "(Prometheus) and / (a live dashboard), read-only; a bare PORT means "
         f"127.0.0.1:PORT; no value: 127.0.0.1:{DEFAULT_MONITOR_PORT}, where 'iris-trio "
         "status' looks; port 0: any free port, shown in the ready line (default: none)",
+    )
+    add(
+        "--relay-limit",
+        metavar="NAME=VALUE",
+        action="append",
+        help="set one of the relay's limits (repeatable): NAME is a limit listed under "
+        "'relay limits' below, VALUE a count, a size (65536, 64KiB, 16MiB, 1GiB) or "
+        "seconds; e.g. --relay-limit subscriptions=512 (default: the limits shown there)",
     )
     add(
         "--log-level",
@@ -588,7 +762,9 @@ async def _run(args: argparse.Namespace, network: Network, identity: NodeIdentit
             node_id = node.statistics().node_id
             async with trio.open_nursery() as clients:
                 try:
-                    relay: Relay = await clients.start(serve_relay, node, args.port)
+                    relay: Relay = await clients.start(
+                        functools.partial(serve_relay, node, args.port, limits=args.relay_limits)
+                    )
                 except Exception as exc:
                     message = _relay_problem(exc, args.port)
                     if message is None:
@@ -606,6 +782,7 @@ async def _run(args: argparse.Namespace, network: Network, identity: NodeIdentit
                         "network": network.name,
                         "discovery": args.discovery or ("loopback" if network.is_dev else "lan"),
                         "peers": node.statistics().peers,
+                        "relay_limits": dataclasses.asdict(relay.limits),
                     }
                 )
                 if args.status_interval > 0:
@@ -627,6 +804,7 @@ def _prepare(argv: list[str]) -> tuple[argparse.Namespace, Network, NodeIdentity
     """Parse and check everything that can be checked before the node starts."""
     args = _parser().parse_args(argv)
     sources = _resolve(args)
+    args.relay_limits = _relay_limits(args.relay_limit)
     configure_logging(args.log_level, args.log_format)
     network = _network(args, sources)
     if args.listen is not None:

@@ -11,13 +11,17 @@ from ..errors import ConfigError, MessageTooLargeError
 __all__ = [
     "DEFAULT_HANDLER_LIMIT",
     "DEFAULT_REQUEST_TIMEOUT",
+    "DEFAULT_SUBSCRIPTION_BUDGET",
+    "DEFAULT_SUBSCRIPTION_BYTES",
     "MAX_COUNT",
     "MAX_MESSAGE_SIZE",
     "MAX_NAME_LENGTH",
+    "MAX_SIZE",
     "MAX_TIMEOUT",
     "check_count",
     "check_message",
     "check_name",
+    "check_size",
     "check_timeout",
 ]
 
@@ -32,6 +36,14 @@ MAX_NAME_LENGTH: Final = 1024
 #: The most requests one member handles at once (limit=), and the largest
 #: subscription buffer (capacity=), tunnel backlog and window.
 MAX_COUNT: Final = 2**31 - 1
+#: The largest byte bound (max_bytes=, subscription_bytes=): 2**63 - 1.
+MAX_SIZE: Final = 2**63 - 1
+#: Bytes one embedded subscription (or broadcast receiver) buffers unless told
+#: otherwise (max_bytes=); beyond, its oldest event is dropped.
+DEFAULT_SUBSCRIPTION_BYTES: Final = 16 * 1024 * 1024
+#: Bytes all embedded subscriptions of one node buffer together unless told
+#: otherwise (subscription_bytes=); beyond, the fullest drops its oldest event.
+DEFAULT_SUBSCRIPTION_BUDGET: Final = 256 * 1024 * 1024
 #: Requests a member handles at once unless told otherwise (as Iris: 4 x CPU).
 DEFAULT_HANDLER_LIMIT: Final = 4 * (os.cpu_count() or 1)
 
@@ -80,4 +92,14 @@ def check_count(what: str, value: int) -> int:
         raise TypeError(f"{what} must be an int, not {type(value).__name__}")
     if not 1 <= value <= MAX_COUNT:
         raise ConfigError(f"{what} must be at least 1 (and at most {MAX_COUNT}), not {value}")
+    return value
+
+
+def check_size(what: str, value: int) -> int:
+    """Return ``value`` if it is an int from 1 to MAX_SIZE (a number of bytes);
+    else raise ConfigError (TypeError if it is not an int)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{what} must be an int (bytes), not {type(value).__name__}")
+    if not 1 <= value <= MAX_SIZE:
+        raise ConfigError(f"{what} must be at least 1 byte (and at most {MAX_SIZE}), not {value}")
     return value

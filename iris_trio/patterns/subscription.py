@@ -7,7 +7,8 @@ from collections.abc import Callable
 
 import trio
 
-from .queue import BoundedQueue, Overflow, QueueStatistics
+from .limits import DEFAULT_SUBSCRIPTION_BYTES
+from .queue import BoundedQueue, ByteBudget, Overflow, QueueStatistics
 
 __all__ = ["Subscription", "SubscriptionStatistics"]
 
@@ -37,7 +38,11 @@ class SubscriptionStatistics:
 class Subscription(BoundedQueue[bytes]):
     """The events of one topic (or a cluster's broadcasts), as a trio receive channel.
 
-    The buffer is bounded; when an event arrives while it is full, the oldest
+    The buffer is bounded in events and in bytes: DEFAULT_SUBSCRIPTION_BYTES
+    from the start (while the subscription joins its tree), then as
+    :meth:`bound_bytes` says (the node calls it before it hands the
+    subscription out), alone and with the other subscriptions of a
+    :class:`ByteBudget`. When an event arrives while it is full, the oldest
     buffered event is dropped and counted (``statistics().dropped``): a
     subscriber that falls behind loses events, nobody else does.
     """
@@ -46,13 +51,28 @@ class Subscription(BoundedQueue[bytes]):
         self, topic: str, capacity: int, *, tree: int, on_close: Callable[[Subscription], None]
     ) -> None:
         super().__init__(
-            capacity, Overflow.DROP_OLDEST, closed_message="the subscription was closed"
+            capacity,
+            Overflow.DROP_OLDEST,
+            max_bytes=DEFAULT_SUBSCRIPTION_BYTES,
+            size=len,
+            closed_message="the subscription was closed",
         )
         self.topic = topic
         self.tree = tree
         self._on_close = on_close
         #: Events known to have been missed (see SubscriptionStatistics).
         self.missed = 0
+
+    def bound_bytes(self, max_bytes: int, budget: ByteBudget | None = None) -> None:
+        """Buffer at most ``max_bytes`` of events (one event is kept whatever
+        its size) and, with ``budget``, at most its bytes together with its
+        other members. What is already buffered beyond goes now, oldest first
+        (counted as dropped). Not a checkpoint."""
+        self.limit_bytes(max_bytes, size=len, budget=budget)
+        while len(self) > 1 and self.buffered_bytes > max_bytes:
+            self._drop_oldest()
+        if budget is not None:
+            budget.make_room(0)
 
     def statistics(self) -> SubscriptionStatistics:  # type: ignore[override]
         """The subscription's counters (see :class:`SubscriptionStatistics`)."""
