@@ -157,3 +157,41 @@ def test_a_lone_node_keeps_dialling_its_seeds_with_growing_pauses() -> None:
         node.received(now, B_ID, Heartbeat())  # the peer stays alive
         node.tick(now)
         assert not [e for e in node.take_effects() if isinstance(e, Connect)]
+
+
+def test_a_peer_is_judged_by_what_arrived_not_by_what_was_read() -> None:
+    # This node was busy for 10 s (say, a flood of work in one turn): nothing
+    # from B was read, but its link says data arrived a moment ago. B stays.
+    config = OverlayConfig()
+    a, _ = linked_pair(config)
+    a.heard(B_ID, 9.9)
+    a.tick(10.0)
+    assert a.is_connected(B_ID)
+    # Without such evidence, a peer silent for longer than dead_after goes.
+    a.tick(10.0 + config.dead_after + 0.1)
+    assert not a.is_connected(B_ID)
+    a.heard(B_ID, 20.0)  # evidence about a peer no longer connected: ignored
+    assert not a.is_connected(B_ID)
+
+
+def test_a_node_in_thousands_of_trees_does_no_work_per_tree_between_scans() -> None:
+    config = OverlayConfig()
+    a, _ = linked_pair(config)
+    trees = TreeNode(a)
+    for tree in range(1, 3001):
+        trees.join(0.0, tree << 100)
+    trees.take_effects()
+    trees.tick(0.0)  # a full scan
+    scanned: list[int] = []
+    original = trees._check_place
+
+    def counting(tree: int, state: object) -> bool:
+        scanned.append(tree)
+        return original(tree, state)  # type: ignore[arg-type]
+
+    trees._check_place = counting  # type: ignore[method-assign]
+    trees.set_spare(0.001, 1 << 100, 5)
+    trees.tick(0.05)  # between scans: only the tree with a deferred report
+    assert len(scanned) <= 1
+    trees.tick(0.3)  # the next scan: every tree
+    assert len(scanned) >= 3000

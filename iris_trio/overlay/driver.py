@@ -284,7 +284,10 @@ class OverlayDriver:
         while True:
             with trio.CancelScope(deadline=self.trees.next_deadline()) as self._tick_scope:
                 await trio.sleep_forever()
-            self.trees.tick(trio.current_time())
+            now = trio.current_time()
+            for node, link in self._links.items():  # what arrived counts, read or not
+                self.overlay.heard(node, now - link.silent_for)
+            self.trees.tick(now)
             self._flush()
 
     # ------------------------------------------------------------------- links
@@ -685,7 +688,17 @@ class OverlayDriver:
         else:
             state = self.trees.trees.get(tree)
             nodes = state.children if state is not None else ()
-        return [link for n in nodes if (link := self._links.get(n)) is not None]
+        # A link that does not keep up loses its own events: nobody waits for it.
+        return [
+            link
+            for n in nodes
+            if (link := self._links.get(n)) is not None and not self._gave_up(n, link)
+        ]
+
+    def _gave_up(self, node: int, link: Link) -> bool:
+        """True for a link that has been behind without draining (see _behind)."""
+        behind = self._behind(node, link)  # (keeps the bookkeeping current)
+        return not behind and node in self._behind_since
 
     def leave_tree(self, tree: int) -> None:
         """Stop being a member of ``tree``."""

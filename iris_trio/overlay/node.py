@@ -474,6 +474,14 @@ class OverlayNode:
         self._now = now
         self._drop(node, now, reason=None)
 
+    def heard(self, node: int, at: float) -> None:
+        """Evidence from the link to ``node`` that the peer spoke at ``at`` (data
+        arrived then, perhaps not read yet): liveness is judged by what the peer
+        sent, not by whether this node got round to reading it."""
+        peer = self._peers.get(node)
+        if peer is not None and at > peer.last_heard:
+            peer.last_heard = at
+
     def received(self, now: float, node: int, frame: Frame) -> None:
         """``frame`` arrived from the connected peer ``node``.
 

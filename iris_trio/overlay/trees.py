@@ -153,6 +153,10 @@ class TreeConfig:
             was published while the tree moved (duplicates are dropped).
         handover_frames / handover_bytes: the most event frames (and bytes) held
             or kept per tree for that.
+        scan_interval: every tree's timers (heartbeats, silent children, its
+            place) are checked this often; between, a tick touches only the
+            trees with a deferred capacity report, so that a node in thousands
+            of trees does no work per tree on each frame or short tick.
     """
 
     heartbeat_interval: float = 1.0
@@ -161,6 +165,7 @@ class TreeConfig:
     report_interval: float = 0.02
     settle_time: float = 0.5
     handover_window: float = 1.0
+    scan_interval: float = 0.25
     handover_frames: int = 256
     handover_bytes: int = 4 * 1024 * 1024
 
@@ -257,6 +262,12 @@ class TreeNode:
         # tree -> (since, frames, bytes): events routed here for a tree this node
         # is not in yet (it may be becoming the root; see handover_window).
         self._held: dict[int, tuple[float, list[TreePublish], int]] = {}
+        # Work of tick(): all trees at most every scan_interval, and between
+        # scans only the trees with a deferred report; the overlay's pinned
+        # links are recomputed then too (it reads them only when it ticks).
+        self._next_scan = -math.inf
+        self._due: set[int] = set()
+        self._pins_stale = False
         #: tree -> until when this node, as a publisher, should publish nothing
         #: more on it (a branch asked it to slow down; see TreeSlow).
         self.paused_until: dict[int, float] = {}
@@ -348,13 +359,21 @@ class TreeNode:
         """Timers of the overlay and of every tree."""
         self._now = now
         self._report_due = math.inf
+        if self._pins_stale:
+            self._recompute_pins()
         self.overlay.tick(now)
         config = self.config
         for tree, (since, frames, _) in list(self._held.items()):
             if now - since > config.handover_window:
                 del self._held[tree]  # nobody joined: the tree has no members
                 self.events_orphaned += sum(len(frame.events) for frame in frames)
-        for tree, state in list(self.trees.items()):
+        if now >= self._next_scan:
+            self._next_scan = now + config.scan_interval
+            due = list(self.trees.items())
+        else:
+            due = [(tree, self.trees[tree]) for tree in self._due if tree in self.trees]
+        self._due = set()
+        for tree, state in due:
             if state.replay is not None and now >= state.replay_until:
                 state.replay, state.replay_bytes = None, 0
             for child, heard in list(state.children.items()):
@@ -367,14 +386,19 @@ class TreeNode:
             ):
                 self._report(tree, state)
             elif state.report_pending:
-                self._report_due = min(self._report_due, state.reported_at + config.report_interval)
+                self._defer(tree, state.reported_at + config.report_interval)
             if state.own_view_pending:
-                due = state.own_view_at + config.report_interval
-                if now >= due:
+                view_due = state.own_view_at + config.report_interval
+                if now >= view_due:
                     self._refresh_own_view(state)
                 else:
-                    self._report_due = min(self._report_due, due)
+                    self._defer(tree, view_due)
         self._pin()
+
+    def _defer(self, tree: int, due: float) -> None:
+        """Tick again by ``due`` for ``tree`` (a deferred report)."""
+        self._due.add(tree)
+        self._report_due = min(self._report_due, due)
 
     def topology_changed(self, now: float) -> None:
         """A peer connected or went away: trees whose root moved or whose parent
@@ -418,7 +442,7 @@ class TreeNode:
                 self._refresh_own_view(state)
             else:
                 state.own_view_pending = True
-                self._report_due = min(self._report_due, due)
+                self._defer(tree, due)
             self._report_change(tree, state)
 
     def _refresh_own_view(self, state: TreeState) -> None:
@@ -455,7 +479,7 @@ class TreeNode:
             self._report(tree, state)  # (what the subtree takes changes rarely: at once)
         else:
             state.report_pending = True
-            self._report_due = min(self._report_due, due)
+            self._defer(tree, due)
 
     @property
     def report_due(self) -> float:
@@ -811,6 +835,10 @@ class TreeNode:
         self._streams.forget_tree(tree)
 
     def _pin(self) -> None:
+        self._pins_stale = True  # recomputed when next needed (see tick)
+
+    def _recompute_pins(self) -> None:
+        self._pins_stale = False
         pinned: set[int] = set()
         for state in self.trees.values():
             pinned.update(state.children)

@@ -30,6 +30,8 @@ log = logging.getLogger("iris_trio")
 
 #: publish()/broadcast() calls between two yields to the scheduler.
 _YIELD_EVERY: Final = 64
+#: How often a publisher waiting for a full link looks again at which links it waits for.
+_RECHECK_LINKS: Final = 0.25
 #: A batch of events is sent once it holds this many bytes (or MAX_EVENTS events).
 _BATCH_BYTES: Final = 64 * 1024
 #: The tree id of receivers of every cluster this node is a member of.
@@ -80,12 +82,17 @@ class PubSub:
             await trio.sleep_until(paused_until)
             waited = True
         if tree not in self._outgoing:  # once per batch: where the batch will leave
-            for link in port.tree_links(tree):
-                if not link.has_send_capacity:
-                    # A link that is going raises here: the overlay reroutes, so go on.
-                    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                        await link.wait_send_capacity()
-                        waited = True
+            while blocked := [link for link in port.tree_links(tree) if not link.has_send_capacity]:
+                # Looked at again now and then: a link that stops keeping up is
+                # left out (it loses its own events). A link that is going
+                # raises here: the overlay reroutes, so go on.
+                with (
+                    trio.move_on_after(_RECHECK_LINKS),
+                    contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
+                ):
+                    await blocked[0].wait_send_capacity()
+                await trio.lowlevel.checkpoint()  # (a broken link raises at once)
+                waited = True
         self._queue_event(tree, data)
         self._sent += 1
         if not waited and self._sent % _YIELD_EVERY == 0:

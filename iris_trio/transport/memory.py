@@ -16,6 +16,7 @@ control still do).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import weakref
@@ -222,9 +223,9 @@ class MemoryNetwork:
             raise ValueError("bytes_per_second must be positive")
         self._rates[address] = bytes_per_second
         for send_stream in self._towards.get(address, ()):
-            send_stream.send_all_hook = _throttled(
-                send_stream, self._receiver[send_stream], bytes_per_second
-            )
+            receive_stream = self._receiver[send_stream]
+            send_stream.send_all_hook = _throttled(send_stream, receive_stream, bytes_per_second)
+            send_stream.close_hook = _closing(send_stream, receive_stream)
 
     def _aim(
         self,
@@ -237,6 +238,7 @@ class MemoryNetwork:
         rate = self._rates.get(address)
         if rate is not None:
             send_stream.send_all_hook = _throttled(send_stream, receive_stream, rate)
+            send_stream.close_hook = _closing(send_stream, receive_stream)
 
     def revive(self, address: str) -> None:
         """Let a killed node at ``address`` connect and be connected to again."""
@@ -277,6 +279,10 @@ class MemoryNetwork:
             self._untrack(connection, source, address)
 
 
+#: Bytes a throttled connection delivers at a time.
+_THROTTLE_PIECE = 16 * 1024
+
+
 def _throttled(
     send_stream: trio.testing.MemorySendStream,
     receive_stream: trio.testing.MemoryReceiveStream,
@@ -285,21 +291,40 @@ def _throttled(
     """A send hook that delivers what was written after the time it takes at ``rate``."""
 
     async def deliver() -> None:
-        try:
-            data = send_stream.get_data_nowait()
-        except trio.WouldBlock:
-            return
-        if data:
-            await trio.sleep(len(data) / rate)
-        try:
+        # In pieces, as a network path trickles: the receiver sees data arrive
+        # all along, not one burst after the whole write's time.
+        while True:
+            try:
+                data = send_stream.get_data_nowait(_THROTTLE_PIECE)
+            except trio.WouldBlock:
+                return
             if data:
-                receive_stream.put_data(data)
-            else:
-                receive_stream.put_eof()
-        except trio.ClosedResourceError:
-            raise trio.BrokenResourceError("the receiving end was closed") from None
+                await trio.sleep(len(data) / rate)
+            try:
+                if data:
+                    receive_stream.put_data(data)
+                else:
+                    receive_stream.put_eof()
+                    return
+            except trio.ClosedResourceError:
+                raise trio.BrokenResourceError("the receiving end was closed") from None
 
     return deliver
+
+
+def _closing(
+    send_stream: trio.testing.MemorySendStream,
+    receive_stream: trio.testing.MemoryReceiveStream,
+) -> Callable[[], None]:
+    """A close hook for a throttled stream: what is still on the way arrives at
+    once (the time no longer matters), unless the receiver has gone."""
+
+    def close() -> None:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            trio.testing.memory_stream_pump(send_stream, receive_stream)
+            trio.testing.memory_stream_pump(send_stream, receive_stream)  # the EOF
+
+    return close
 
 
 async def _reset() -> None:
