@@ -415,8 +415,8 @@ class Node:
         check_size("max_bytes", max_bytes)
         self._topics[topic] += 1
         try:
-            async with self._pubsub.subscribe(topic, capacity) as subscription:
-                subscription.bound_bytes(max_bytes, self._subscription_budget)
+            budget = self._subscription_budget
+            async with self._pubsub.subscribe(topic, capacity, max_bytes, budget) as subscription:
                 yield subscription
         finally:
             self._topics[topic] -= 1
@@ -471,8 +471,8 @@ class Node:
         check_size("max_bytes", max_bytes)
         if cluster is not None:
             check_name("cluster", cluster)
-        async with self._pubsub.broadcasts(cluster, capacity) as receiver:
-            receiver.bound_bytes(max_bytes, self._subscription_budget)
+        budget = self._subscription_budget
+        async with self._pubsub.broadcasts(cluster, capacity, max_bytes, budget) as receiver:
             yield receiver
 
     # ----------------------------------------------------------- request / reply

@@ -22,6 +22,7 @@ from ..overlay.tree_frames import MAX_EVENTS
 from ..overlay.trees import TreeDelivery
 from .limits import check_message
 from .membership import CLUSTER, TOPIC, Membership, wait_in_tree
+from .queue import ByteBudget
 from .subscription import Subscription
 
 __all__ = ["PubSub"]
@@ -135,10 +136,15 @@ class PubSub:
     # --------------------------------------------------------------- receiving
 
     @asynccontextmanager
-    async def subscribe(self, topic: str, capacity: int) -> AsyncIterator[Subscription]:
-        """Receive the events of ``topic`` for the body (see Node.subscribe)."""
+    async def subscribe(
+        self, topic: str, capacity: int, max_bytes: int, budget: ByteBudget | None = None
+    ) -> AsyncIterator[Subscription]:
+        """Receive the events of ``topic`` for the body (see Node.subscribe);
+        bounded in bytes from the start (``max_bytes``, and ``budget`` with the
+        node's other receivers)."""
         tree = name_id(TOPIC, topic)
         subscription = Subscription(topic, capacity, tree=tree, on_close=self._closed)
+        subscription.bound_bytes(max_bytes, budget)
         receivers = self._receivers.setdefault(tree, set())
         receivers.add(subscription)
         if len(receivers) == 1:
@@ -151,11 +157,19 @@ class PubSub:
             await subscription.aclose()
 
     @asynccontextmanager
-    async def broadcasts(self, cluster: str | None, capacity: int) -> AsyncIterator[Subscription]:
-        """Receive broadcasts for the body (see Node.broadcasts)."""
+    async def broadcasts(
+        self,
+        cluster: str | None,
+        capacity: int,
+        max_bytes: int,
+        budget: ByteBudget | None = None,
+    ) -> AsyncIterator[Subscription]:
+        """Receive broadcasts for the body (see Node.broadcasts), bounded in
+        bytes as subscriptions are."""
         if cluster is not None:
             async with self._membership.member(cluster) as tree:
                 receiver = Subscription(cluster, capacity, tree=tree, on_close=self._closed)
+                receiver.bound_bytes(max_bytes, budget)
                 self._one_cluster.add(receiver)
                 self._receivers.setdefault(tree, set()).add(receiver)
                 try:
@@ -165,6 +179,7 @@ class PubSub:
                     await receiver.aclose()
             return
         receiver = Subscription("", capacity, tree=_EVERY_CLUSTER, on_close=self._closed)
+        receiver.bound_bytes(max_bytes, budget)
         self._every_cluster.add(receiver)
         clusters = [name_id(CLUSTER, joined) for joined in self._membership.clusters]
         for tree in clusters:
