@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -64,6 +65,25 @@ async def calls_per_second(
     ask: Callable[[], Awaitable[object]], in_flight: int, duration: float
 ) -> float:
     """Calls of ``ask`` per second with ``in_flight`` at once for ``duration`` s."""
+    done, elapsed = await calls_in(ask, in_flight, duration)
+    return done / elapsed
+
+
+def process_cpu(pid: int | None = None) -> float:
+    """CPU seconds (user + system) used so far by process ``pid`` (None: this one)."""
+    if pid is None:
+        return time.process_time()
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+
+
+async def calls_in(
+    ask: Callable[[], Awaitable[object]], in_flight: int, duration: float
+) -> tuple[int, float]:
+    """Calls of ``ask`` done with ``in_flight`` at once for ``duration`` s, and
+    the seconds that took."""
     done = 0
 
     async def lane() -> None:
@@ -77,7 +97,7 @@ async def calls_per_second(
         async with trio.open_nursery() as lanes:
             for _ in range(in_flight):
                 lanes.start_soon(lane)
-    return done / (time.perf_counter() - begun)
+    return done, time.perf_counter() - begun
 
 
 def emit(figures: dict[str, Any], *, as_json: bool, title: str) -> None:

@@ -27,7 +27,7 @@ import trio
 from .. import Node, join
 from .._command import BENCH_EPILOG, CommandParser, at_least, plain, seconds
 from ..overlay.ids import from_bytes, name_id, ring_distance
-from ._common import calls_per_second, emit, round_trips
+from ._common import calls_in, emit, process_cpu, round_trips
 from ._stats import stamp
 
 __all__ = ["main_broadcast", "main_pubsub", "main_request", "main_tunnel"]
@@ -156,13 +156,19 @@ async def broadcast(count: int, size: int, members: int) -> dict[str, Any]:
 async def request(count: int, duration: float, size: int) -> dict[str, Any]:
     """Round trips to one echo member process: sequential latency, then throughput."""
     payload = bytes(size)
-    async with join(discovery="off") as node, peers(node, "echo", "cluster") as (cluster, _):
+    async with join(discovery="off") as node, peers(node, "echo", "cluster") as (cluster, far):
         figures: dict[str, Any] = {"requests": count, "size": size}
         figures |= await round_trips(lambda: node.request(cluster, payload), count)
+        member = far[0].process.pid
         for in_flight in (1, 8, 64):
-            figures[f"throughput_{in_flight}"] = await calls_per_second(
+            ours, theirs = process_cpu(), process_cpu(member)
+            done, elapsed = await calls_in(
                 lambda: node.request(cluster, payload), in_flight, duration
             )
+            figures[f"throughput_{in_flight}"] = done / elapsed
+            # CPU time per request at each end (process CPU, all threads).
+            figures[f"cpu_us_requester_{in_flight}"] = (process_cpu() - ours) / done * 1e6
+            figures[f"cpu_us_member_{in_flight}"] = (process_cpu(member) - theirs) / done * 1e6
     return figures
 
 
