@@ -330,7 +330,7 @@ class OverlayDriver:
                 log,
                 logging.WARNING,
                 ("seed", address),
-                "seed %s cannot be reached (%s); dialling it again while this node is alone",
+                "seed %s cannot be reached (%s); it is dialled again now and then",
                 address,
                 exc or "it is this node itself",
             )
