@@ -1,96 +1,135 @@
-"""PublisherStreams: duplicates, gaps counted as missed, and forged numbers."""
+"""PublisherStreams: duplicates and late frames dropped, order kept, frames after
+a gap held a moment, gaps counted as missed once confirmed, forged numbers."""
 
 from __future__ import annotations
 
-from iris_trio.overlay.sequences import MAX_UNCONFIRMED, PublisherStreams
+from iris_trio.overlay.sequences import HOLD, PublisherStreams
 
 TREE, PUBLISHER, EPOCH = 1, 2, 3
 
 
-def feed(
-    streams: PublisherStreams, first: int, count: int = 1, epoch: int = EPOCH
-) -> tuple[bool, int]:
-    verdict = streams.accept(TREE, PUBLISHER, epoch, first, count)
-    return verdict.deliver, verdict.missed
+class Feed:
+    """Frames named by their first sequence number; what comes out, in order."""
+
+    def __init__(self) -> None:
+        self.streams: PublisherStreams[int] = PublisherStreams()
+        self.now = 0.0
+        self.out: list[int] = []
+        self.missed = 0
+
+    def __call__(self, first: int, count: int = 1, epoch: int = EPOCH) -> str:
+        released = self.streams.accept(self.now, TREE, PUBLISHER, epoch, first, count, first)
+        if released is None:
+            return "dropped"
+        self.out.extend(released.frames)
+        self.missed += released.missed
+        return "passed" if first in released.frames else "held"
+
+    def wait(self, seconds: float) -> None:
+        self.now += seconds
+        for _, released in self.streams.release(self.now):
+            self.out.extend(released.frames)
+            self.missed += released.missed
 
 
 def test_in_order_frames_pass_and_duplicates_do_not() -> None:
-    streams = PublisherStreams()
-    assert feed(streams, 1, 3) == (True, 0)
-    assert feed(streams, 4, 2) == (True, 0)
-    assert feed(streams, 4, 2) == (False, 0)
-    assert feed(streams, 1) == (False, 0)
-    assert feed(streams, 5, 3) == (True, 0)  # a new tail is passed on
-    assert feed(streams, 8) == (True, 0)
+    feed = Feed()
+    assert feed(1, 3) == "passed"
+    assert feed(4, 2) == "passed"
+    assert feed(4, 2) == "dropped"
+    assert feed(1) == "dropped"
+    assert feed(5, 3) == "passed"  # a new tail is passed on
+    assert feed(8) == "passed"
+    assert feed.out == [1, 4, 5, 8] and feed.missed == 0
 
 
 def test_a_subscriber_joining_mid_stream_misses_nothing() -> None:
-    streams = PublisherStreams()
-    assert feed(streams, 5000) == (True, 0)
-    assert feed(streams, 5001) == (True, 0)
+    feed = Feed()
+    assert feed(5000) == "passed"
+    assert feed(5001) == "passed"
+    assert feed(4000) == "dropped"  # before it joined: late
+    assert feed.missed == 0
 
 
-def test_a_gap_counts_once_a_later_frame_confirms_it() -> None:
-    streams = PublisherStreams()
-    feed(streams, 1, 10)
-    assert feed(streams, 21, 5) == (True, 0)  # 11..20 missing: not yet sure
-    assert feed(streams, 26) == (True, 10)  # the stream goes on: they were missed
-    assert feed(streams, 15) == (False, 0)  # a late one from the gap stays out (order)
-    assert feed(streams, 27) == (True, 0)
+def test_a_gap_is_held_then_counted_once_the_stream_goes_on() -> None:
+    feed = Feed()
+    feed(1, 10)
+    assert feed(21, 5) == "held"  # 11..20 missing: wait for them a moment
+    assert feed(26) == "passed"  # the stream goes on: they were missed
+    assert feed.out == [1, 21, 26] and feed.missed == 10
+    assert feed(15) == "dropped"  # one from the gap, too late: order is kept
+    assert feed.streams.next_release == float("inf")
+
+
+def test_frames_overtaken_on_another_path_go_first_and_nothing_is_missed() -> None:
+    feed = Feed()
+    feed(1, 4096)
+    assert feed(4098) == "held"  # the new path is faster
+    assert feed(4097) == "passed"  # the old path's frame: it fills the gap
+    assert feed.out == [1, 4097, 4098] and feed.missed == 0
+    assert feed(4099) == "passed"
+    assert feed(4098) == "dropped"
+
+
+def test_a_gap_filled_in_part_counts_the_rest() -> None:
+    feed = Feed()
+    feed(1, 500)
+    feed(520)
+    feed(501, 10)  # 501..510 arrive, 511..519 never do
+    feed.wait(HOLD)  # 520 goes on, apart, not yet counted
+    assert feed.out == [1, 501, 520] and feed.missed == 0
+    feed(521)
+    assert feed.missed == 9 and feed.out[-1] == 521
 
 
 def test_repeated_gaps_each_count() -> None:
-    streams = PublisherStreams()
-    missed = 0
+    feed = Feed()
     for first in range(1, 400, 20):  # every other frame of ten lost
-        deliver, gap = feed(streams, first, 10)
-        assert deliver
-        missed += gap
-    missed += feed(streams, 401, 10)[1]
-    assert missed == 190  # the gap before 401 is not sure yet
-    assert feed(streams, 411) == (True, 10)
+        feed(first, 10)
+    feed(401, 10)
+    feed(411)
+    assert feed.missed == 200
+    assert feed.out == [*range(1, 400, 20), 401, 411]
 
 
 def test_one_forged_high_number_does_not_silence_the_publisher() -> None:
-    streams = PublisherStreams()
-    feed(streams, 1, 100)
-    assert feed(streams, 1_000_000) == (True, 0)  # forged: passed on, like any event
+    feed = Feed()
+    feed(1, 100)
+    assert feed(1_000_000) == "held"
     for first in range(101, 151):
-        assert feed(streams, first) == (True, 0), first  # the real stream goes on
-    assert feed(streams, 1_000_000) == (False, 0)
+        assert feed(first) == "passed", first  # the real stream goes on
+    feed.wait(HOLD)
+    assert feed.out[-1] == 1_000_000  # passed on, apart (a key holder may publish)
+    for first in range(151, 201):
+        assert feed(first) == "passed", first
+    assert feed(1_000_000) == "dropped"
+    assert feed.missed == 0
 
 
-def test_a_forged_stream_is_given_up_and_never_counted() -> None:
-    streams = PublisherStreams()
-    feed(streams, 1)
-    feed(streams, 10_000)
-    for first in range(2, 2 + MAX_UNCONFIRMED + 2):
-        feed(streams, first)
-    # The real stream reaches the forged number later: no missed events appear.
-    total = sum(feed(streams, n)[1] for n in range(100, 10_010))
-    assert total == 100 - (2 + MAX_UNCONFIRMED + 2)
-
-
-def test_events_overtaken_on_a_new_path_fill_the_gap_without_counting() -> None:
-    streams = PublisherStreams()
-    feed(streams, 1, 500)
-    assert feed(streams, 520) == (True, 0)  # the new path is faster
-    assert feed(streams, 501, 19) == (True, 0)  # the old path's events arrive
-    assert feed(streams, 521) == (True, 0)
-    assert feed(streams, 510) == (False, 0)
+def test_a_forged_number_while_the_publisher_is_quiet_is_not_counted_either() -> None:
+    feed = Feed()
+    feed(1, 100)
+    feed(1_000_000)
+    feed.wait(10 * HOLD)  # the publisher says nothing for a while
+    assert feed.out == [1, 1_000_000]
+    for first in range(101, 201):
+        assert feed(first) == "passed", first
+    assert feed.missed == 0
 
 
 def test_a_restarted_publisher_starts_a_new_epoch() -> None:
-    streams = PublisherStreams()
-    feed(streams, 1, 1000)
-    assert feed(streams, 1, epoch=99) == (True, 0)
-    assert feed(streams, 2, epoch=99) == (True, 0)
-    assert feed(streams, 1001) == (True, 0)  # the old epoch, if still around, is its own
+    feed = Feed()
+    feed(1, 1000)
+    assert feed(1, epoch=99) == "passed"
+    assert feed(2, epoch=99) == "passed"
+    assert feed(1001) == "passed"  # the old epoch, if still around, is its own
 
 
-def test_forgetting_a_tree_forgets_its_publishers() -> None:
-    streams = PublisherStreams()
-    feed(streams, 1)
-    streams.forget_tree(TREE)
-    assert len(streams) == 0
-    assert feed(streams, 1) == (True, 0)
+def test_forgetting_a_tree_forgets_its_publishers_and_what_they_held() -> None:
+    feed = Feed()
+    feed(1)
+    feed(10)
+    feed.streams.forget_tree(TREE)
+    assert len(feed.streams) == 0
+    assert feed.streams.next_release == float("inf")
+    assert feed(1) == "passed"

@@ -3,151 +3,247 @@
 Every event a publisher sends on a tree carries the publisher's *epoch* (a
 random number drawn when its node starts) and a sequence number (from 1, one
 per event). A node on the tree keeps, per tree and publisher, the ranges of
-sequence numbers it has passed on (*streams*), and for each arriving frame
-decides:
+sequence numbers it has passed on (*streams*), and decides for each arriving
+frame:
 
-- **duplicate or late**: every number in it lies in a range already passed on
-  (a frame that came twice, or an older one overtaken on a new path): drop it,
-  so each publisher's events stay in order and nobody sees one twice;
-- **next**: it starts right after a stream's end: pass it on;
-- **after a gap**: it starts beyond every stream's end. It is passed on and
-  opens a stream of its own, and the gap counts as *missed* only once a later
-  frame confirms the new stream (continues it or lands beyond it).
+- **duplicate or late**: it lies within (or below) what was passed on: drop it,
+  so that each publisher's events are passed on once and in order;
+- **next**: it starts right after a stream's end: pass it on now;
+- **after a gap**: it starts beyond every stream's end. It is *held* (not
+  passed on) for up to ``hold`` seconds, opening a stream of its own:
 
-Why not simply "drop everything below the highest number seen": one forged or
-corrupt frame with a huge sequence number would then discard the real
-publisher's whole future. Here such a frame opens a stream nobody continues;
-the real publisher's frames continue their own stream, and the forged gap is
-never counted. A publisher that restarts has a new epoch, hence new streams:
-its events are not mistaken for old ones. Streams per publisher are bounded
-(the least recently used goes).
+  - frames that fill the gap arrive (they were overtaken on another path):
+    they go first, then the held frames, in order, and nothing was missed;
+  - a frame continues the held stream: the gap is confirmed, the held frames
+    and the new one go on, and the gap counts as *missed*;
+  - the time is up: the held frames go on, apart; the gap counts as missed
+    (and the ranges merge) only once a later frame continues their stream. A
+    forged or corrupt number, which nothing continues, is never counted and
+    never takes the publisher's range: its own stream goes on unaffected.
+
+So one forged frame with a huge number cannot discard the real publisher's
+future, a frame overtaken on another path is not lost, and events stay in
+order. A publisher that restarts has a new epoch, hence new streams. Streams
+per publisher are bounded (the least recently used goes, with what it holds).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+from typing import Generic, TypeVar
 
-__all__ = ["MAX_STREAMS", "PublisherStreams", "Verdict"]
+__all__ = ["HOLD", "MAX_STREAMS", "PublisherStreams", "Released"]
+
+T = TypeVar("T")
 
 #: Most ranges kept per (tree, publisher, epoch).
 MAX_STREAMS = 8
 #: Most epochs kept per (tree, publisher).
 MAX_EPOCHS = 4
-#: An unconfirmed stream is given up (as forged or corrupt) once the stream
-#: below it has been continued this many times without reaching it.
-MAX_UNCONFIRMED = 64
+#: Seconds a frame that opens a gap is held, waiting for what fills it.
+HOLD = 0.2
 
 
 @dataclasses.dataclass(slots=True, eq=False)
-class _Stream:
+class _Stream(Generic[T]):
     start: int
     end: int
     used: int
-    #: The gap below this stream, counted as missed once the stream is confirmed.
+    #: Frames held (not passed on yet) while the gap below is open.
+    held: list[T] = dataclasses.field(default_factory=list)
+    held_since: float = math.inf
+    #: The gap below this stream, and the stream below it with its end then.
     pending_gap: int = 0
-    #: The stream this one continues after its gap (merged on confirmation).
-    below: _Stream | None = None
-    #: How often ``below`` was continued since this stream opened.
-    passed_over: int = 0
+    below: _Stream[T] | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class Verdict:
-    """What to do with one frame: ``deliver`` it or not, and how many events of
-    this publisher are now known to have been missed (0 mostly)."""
+class Released(Generic[T]):
+    """Frames to pass on now, in order, and the events of their publisher now
+    known to have been missed before them."""
 
-    deliver: bool
+    frames: list[T]
     missed: int = 0
 
 
-_DUPLICATE = Verdict(deliver=False)
-_NEXT = Verdict(deliver=True)
-
-
-class PublisherStreams:
+class PublisherStreams(Generic[T]):
     """Per (tree, publisher): which events were passed on (see the module docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, hold: float = HOLD) -> None:
+        self.hold = hold
         # (tree, publisher) -> epoch -> streams
-        self._streams: dict[tuple[int, int], dict[int, list[_Stream]]] = {}
+        self._streams: dict[tuple[int, int], dict[int, list[_Stream[T]]]] = {}
+        self._held: set[tuple[tuple[int, int], int, int]] = set()  # streams holding frames
         self._clock = 0
+        #: Frames dropped as duplicates or late.
+        self.duplicates = 0
 
-    def accept(self, tree: int, publisher: int, epoch: int, first: int, count: int) -> Verdict:
-        """Judge the frame carrying events ``first`` .. ``first + count - 1``."""
+    def accept(
+        self, now: float, tree: int, publisher: int, epoch: int, first: int, count: int, frame: T
+    ) -> Released[T] | None:
+        """Judge ``frame``, carrying events ``first`` .. ``first + count - 1``:
+        what to pass on now; None for a duplicate or late frame (dropped), and
+        no frames at all while ``frame`` is held."""
         self._clock += 1
         last = first + count - 1
-        epochs = self._streams.setdefault((tree, publisher), {})
+        key = (tree, publisher)
+        epochs = self._streams.setdefault(key, {})
         streams = epochs.get(epoch)
         if streams is None:
             if len(epochs) >= MAX_EPOCHS:
-                del epochs[min(epochs, key=lambda e: max(s.used for s in epochs[e]))]
+                oldest = min(epochs, key=lambda e: max(s.used for s in epochs[e]))
+                self._forget(key, oldest, epochs.pop(oldest))
             epochs[epoch] = [_Stream(first, last, self._clock)]
-            return _NEXT
-        below: _Stream | None = None
+            return Released([frame])
+        below: _Stream[T] | None = None
         for stream in streams:
-            if first <= stream.end and last >= stream.start:  # overlaps what we passed on
-                if last <= stream.end:
-                    stream.used = self._clock
-                    return _DUPLICATE
-                missed = self._confirm(streams, first)
-                self._extend(streams, stream, last)
-                return Verdict(deliver=True, missed=missed) if missed else _NEXT
+            if first <= stream.end and last >= stream.start:
+                if last <= stream.end or stream.held:
+                    self.duplicates += 1  # nothing new, or overlapping what waits
+                    return None
+                return self._extend(key, epoch, streams, stream, last, frame)
             if stream.end < first and (below is None or stream.end > below.end):
                 below = stream
-        missed = self._confirm(streams, first)
-        if below is not None and below.end + 1 == first:
-            self._extend(streams, below, last)
-        else:
-            gap = first - below.end - 1 if below is not None else 0
-            streams.append(_Stream(first, last, self._clock, pending_gap=gap, below=below))
-            if len(streams) > MAX_STREAMS:
-                self._remove(streams, min(streams, key=lambda s: s.used))
-        return Verdict(deliver=True, missed=missed) if missed else _NEXT
-
-    def _extend(self, streams: list[_Stream], stream: _Stream, last: int) -> None:
-        """``stream`` now ends at ``last``: streams it reached merge into it, and
-        unconfirmed ones above it that it keeps passing over are given up."""
-        stream.end = last
-        stream.used = self._clock
-        for other in list(streams):
-            if other is stream:
-                continue
-            if stream.start < other.start <= stream.end + 1:
-                stream.end = max(stream.end, other.end)  # the gap below it is filled
-                self._remove(streams, other)
-            elif other.below is stream:
-                other.passed_over += 1
-                if other.passed_over > MAX_UNCONFIRMED:
-                    self._remove(streams, other)
-
-    def _confirm(self, streams: list[_Stream], first: int) -> int:
-        """Unconfirmed streams that end below ``first`` are confirmed by this
-        frame: their gaps count as missed, and each merges with the stream it
-        continued."""
+        if below is None:
+            self.duplicates += 1  # below everything passed on: late
+            return None
+        if below.end + 1 == first:
+            return self._extend(key, epoch, streams, below, last, frame)
+        # Streams after a gap that this frame lands beyond are the publisher's
+        # own (nothing forged is passed over by the real stream): their gaps
+        # are confirmed, and what they hold goes on first.
+        out: list[T] = []
         missed = 0
-        for stream in list(streams):
-            below = stream.below
-            if below is None or stream.end >= first:
-                continue
-            missed += stream.pending_gap
-            stream.pending_gap, stream.below = 0, None
-            if below in streams:
+        for other in sorted(streams, key=lambda s: s.start):
+            if other.below is not None and other.end < first:
+                out.extend(other.held)
+                missed += self._settle(key, epoch, streams, other, count_gap=True)
+        below = max((s for s in streams if s.end < first), key=lambda s: s.end)
+        if below.end + 1 == first:
+            extended = self._extend(key, epoch, streams, below, last, frame)
+            return Released([*out, *extended.frames], missed + extended.missed)
+        gap = first - below.end - 1
+        opened = _Stream(
+            first,
+            last,
+            self._clock,
+            held=[frame],
+            held_since=now,
+            pending_gap=gap,
+            below=below,
+        )
+        streams.append(opened)
+        self._held.add((key, epoch, id(opened)))
+        if len(streams) > MAX_STREAMS:
+            victim = min(streams, key=lambda s: s.used)
+            self._remove(key, epoch, streams, victim)
+        return Released(out, missed)
+
+    def _extend(
+        self,
+        key: tuple[int, int],
+        epoch: int,
+        streams: list[_Stream[T]],
+        stream: _Stream[T],
+        last: int,
+        frame: T,
+    ) -> Released[T]:
+        """``frame`` continues ``stream`` up to ``last``."""
+        stream.used = self._clock
+        if stream.held or stream.below is not None:
+            # A stream after a gap continued: the gap is confirmed (missed).
+            out = [*stream.held, frame]
+            missed = self._settle(key, epoch, streams, stream, count_gap=True)
+            stream.end = last
+            return Released(out, missed)
+        stream.end = last
+        out = [frame]
+        # The gap below a stream after a gap just filled: what it holds goes
+        # on now, and nothing was missed.
+        for other in sorted(streams, key=lambda s: s.start):
+            if other is not stream and other.below is not None and other.start == stream.end + 1:
+                out.extend(other.held)
+                self._settle(key, epoch, streams, other, count_gap=False)
+                stream.end = max(stream.end, other.end)
+                self._remove(key, epoch, streams, other)
+        return Released(out)
+
+    def _settle(
+        self,
+        key: tuple[int, int],
+        epoch: int,
+        streams: list[_Stream[T]],
+        stream: _Stream[T],
+        *,
+        count_gap: bool,
+    ) -> int:
+        """``stream`` passes on what it held; with ``count_gap``, its gap is
+        missed and it takes over the range of the stream below it."""
+        self._held.discard((key, epoch, id(stream)))
+        stream.held = []
+        stream.held_since = math.inf
+        below = stream.below
+        missed = 0
+        if count_gap:
+            if below is not None and below in streams:
+                missed = stream.start - below.end - 1  # what never came
                 stream.start = below.start
-                self._remove(streams, below)
+                self._remove(key, epoch, streams, below)
+            else:
+                missed = stream.pending_gap
+        stream.pending_gap, stream.below = 0, None
         return missed
 
-    @staticmethod
-    def _remove(streams: list[_Stream], stream: _Stream) -> None:
+    def release(self, now: float) -> list[tuple[int, Released[T]]]:
+        """Held frames whose time is up, per tree (see the module docstring)."""
+        out: list[tuple[int, Released[T]]] = []
+        for entry in list(self._held):
+            key, epoch, stream_id = entry
+            streams = self._streams.get(key, {}).get(epoch, [])
+            stream = next((s for s in streams if id(s) == stream_id), None)
+            if stream is None:
+                self._held.discard(entry)
+                continue
+            if now - stream.held_since < self.hold:
+                continue
+            # Passed on apart: the gap counts (and the ranges merge) only once
+            # a later frame continues this stream, so a forged number, which
+            # nothing continues, never takes the publisher's range.
+            out.append((key[0], Released(stream.held)))
+            self._held.discard(entry)
+            stream.held, stream.held_since = [], math.inf
+        return out
+
+    @property
+    def next_release(self) -> float:
+        """When :meth:`release` has something to pass on at the earliest (inf: never)."""
+        earliest = math.inf
+        for key, epoch, stream_id in self._held:
+            for stream in self._streams.get(key, {}).get(epoch, []):
+                if id(stream) == stream_id:
+                    earliest = min(earliest, stream.held_since + self.hold)
+        return earliest
+
+    def _remove(
+        self, key: tuple[int, int], epoch: int, streams: list[_Stream[T]], stream: _Stream[T]
+    ) -> None:
         streams.remove(stream)
+        self._held.discard((key, epoch, id(stream)))
         for other in streams:
             if other.below is stream:
                 other.below = None  # its gap can no longer be told
                 other.pending_gap = 0
 
+    def _forget(self, key: tuple[int, int], epoch: int, streams: list[_Stream[T]]) -> None:
+        for stream in streams:
+            self._held.discard((key, epoch, id(stream)))
+
     def forget_tree(self, tree: int) -> None:
-        """Drop everything about ``tree`` (this node left it)."""
+        """Drop everything about ``tree`` (this node left it), held frames too."""
         for key in [key for key in self._streams if key[0] == tree]:
-            del self._streams[key]
+            for epoch, streams in self._streams.pop(key).items():
+                self._forget(key, epoch, streams)
 
     def __len__(self) -> int:
         return len(self._streams)

@@ -27,7 +27,7 @@ from ..wire.frames import Frame, FrameCodec
 from .frames import Route
 from .ids import from_bytes, short, to_bytes
 from .node import Deliver, Effect, Lost, OverlayNode
-from .sequences import PublisherStreams
+from .sequences import PublisherStreams, Released
 from .tree_frames import (
     MAX_EVENTS,
     NodeMessage,
@@ -258,7 +258,8 @@ class TreeNode:
         self.epoch = int.from_bytes(os.urandom(4), "big")
         # What each publisher's events passed on here were: duplicates and late
         # (reordered) events are dropped, so each publisher's events stay in order.
-        self._streams = PublisherStreams()
+        self._streams: PublisherStreams[tuple[TreePublish, int | None]] = PublisherStreams()
+        self._release_due = math.inf  # when held events are due to go on
         # tree -> (since, frames, bytes): events routed here for a tree this node
         # is not in yet (it may be becoming the root; see handover_window).
         self._held: dict[int, tuple[float, list[TreePublish], int]] = {}
@@ -363,6 +364,13 @@ class TreeNode:
             self._recompute_pins()
         self.overlay.tick(now)
         config = self.config
+        if now >= self._release_due:
+            self._release_due = math.inf
+            for tree, released in self._streams.release(now):
+                held_state = self.trees.get(tree)
+                if held_state is not None:
+                    self._pass_on(tree, held_state, released)
+            self._release_due = self._streams.next_release
         for tree, (since, frames, _) in list(self._held.items()):
             if now - since > config.handover_window:
                 del self._held[tree]  # nobody joined: the tree has no members
@@ -483,12 +491,13 @@ class TreeNode:
 
     @property
     def report_due(self) -> float:
-        """When the earliest deferred capacity report is due (inf: none is)."""
-        return self._report_due
+        """When the earliest deferred capacity report, or held events, are due
+        (inf: none is)."""
+        return min(self._report_due, self._release_due)
 
     def next_deadline(self) -> float:
         """When :meth:`tick` should run next at the latest."""
-        return min(self.overlay.next_deadline(), self._report_due)
+        return min(self.overlay.next_deadline(), self._report_due, self._release_due)
 
     def anycast(self, now: float, tree: int, kind: int, tag: bytes, payload: bytes) -> None:
         """Send ``payload`` to one member of ``tree`` that takes ``kind``, chosen by
@@ -606,25 +615,43 @@ class TreeNode:
         if came_from is not None and came_from != state.parent and came_from not in state.children:
             self.events_orphaned += len(frame.events)  # not a tree link (any more)
             return
-        verdict = self._streams.accept(
-            tree, publisher, frame.epoch, frame.sequence, len(frame.events)
+        released = self._streams.accept(
+            self._now,
+            tree,
+            publisher,
+            frame.epoch,
+            frame.sequence,
+            len(frame.events),
+            (frame, came_from),
         )
-        if not verdict.deliver:
+        if released is None:
             self.events_duplicate += len(frame.events)
             return
+        self._pass_on(tree, state, released)
+        # (A frame after a gap is held a moment, waiting for what fills it.)
+        self._release_due = min(self._release_due, self._streams.next_release)
+
+    def _pass_on(
+        self, tree: int, state: TreeState, released: Released[tuple[TreePublish, int | None]]
+    ) -> None:
+        """Send events on along the tree, and up to this node's member."""
         now = self._now
-        for child in state.children:
-            if child != came_from:
-                self.overlay.send_direct(now, child, frame)
-        if state.parent is not None and state.parent != came_from:
-            self.overlay.send_direct(now, state.parent, frame)
-        if state.replay is not None and self._fits(state.replay, state.replay_bytes, frame):
-            state.replay.append(frame)
-            state.replay_bytes += _size(frame)
-        if state.member:
-            self._deliveries.append(
-                TreeDelivery(tree, publisher, frame.sequence, frame.events, verdict.missed)
-            )
+        missed = released.missed
+        for frame, came_from in released.frames:
+            for child in state.children:
+                if child != came_from:
+                    self.overlay.send_direct(now, child, frame)
+            if state.parent is not None and state.parent != came_from:
+                self.overlay.send_direct(now, state.parent, frame)
+            if state.replay is not None and self._fits(state.replay, state.replay_bytes, frame):
+                state.replay.append(frame)
+                state.replay_bytes += _size(frame)
+            if state.member:
+                publisher = from_bytes(frame.publisher)
+                self._deliveries.append(
+                    TreeDelivery(tree, publisher, frame.sequence, frame.events, missed)
+                )
+            missed = 0
 
     def _fits(self, frames: list[TreePublish], size: int, frame: TreePublish) -> bool:
         config = self.config
