@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import itertools
 import math
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -336,6 +337,10 @@ class Requester:
         # requests each such member holds: they fail at once if it goes.
         self._holder_of: dict[bytes, int] = {}
         self._held_by: dict[int, set[bytes]] = {}
+        # Request ids: a random prefix per node, then a counter (unique, and
+        # cheaper than 16 random bytes per request).
+        self._id_prefix = os.urandom(8)
+        self._ids = itertools.count()
         # Requests a member said it holds queued, not started: sent again if it goes.
         self._queued: set[bytes] = set()
         self.sent = self.answered = self.failed = 0
@@ -413,7 +418,7 @@ class Requester:
             await port.wait_joined()
         tree = name_id(CLUSTER, cluster)
         while True:
-            request_id = os.urandom(16)
+            request_id = self._id_prefix + next(self._ids).to_bytes(8, "big")
             call.done = trio.Event()
             self._pending[request_id] = call
             try:
@@ -523,6 +528,11 @@ class Responder:
         self.notices_sent = 0
         # CLAIMs waiting for their answer, by request id.
         self._claims: dict[bytes, tuple[Request, IncomingRequests, trio.Event]] = {}
+        # Spare capacity of each receiver and their total per tree (kept by
+        # differences), and whose turn it is per tree (see _pick).
+        self._spares: dict[IncomingRequests, int] = {}
+        self._spare_totals: dict[int, int] = {}
+        self._turns: dict[int, int] = {}
         self._go: set[bytes] = set()
         self._spawn: Callable[..., None] | None = None
 
@@ -545,9 +555,13 @@ class Responder:
             # In place before the tree hears of this member, so that its first
             # report already says it takes requests.
             incoming = IncomingRequests(
-                lambda: self._report_spare(tree), self._stopped, claim=self._claim
+                lambda: self._spare_changed(tree, incoming, limit),
+                self._stopped,
+                claim=self._claim,
             )
             self._incoming.setdefault(tree, []).append((incoming, limit))
+            self._spares[incoming] = limit
+            self._spare_totals[tree] = self._spare_totals.get(tree, 0) + limit
             self._membership.takes(tree, REQUEST, True)
             self._report_spare(tree)
             try:
@@ -575,9 +589,19 @@ class Responder:
                 tasks.start_soon(_handle, handler, request, limiter, token)
 
     def _report_spare(self, tree: int) -> None:
-        entries = self._incoming.get(tree)
-        if entries is not None:
-            self._membership.report_spare(tree, sum(_spare(entry) for entry in entries))
+        if tree in self._incoming:
+            self._membership.report_spare(tree, self._spare_totals.get(tree, 0))
+
+    def _spare_changed(self, tree: int, incoming: IncomingRequests, limit: int) -> None:
+        """One receiver's spare capacity may have changed: the node's total for
+        ``tree`` follows by the difference (O(1), however many receivers)."""
+        spare = limit - incoming.in_flight - len(incoming)
+        before = self._spares.get(incoming)
+        if before is None or spare == before:
+            return
+        self._spares[incoming] = spare
+        self._spare_totals[tree] = self._spare_totals.get(tree, 0) + spare - before
+        self._membership.report_spare(tree, self._spare_totals[tree])
 
     def _stopped(self, incoming: IncomingRequests) -> None:
         self._expired += incoming.expired
@@ -585,10 +609,14 @@ class Responder:
             if not any(entry[0] is incoming for entry in entries):
                 continue
             entries[:] = [entry for entry in entries if entry[0] is not incoming]
+            self._spare_totals[tree] = self._spare_totals.get(tree, 0) - self._spares.pop(
+                incoming, 0
+            )
             if entries:
                 self._report_spare(tree)
             else:
                 del self._incoming[tree]
+                self._spare_totals.pop(tree, None)
                 self._membership.forget_spare(tree)
                 self._membership.takes(tree, REQUEST, False)
         queued, taken = incoming.take_every()
@@ -602,16 +630,30 @@ class Responder:
             else:
                 self._answer(request, RETRY, b"the member stopped serving")
 
+    def _pick(self, tree: int, entries: list[tuple[IncomingRequests, int]]) -> IncomingRequests:
+        """The next receiver in turn with room (several receive one cluster's
+        requests, e.g. relay clients): amortized O(1) while most have room."""
+        start = self._turns.get(tree, 0)
+        count = len(entries)
+        for step in range(count):
+            index = (start + step) % count
+            incoming = entries[index][0]
+            if self._spares.get(incoming, 0) > 0:
+                self._turns[tree] = index + 1
+                return incoming
+        return max(entries, key=_spare)[0]  # all full: the least full queues it
+
     def request_received(self, delivery: AnycastDelivery) -> None:
-        """A request for this node's members: to the receiver with the most
-        spare capacity (or back, RETRY, if none takes it any more)."""
+        """A request for this node's members: to its receiver, or, when several
+        receive this cluster, to the next in turn with room (or back, RETRY, if
+        none takes it any more)."""
         body = decode_body(delivery)
         entries = self._incoming.get(delivery.tree)
         if not entries:
             message = b"the member is not serving requests"
             answer_to(self._port, delivery, RETRY, message)
             return
-        incoming = max(entries, key=_spare)[0] if len(entries) > 1 else entries[0][0]
+        incoming = entries[0][0] if len(entries) == 1 else self._pick(delivery.tree, entries)
         self.received += 1
         deadline = trio.current_time() + body.timeout_ms / 1000
         port, origin, address = self._port, delivery.origin, delivery.address
