@@ -154,6 +154,8 @@ class RelayConnection:
         self._connected = False  # INIT accepted (and logged)
         self._ending: str | None = None  # why the connection ends, for the log
         self._work: trio.Nursery | None = None
+        # Set once NODE_INIT is queued: the service's pumps deliver nothing before.
+        self._greeted = trio.Event()
         self._changed = trio.lowlevel.ParkingLot()  # requests or tunnels finished
         # The client's own requests and tunnels.
         self._requests: set[int] = set()
@@ -163,6 +165,7 @@ class RelayConnection:
         # A service's incoming requests, broadcasts and tunnels.
         self._service_scope = trio.CancelScope()
         self._served: dict[int, Request] = {}
+        self._tickets: dict[int, int] = {}  # served id: its REQUEST's writer ticket
         self._served_deadlines: list[tuple[float, int]] = []
         self._served_slots = trio.Semaphore(limits.served_requests)
         self._served_lot = trio.lowlevel.ParkingLot()
@@ -207,9 +210,14 @@ class RelayConnection:
         """Serve the client until it leaves, misbehaves, or the relay stops."""
         try:
             await self._run()
-        except Exception:
-            self._ending = self._ending or "a failure of the relay (logged)"
-            raise
+        except Exception as exc:
+            if not _only_gone(exc):
+                self._ending = self._ending or "a failure of the relay (logged)"
+                raise
+            # A write to a client that went, which the session did not expect
+            # there: an ordinary disconnect all the same, not a relay failure.
+            self._ending = self._ending or "the connection was lost"
+            log.debug("relay client %s: a write after it went: %r", self._peer, exc)
         finally:
             if self._connected:
                 log.info("relay client %s closed: %s", self._peer, self._ending or _SHUTDOWN)
@@ -259,8 +267,18 @@ class RelayConnection:
         async with trio.open_nursery() as work:
             self._work = work
             if self.cluster:
+                # In the cluster's trees before INIT is answered (a service is
+                # reachable once its INIT returns); its pumps hold what arrives
+                # meanwhile until NODE_INIT is queued, the client's first packet.
                 await self._register(work)
-            self._writer.send_nowait(NodeInit(MAGIC_RELAY, VERSION))
+            try:
+                self._writer.send_nowait(NodeInit(MAGIC_RELAY, VERSION))
+            except anyio.BrokenResourceError:  # the client went while we registered
+                self._ending = "the client disconnected before its INIT was answered"
+                log.info("relay client %s left before its INIT was answered", self._peer)
+                work.cancel_scope.cancel()
+                return None
+            self._greeted.set()
             self._connected = True
             log.info(
                 "relay client connected from %s (%s)",
@@ -274,6 +292,9 @@ class RelayConnection:
                 await self._unsubscribe_all()
                 work.cancel_scope.cancel()
                 return final
+            except anyio.BrokenResourceError:  # an answer to a client whose writes failed
+                self._ending = self._ending or "the connection was lost"
+                graceful = False
             if not graceful:
                 self._ending = self._ending or "the client disconnected"
                 await self._unsubscribe_all()
@@ -409,25 +430,54 @@ class RelayConnection:
     async def _serve_requests(self, task_status: trio.TaskStatus[None]) -> None:
         node, limit = self._node, self._limits.served_requests
         incoming: IncomingRequests
+        writer = self._writer
         async with node.requests(self.cluster, limit=limit) as incoming:
             task_status.started()
-            while True:
-                # Without a task switch while there is room and work (under load).
-                if not _acquired_nowait(self._served_slots):
-                    await self._served_slots.acquire()
-                try:
-                    request = incoming.receive_nowait()
-                except trio.WouldBlock:
-                    request = await incoming.receive()
-                self._next_served += 1
-                served_id = self._next_served
-                self._served[served_id] = request
-                heapq.heappush(self._served_deadlines, (request.deadline, served_id))
-                if request.deadline < self._sweep_at:  # sooner than the sweeper wakes
-                    self._served_lot.unpark()
-                remaining = request.deadline - trio.current_time()
-                milliseconds = max(1, math.ceil(remaining * 1000))
-                await self._writer.send(RequestDelivery(served_id, request.data, milliseconds))
+            await self._greeted.wait()  # requests queue for this member meanwhile
+            try:
+                while True:
+                    # Without a task switch while there is room and work (under load).
+                    if not _acquired_nowait(self._served_slots):
+                        await self._served_slots.acquire()
+                    # Room first: a request taken is queued for the client at once.
+                    await writer.wait_room()
+                    try:
+                        request = incoming.receive_nowait()
+                    except trio.WouldBlock:
+                        request = await incoming.receive()
+                    self._next_served += 1
+                    served_id = self._next_served
+                    remaining = request.deadline - trio.current_time()
+                    milliseconds = max(1, math.ceil(remaining * 1000))
+                    delivery = RequestDelivery(served_id, request.data, milliseconds)
+                    try:
+                        ticket = writer.send_withdrawable_nowait(delivery)
+                    except anyio.BrokenResourceError:
+                        _not_started(request)  # never reached the client
+                        raise
+                    self._served[served_id] = request
+                    if ticket:
+                        self._tickets[served_id] = ticket
+                    heapq.heappush(self._served_deadlines, (request.deadline, served_id))
+                    if request.deadline < self._sweep_at:  # sooner than the sweeper wakes
+                        self._served_lot.unpark()
+            finally:
+                self._take_back_unsent()
+
+    def _take_back_unsent(self) -> None:
+        """The service stops: the requests whose REQUEST is still in the send
+        queue (not a byte of it written) never reached the client. Withdrawn,
+        they go back to their requesters to be sent to another member, as those
+        still queued for this member do; the others may have run, and fail."""
+        withdrawn = self._writer.withdraw(self._tickets.values())
+        for served_id, ticket in list(self._tickets.items()):
+            if ticket in withdrawn:
+                del self._tickets[served_id]
+                request = self._served.pop(served_id)
+                self._served_slots.release()
+                _not_started(request)
+        if withdrawn:
+            log.debug("relay client %s: %d requests given back", self._peer, len(withdrawn))
 
     async def _expire_served(self) -> None:
         """Forget requests whose requester stopped waiting (the client did not
@@ -439,6 +489,7 @@ class RelayConnection:
                 _, served_id = heapq.heappop(deadlines)
                 request = self._served.pop(served_id, None)
                 if request is not None:
+                    self._tickets.pop(served_id, None)
                     self._served_slots.release()
                     if not request.answered:
                         request.fail_nowait("the service did not answer in time")
@@ -451,6 +502,7 @@ class RelayConnection:
         if request is None:  # expired meanwhile: the requester stopped waiting
             self._counters["unknown_replies"] += 1
             return
+        self._tickets.pop(packet.id, None)
         self._served_slots.release()
         deadlines = self._served_deadlines
         if len(deadlines) > 2 * len(self._served) + 1024:  # answered ones wait there
@@ -474,6 +526,7 @@ class RelayConnection:
             self._receivers.add(receiver)
             task_status.started()
             try:
+                await self._greeted.wait()  # buffered meanwhile (bounded)
                 await self._forward(receiver, BroadcastDelivery)
             finally:
                 self._forget_receiver(receiver)
@@ -481,6 +534,7 @@ class RelayConnection:
     async def _serve_tunnels(self, task_status: trio.TaskStatus[None]) -> None:
         async with self._node.tunnels(self.cluster) as inbox:
             task_status.started()
+            await self._greeted.wait()  # openings wait in the inbox meanwhile
             totals = self._totals
             while True:
                 while len(self._tunnels) + len(self._builds) >= self._limits.tunnels:
@@ -747,6 +801,21 @@ class RelayConnection:
         if bridge is not None:
             bridge.close()
         await trio.lowlevel.checkpoint_if_cancelled()
+
+
+def _not_started(request: Request) -> None:
+    """Mark a request taken from the node but never delivered to the client:
+    when the service stops unanswered, it goes back to its requester to be
+    sent to another member (RETRY), not failed as one that may have run."""
+    request._started = False
+
+
+def _only_gone(exc: BaseException) -> bool:
+    """True if ``exc`` is (a group of nothing but) the writer's refusal of a
+    client that went."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_only_gone(inner) for inner in exc.exceptions)
+    return isinstance(exc, anyio.BrokenResourceError)
 
 
 def _acquired_nowait(semaphore: trio.Semaphore) -> bool:

@@ -11,13 +11,17 @@ switch, when nothing is queued or being written and either something was read
 since the last write (an answer) or the connection was quiet for a millisecond;
 packets that follow each other closely queue up and go out in batches. (Only
 where a completed ``send_all`` means the bytes reached the socket: trio.)
+
+A packet queued with :meth:`PacketWriter.send_withdrawable_nowait` can be taken
+back with :meth:`PacketWriter.withdraw` while not one byte of it was written:
+the relay gives the requests it never delivered back to their requesters.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import Final
 
 import anyio
@@ -49,6 +53,10 @@ class PacketWriter:
         self._last_write = 0.0
         self._limit = limit
         self._chunks: list[bytes] = []
+        # Parallel to _chunks: the ticket of each whole packet queued with
+        # send_withdrawable_nowait, 0 for the others (and for partly written ones).
+        self._tickets: list[int] = []
+        self._last_ticket = 0
         self._queued = 0
         self._has_data = anyio.Event()
         self._has_room = anyio.Event()
@@ -67,8 +75,16 @@ class PacketWriter:
         """Queue ``packet`` regardless of the limit (control packets)."""
         self.send_bytes_nowait(encode(packet))
 
-    def send_bytes_nowait(self, data: bytes) -> None:
-        """Queue encoded packet bytes regardless of the limit."""
+    def send_withdrawable_nowait(self, packet: Packet) -> int:
+        """Queue ``packet`` regardless of the limit; return its ticket for
+        :meth:`withdraw`, or 0 when some of it was written at once (it may
+        have reached the other side: it can no longer be withdrawn)."""
+        self._last_ticket += 1
+        return self.send_bytes_nowait(encode(packet), self._last_ticket)
+
+    def send_bytes_nowait(self, data: bytes, ticket: int = 0) -> int:
+        """Queue encoded packet bytes regardless of the limit; return ``ticket``
+        if they are all still queued, else 0 (see :meth:`withdraw`)."""
         if self._closed:
             raise anyio.BrokenResourceError("the relay connection is closed")
         if (
@@ -77,16 +93,46 @@ class PacketWriter:
             and not self._sending
             and (self._read_since_write or time.monotonic() - self._last_write >= _EAGER_IDLE)
         ):
+            size = len(data)
             data = self._write_now(data)
             if not data:
-                return
+                return 0
+            if len(data) < size:
+                ticket = 0  # partly written: the rest must follow
         self._chunks.append(data)
+        self._tickets.append(ticket)
         self._queued += len(data)
         self._has_data.set()
         if self._flushed.is_set():
             self._flushed = anyio.Event()
         if self._queued >= self._limit and self._has_room.is_set():
             self._has_room = anyio.Event()
+        return ticket
+
+    def withdraw(self, tickets: Collection[int]) -> set[int]:
+        """Take back the packets of ``tickets`` not one byte of which was handed
+        to the connection yet (queued, not being written); return their tickets.
+        The others may have reached the other side."""
+        wanted = set(tickets)
+        wanted.discard(0)
+        if not wanted or not self._chunks:
+            return set()
+        withdrawn: set[int] = set()
+        chunks: list[bytes] = []
+        kept: list[int] = []
+        for data, ticket in zip(self._chunks, self._tickets, strict=True):
+            if ticket in wanted:
+                withdrawn.add(ticket)
+                self._queued -= len(data)
+            else:
+                chunks.append(data)
+                kept.append(ticket)
+        self._chunks, self._tickets = chunks, kept
+        if self._queued < self._limit:
+            self._has_room.set()
+        if not chunks and not self._sending:
+            self._flushed.set()
+        return withdrawn
 
     def _write_now(self, data: bytes) -> bytes:
         """Write what the socket takes at once; return the rest."""
@@ -156,6 +202,7 @@ class PacketWriter:
                 continue
             data = b"".join(self._chunks) if len(self._chunks) > 1 else self._chunks[0]
             self._chunks = []
+            self._tickets = []
             self._queued = 0
             self._has_room.set()
             self._sending = True
