@@ -486,6 +486,11 @@ class Node:
         A node that has just started first waits (within the deadline) until it
         has joined the overlay (see :meth:`wait_joined`).
 
+        Cancellation stops the wait, not the request: the member may still run
+        it (requests run at most once, never twice). Example::
+
+            reply = await node.request("calc", b"2 3 4", timeout=5)
+
         Raises:
             NoRespondersError: the cluster has no member, or none of its members
                 takes requests (at once, once the node has joined).

@@ -40,10 +40,10 @@ class Subscription(BoundedQueue[bytes]):
 
     The buffer is bounded in events and in bytes: DEFAULT_SUBSCRIPTION_BYTES
     from the start (while the subscription joins its tree), then as
-    :meth:`bound_bytes` says (the node calls it before it hands the
+    ``bound_bytes()`` says (the node calls it before it hands the
     subscription out), alone and with the other subscriptions of a
-    :class:`ByteBudget`. When an event arrives while it is full, the oldest
-    buffered event is dropped and counted (``statistics().dropped``): a
+    :class:`~iris_trio.patterns.queue.ByteBudget`. When an event arrives while
+    it is full, the oldest buffered event is dropped and counted (``statistics().dropped``): a
     subscriber that falls behind loses events, nobody else does.
     """
 
