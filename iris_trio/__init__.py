@@ -20,8 +20,9 @@ from ._node import MAX_NAME_LENGTH as MAX_NAME_LENGTH
 from ._node import MAX_TIMEOUT as MAX_TIMEOUT
 from ._node import Node as Node
 from ._node import NodeStatistics as NodeStatistics
-from ._node import join as join
-from ._node import serve_node as serve_node
+from ._serve import join as join
+from ._serve import serve_node as serve_node
+from ._version import __version__ as __version__
 from .crypto.identity import NodeIdentity as NodeIdentity
 from .crypto.keys import DEV_NETWORK as DEV_NETWORK
 from .crypto.keys import Network as Network
@@ -42,8 +43,6 @@ from .patterns.requests import IncomingRequests as IncomingRequests
 from .patterns.requests import Request as Request
 from .patterns.subscription import Subscription as Subscription
 from .patterns.subscription import SubscriptionStatistics as SubscriptionStatistics
-
-__version__ = "0.1.0.dev0"
 from .patterns.tunnel import IncomingTunnels as IncomingTunnels
 from .patterns.tunnel import Tunnel as Tunnel
 from .patterns.tunnel import TunnelStatistics as TunnelStatistics

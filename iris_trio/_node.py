@@ -11,21 +11,16 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import trio
 
 from ._util import guarded, open_unwrapped_nursery
-from .crypto.identity import NodeIdentity
-from .crypto.keys import DEV_NETWORK, Network, NetworkKey
 from .errors import ConfigError, ProtocolError
-from .overlay.config import OverlayConfig
-from .overlay.discovery import DiscoveryConfig, DiscoveryMode
-from .overlay.driver import OverlayDriver, split_address
+from .overlay.driver import OverlayDriver
 from .overlay.ids import from_bytes
 from .overlay.trees import AnycastDelivery, BounceDelivery, TreeDelivery
 from .patterns.limits import (
@@ -49,24 +44,42 @@ from .patterns.requests import GO, GONE, IncomingRequests, Requester, Responder
 from .patterns.subscription import Subscription
 from .patterns.tunnel import DEFAULT_WINDOW, IncomingTunnels, Tunnel
 from .patterns.tunnels import DEFAULT_TUNNEL_BACKLOG, TUNNEL_FRAMES, Tunnels
-from .transport.base import Transport, is_loopback
 from .transport.link import Link
 from .wire.frames import Frame
 
-if TYPE_CHECKING:
-    from .monitor import Monitor
+
+class NodeMonitor(Protocol):
+    """What the node knows of its monitor (see :class:`iris_trio.monitor.Monitor`)."""
+
+    @property
+    def url(self) -> str:
+        """``http://HOST:PORT`` where it serves."""
+        ...
+
+
+class MonitorStarter(Protocol):
+    """Starts a node's monitor in the node's nursery (see iris_trio._serve)."""
+
+    async def start(self, node: Node, nursery: trio.Nursery) -> NodeMonitor:
+        """Start the monitor of ``node`` as a task of ``nursery``."""
+        ...
+
+    def abandon(self) -> None:
+        """The node failed before its monitor started: free what it holds."""
+        ...
+
 
 __all__ = [
     "MAX_MESSAGE_SIZE",
     "MAX_NAME_LENGTH",
     "MAX_TIMEOUT",
+    "MonitorStarter",
     "Node",
+    "NodeMonitor",
     "NodeStatistics",
     "PeerInfo",
     "check_message",
     "check_name",
-    "join",
-    "serve_node",
 ]
 
 log = logging.getLogger("iris_trio")
@@ -185,7 +198,7 @@ class Node:
         self._closed = False
         self._started_at = trio.current_time()
         self._topics: collections.Counter[str] = collections.Counter()
-        self._monitor: Monitor | None = None
+        self._monitor: NodeMonitor | None = None
         self._joined = False  # the overlay said it has joined: no more waiting
         self._malformed = 0  # routed pattern messages no pattern could take
         self._membership = Membership(driver, self._cluster_joined, self._cluster_left)
@@ -197,13 +210,11 @@ class Node:
         self._tunnels = Tunnels(driver, self._requester, self._membership, self._spawn)
 
     async def _run(
-        self,
-        task_status: trio.TaskStatus[Node],
-        monitor: list[trio.SocketListener] | None = None,
+        self, task_status: trio.TaskStatus[Node], monitor: MonitorStarter | None = None
     ) -> None:
-        """Run the node's tasks until cancelled (see :func:`serve_node`); with
-        ``monitor`` (bound listeners, which belong to it), its monitor too."""
-        pending = monitor  # listeners not yet handed to the monitor
+        """Run the node's tasks until cancelled (see :func:`iris_trio.serve_node`);
+        with ``monitor``, its monitor too, as one more child task."""
+        started = False
         try:
             async with open_unwrapped_nursery() as nursery:
                 self._nursery = nursery
@@ -213,15 +224,13 @@ class Node:
                 nursery.start_soon(guarded, self._pubsub.run_flusher)
                 nursery.start_soon(guarded, self._responder.run_notices, self._spawn)
                 if monitor is not None:
-                    from .monitor import serve_monitor  # noqa: PLC0415 - only when asked
-
-                    pending = None  # the monitor owns them (and closes them) from here
-                    self._monitor = await nursery.start(guarded, serve_monitor, self, monitor)
+                    started = True  # from here it owns what it bound
+                    self._monitor = await monitor.start(self, nursery)
                 task_status.started(self)
         finally:
             self._closed = True
-            for listener in pending or ():  # the node failed before its monitor started
-                listener.socket.close()
+            if monitor is not None and not started:  # the node failed first
+                monitor.abandon()
 
     @property
     def id(self) -> bytes:
@@ -259,7 +268,7 @@ class Node:
         return tuple(sorted(self._membership.clusters))
 
     @property
-    def monitor(self) -> Monitor | None:
+    def monitor(self) -> NodeMonitor | None:
         """The node's monitor, when started with ``monitor=`` (else None). Set
         its ``relay`` to show a relay's figures as well."""
         return self._monitor
@@ -722,187 +731,3 @@ class Node:
     def _spawn(self, function: Callable[..., Awaitable[object]], *args: object) -> None:
         if self._nursery is not None:
             self._nursery.start_soon(guarded, function, *args)
-
-
-_dev_warned = False
-
-
-def _network(network: str | Network | None, key: NetworkKey | bytes | None) -> Network:
-    if isinstance(network, Network):
-        if key is not None:
-            raise ConfigError("give the key inside the Network or as key=, not both")
-        return network
-    if network is None and key is None:
-        return DEV_NETWORK
-    if network is None or key is None:
-        raise ConfigError("a real network needs both network= and key=")
-    if isinstance(key, bytes):
-        key = NetworkKey.from_bytes(key)
-    return Network(network, key)
-
-
-async def serve_node(
-    cluster: str | None = None,
-    *,
-    network: str | Network | None = None,
-    key: NetworkKey | bytes | None = None,
-    listen: str | None = None,
-    seeds: Sequence[str] = (),
-    discovery: DiscoveryMode | DiscoveryConfig | None = None,
-    identity: NodeIdentity | None = None,
-    config: OverlayConfig | None = None,
-    transport: Transport | None = None,
-    monitor: str | None = None,
-    subscription_bytes: int = DEFAULT_SUBSCRIPTION_BUDGET,
-    task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Run a node until cancelled (the composable form of :func:`join`).
-
-    Reports the :class:`Node` through ``task_status``. See :func:`join` for the
-    arguments (``monitor`` included: the monitor runs as one more task of the
-    node's own); ``transport`` is how links are made: TCP by default,
-    :class:`iris_trio.testing.MemoryNetwork` for tests (with ``discovery="off"``).
-
-    Raises:
-        ConfigError: an invalid argument (before anything starts).
-        MonitorAddressError: the monitor cannot listen at ``monitor`` (before
-            the node starts).
-    """
-    global _dev_warned  # noqa: PLW0603 - once per process
-    if cluster is not None:
-        check_name("cluster", cluster)
-    check_size("subscription_bytes", subscription_bytes)
-    chosen = _network(network, key)
-    dev = chosen is DEV_NETWORK
-    settings: DiscoveryConfig | None = None
-    mode: DiscoveryMode
-    if isinstance(discovery, DiscoveryConfig):
-        settings, mode = discovery, discovery.mode
-    else:
-        mode = discovery or ("loopback" if dev else "lan")
-    if mode not in ("loopback", "lan", "off"):
-        raise ConfigError(f"discovery must be 'loopback', 'lan' or 'off', not {mode!r}")
-    if dev and mode == "lan":
-        raise ConfigError(
-            "the dev network discovers on loopback only: use discovery='loopback' or 'off', "
-            "or a real network (network= and key=) for LAN discovery"
-        )
-    host, port = split_address(listen or ("127.0.0.1:0" if dev else "0.0.0.0:0"))
-    loopback_only = dev and transport is None  # (a test's memory network has no hosts)
-    if loopback_only:
-        _check_dev_addresses(host, seeds)
-    if dev and not _dev_warned:
-        _dev_warned = True
-        log.warning("dev network: loopback only; its key is published, not secret")
-    build = functools.partial(
-        OverlayDriver,
-        identity or NodeIdentity.generate(),
-        chosen,
-        host=host,
-        port=port,
-        seeds=list(seeds),
-        discovery=settings or DiscoveryConfig(mode=mode),
-        config=config,
-        transport=transport,
-        loopback_only=loopback_only,
-    )
-    node = Node(build, cluster, subscription_bytes=subscription_bytes)
-    listeners = None
-    if monitor is not None:
-        from .monitor import bind_monitor  # noqa: PLC0415 - only when asked
-
-        listeners = await bind_monitor(monitor)
-    await node._run(task_status, listeners)
-
-
-def _check_dev_addresses(host: str, seeds: Sequence[str]) -> None:
-    """The dev network's key is published: a dev node reachable from a network
-    would let anyone in, so it listens on and dials loopback only."""
-    if not is_loopback(host):
-        raise ConfigError(
-            f"the dev network is loopback only: cannot listen on {host!r} (its key is "
-            "published); listen on 127.0.0.1, or use a network of your own (a name and a key)"
-        )
-    for seed in seeds:
-        try:
-            seed_host = split_address(seed)[0]
-        except ValueError:
-            continue  # reported with the seeds' other checks
-        if not is_loopback(seed_host):
-            raise ConfigError(
-                f"the dev network is loopback only: seed {seed!r} is not on this host; "
-                "use a network of your own (a name and a key) to join other hosts"
-            )
-
-
-@asynccontextmanager
-async def join(
-    cluster: str | None = None,
-    *,
-    network: str | Network | None = None,
-    key: NetworkKey | bytes | None = None,
-    listen: str | None = None,
-    seeds: Sequence[str] = (),
-    discovery: DiscoveryMode | DiscoveryConfig | None = None,
-    identity: NodeIdentity | None = None,
-    config: OverlayConfig | None = None,
-    transport: Transport | None = None,
-    monitor: str | None = None,
-    subscription_bytes: int = DEFAULT_SUBSCRIPTION_BUDGET,
-) -> AsyncIterator[Node]:
-    """Join the overlay (as a member of ``cluster``, if given) for the ``async with`` body.
-
-    Args:
-        cluster: a cluster to be a member of.
-        network / key: a real network (its name and key, or a Network); without
-            them, the dev network: loopback only, zero configuration, not secret.
-        listen: "host:port" to accept links on (dev: 127.0.0.1:0; else 0.0.0.0:0).
-        seeds: addresses to join through, in addition to discovery.
-        discovery: "loopback", "lan" or "off" (dev: loopback; else lan), or a
-            DiscoveryConfig for ports and intervals of its own.
-        identity: the node's key pair (default: a fresh one).
-        config: overlay timing and sizing.
-        transport: how links are made: TCP by default;
-            :class:`iris_trio.testing.MemoryNetwork` for tests (it needs
-            ``discovery="off"`` and seeds: discovery beacons are UDP).
-        monitor: "host:port" to serve the node's monitor on (read-only HTTP:
-            ``/healthz``, ``/status``, ``/metrics`` and a dashboard; see
-            docs/operations.md), as one more task of the node's; port 0 picks a
-            free port, which :attr:`Node.monitor_url` shows. Default: none.
-            Give a host other than loopback only to let other hosts read it.
-        subscription_bytes: the most bytes all the node's subscriptions and
-            broadcast receivers buffer together (default 256 MiB); beyond,
-            the one holding the most drops its oldest event (counted there).
-            Each also buffers at most its own ``max_bytes=`` (see
-            :meth:`Node.subscribe`).
-
-    Network failures never escape; the body's own exception leaves unwrapped.
-    On exit the node leaves the overlay gracefully.
-
-    Raises:
-        ConfigError: an invalid argument, such as a ``monitor`` that is not
-            HOST:PORT (before anything starts).
-        MonitorAddressError: the monitor cannot listen at ``monitor`` (in use,
-            not this host's...; an ``OSError``), before the node starts.
-    """
-    async with open_unwrapped_nursery() as nursery:
-        node: Node = await nursery.start(
-            lambda task_status: serve_node(
-                cluster,
-                network=network,
-                key=key,
-                listen=listen,
-                seeds=seeds,
-                discovery=discovery,
-                identity=identity,
-                config=config,
-                transport=transport,
-                monitor=monitor,
-                subscription_bytes=subscription_bytes,
-                task_status=task_status,
-            )
-        )
-        try:
-            yield node
-        finally:
-            nursery.cancel_scope.cancel()

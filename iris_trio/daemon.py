@@ -46,11 +46,12 @@ from ._command import (
     seconds,
 )
 from ._logformat import configure_logging, parse_log_format, parse_log_level
-from ._node import Node, serve_node
+from ._node import Node
+from ._serve import serve_node
 from .crypto.identity import NodeIdentity
 from .crypto.keys import DEV_NETWORK, Network, NetworkKey
 from .errors import ConfigError, KeyFormatError
-from .monitor import DEFAULT_MONITOR_PORT, MonitorAddressError
+from .monitor import DEFAULT_MONITOR_PORT, MonitorAddressError, monitor_of
 from .overlay.driver import split_address
 from .patterns.limits import MAX_COUNT, MAX_TIMEOUT
 from .relay import DEFAULT_PORT, Relay, RelayLimits, serve_relay
@@ -770,8 +771,9 @@ async def _run(args: argparse.Namespace, network: Network, identity: NodeIdentit
                     if message is None:
                         raise
                     raise _StartError(message) from exc
-                if node.monitor is not None:
-                    node.monitor.relay = relay  # its figures and clients shown too
+                monitor = monitor_of(node)
+                if monitor is not None:
+                    monitor.relay = relay  # its figures and clients shown too
                 _emit(
                     {
                         "event": "ready",

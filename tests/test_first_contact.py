@@ -24,7 +24,7 @@ import trio
 import trio.testing
 
 import iris_trio
-import iris_trio._node
+import iris_trio._serve
 from iris_trio.overlay.ids import name_id
 from iris_trio.testing import Cluster, MemoryNetwork, open_cluster
 
@@ -476,7 +476,7 @@ async def test_info_logs_tell_joining_peers_clusters_and_topics(
 async def test_the_dev_network_warning_comes_once_per_process(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(iris_trio._node, "_dev_warned", False)  # as in a fresh process
+    monkeypatch.setattr(iris_trio._serve, "_dev_warned", False)  # as in a fresh process
     caplog.set_level(logging.WARNING, logger="iris_trio")
     for _ in range(3):
         async with iris_trio.join(discovery="off"):

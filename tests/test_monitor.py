@@ -22,6 +22,7 @@ from iris_trio.monitor import (
     MonitorAddressError,
     RateMeter,
     fetch,
+    monitor_of,
     monitor_url,
     serve_monitor,
 )
@@ -165,8 +166,8 @@ async def monitored_pair(
                 first, relay=relay, limits=limits, task_status=task_status
             )
         )
-        assert second.monitor is not None  # the node's own (embedded) monitor
-        two = second.monitor
+        two = monitor_of(second)  # the node's own (embedded) monitor
+        assert two is not None
         await nursery.start(second.serve, echo, "calc")
         await first.wait_joined()
         await second.wait_joined()
@@ -424,8 +425,9 @@ async def test_bad_monitor_addresses_are_typed_errors_before_the_node_starts() -
     async with iris_trio.join(
         network=network, listen="127.0.0.1:0", discovery="off", monitor="127.0.0.1:0"
     ) as node:
-        assert node.monitor is not None
-        taken = f"127.0.0.1:{node.monitor.port}"
+        monitor = monitor_of(node)
+        assert monitor is not None
+        taken = f"127.0.0.1:{monitor.port}"
         with pytest.raises(MonitorAddressError, match="in use") as caught:
             async with iris_trio.join(network=network, discovery="off", monitor=taken):
                 pytest.fail("the node started")

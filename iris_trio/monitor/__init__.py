@@ -18,4 +18,5 @@ from .server import DEFAULT_MONITOR_PORT as DEFAULT_MONITOR_PORT
 from .server import Monitor as Monitor
 from .server import MonitorAddressError as MonitorAddressError
 from .server import bind_monitor as bind_monitor
+from .server import monitor_of as monitor_of
 from .server import serve_monitor as serve_monitor

@@ -20,7 +20,7 @@ from typing import Final
 import h11
 import trio
 
-from .. import __version__
+from .._version import __version__
 
 __all__ = ["HttpLimits", "HttpRequest", "HttpResponse", "serve_http"]
 

@@ -279,3 +279,10 @@ async def serve_monitor(
             functools.partial(serve_http, monitor.respond, listeners, limits=limits)
         )
         task_status.started(monitor)
+
+
+def monitor_of(node: Node) -> Monitor | None:
+    """The monitor of ``node`` (started with ``monitor=``), as a :class:`Monitor`:
+    set its ``relay`` to show a relay's figures too. None without one."""
+    monitor = node.monitor
+    return monitor if isinstance(monitor, Monitor) else None

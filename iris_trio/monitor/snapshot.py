@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from .. import __version__
+from .._version import __version__
 from ..overlay.driver import split_address
 from ..overlay.ids import DIGITS, name_id
 from ..patterns.membership import CLUSTER, TOPIC

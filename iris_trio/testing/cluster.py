@@ -17,7 +17,8 @@ from typing import Any, overload
 
 import trio
 
-from .._node import Node, serve_node
+from .._node import Node
+from .._serve import serve_node
 from .._util import open_unwrapped_nursery
 from ..crypto.keys import Network, NetworkKey
 from ..errors import ConfigError
