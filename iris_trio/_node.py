@@ -332,6 +332,8 @@ class Node:
         has just started never says "no responders" for a cluster that has
         members, and a subscription returns only once it receives. A checkpoint.
 
+        Cancellation: stops the wait only; the node goes on joining.
+
         Raises:
             trio.ClosedResourceError: the node has stopped.
         """
@@ -369,6 +371,9 @@ class Node:
         overlay (see :meth:`wait_joined`), so that its first events reach the
         subscribers already there.
 
+        Cancellation: a cancelled ``publish()`` has sent nothing (the event is
+        queued to go only as the call returns); nothing is left behind.
+
         Raises:
             TypeError: ``data`` is not bytes, or ``topic`` not a str.
             MessageTooLargeError: ``data`` exceeds 8 MiB.
@@ -383,6 +388,9 @@ class Node:
 
         Best effort, each sender's messages in order, no duplicates. Paced like
         :meth:`publish`. Raises like :meth:`publish`.
+
+        Cancellation: as :meth:`publish`: a cancelled ``broadcast()`` has sent
+        nothing.
         """
         self._check_open()
         await self._pubsub.broadcast(check_name("cluster", cluster), data)
@@ -413,6 +421,11 @@ class Node:
                 ``subscription_bytes=`` (default 256 MiB; see
                 :attr:`subscription_budget`).
 
+        Cancellation: cancelled while it waits for the topic's tree, or the body
+        left by cancellation (or any exception): the subscription closes, and
+        the node leaves the topic's tree once no other subscription of it
+        remains; nothing is left behind (events still buffered are discarded).
+
         Raises:
             ConfigError: ``topic`` is empty or too long, or ``capacity`` or
                 ``max_bytes`` < 1.
@@ -439,7 +452,16 @@ class Node:
         A member receives the cluster's broadcasts (see :meth:`broadcasts`);
         requests and tunnels only reach members that take them
         (:meth:`requests`, :meth:`serve`, :meth:`tunnels`). Returns once the
-        cluster's tree has taken this node in (5 s at most).
+        cluster's tree has taken this node in (5 s at most). Example::
+
+            async with node.join("workers"), node.broadcasts() as heard:
+                async for message in heard:
+                    ...
+
+        Cancellation: cancelled while it waits for the tree, or the body left
+        by cancellation (or any exception): this node stops being a member
+        (unless it is one otherwise: the cluster of its ``join()``, or another
+        ``node.join()`` of it) and leaves the tree; nothing is left behind.
 
         Raises:
             ConfigError: ``cluster`` is empty or too long.
@@ -470,6 +492,10 @@ class Node:
         :meth:`subscribe`'s (the oldest broadcast goes, counted), and it counts
         against the node's :attr:`subscription_budget` too.
 
+        Cancellation: as :meth:`subscribe`: cancelled while it waits, or the
+        body left by cancellation, the receiver closes (and, with ``cluster``,
+        the membership it took ends as :meth:`join`'s); nothing is left behind.
+
         Raises:
             ConfigError: ``cluster`` is empty or too long, or ``capacity`` or
                 ``max_bytes`` < 1.
@@ -495,8 +521,10 @@ class Node:
         A node that has just started first waits (within the deadline) until it
         has joined the overlay (see :meth:`wait_joined`).
 
-        Cancellation stops the wait, not the request: the member may still run
-        it (requests run at most once, never twice). Example::
+        Cancellation: stops the wait, not the request: a member may still run
+        it (requests run at most once, never twice), and its reply is dropped
+        when it comes. The request counts as neither answered nor failed in
+        :meth:`statistics`. Example::
 
             reply = await node.request("calc", b"2 3 4", timeout=5)
 
@@ -532,6 +560,17 @@ class Node:
         deadline passed while queued are dropped, not handed out. Several
         receivers of one cluster on a node share its requests by spare capacity.
         Returns once requests can reach this member (see :meth:`join`).
+        Example (answer each :class:`Request` once)::
+
+            async with node.requests("calc", limit=8) as incoming:
+                async for request in incoming:
+                    await request.reply(await add(request.data))
+
+        Cancellation: leaving the body, by cancellation or otherwise, closes the
+        receiver (:meth:`IncomingRequests.aclose`): requests still queued go
+        to another member, those received and never answered fail with
+        :class:`RemoteError` (they may have partly run, so they are not sent
+        again). Cancelled before the body, it leaves nothing behind.
 
         Raises:
             ConfigError: no cluster given (and the node joined none), a bad
@@ -558,7 +597,20 @@ class Node:
         handler does, the requester gets an answer and the member goes on: an
         exception goes to the requester as RemoteError (its type name and
         message), and so does a result that is not ``bytes``. Started (for
-        ``nursery.start``) once requests can reach this member.
+        ``nursery.start``) once requests can reach this member. Example::
+
+            async def add(data: bytes) -> bytes:
+                return str(sum(map(int, data.split()))).encode()
+
+            async with trio.open_nursery() as nursery:
+                await nursery.start(node.serve, add, "calc")
+
+        Cancellation: stops serving and returns once every handler has ended.
+        Running handlers are cancelled, and their requesters get
+        :class:`RemoteError` (a request may have partly run, so it is not sent
+        again); requests queued here, or handed to a handler that had not begun
+        yet, go to another member. The node stays a member of ``cluster`` only
+        if it is one otherwise.
 
         Raises:
             ConfigError / trio.ClosedResourceError: as :meth:`requests`.
@@ -586,6 +638,17 @@ class Node:
         Opening follows the deadline rules of :meth:`request` (the member must
         take it within the caller's deadline or ``timeout``); the open tunnel has
         no deadline. ``window`` is the bytes this end buffers for its reader.
+        Example (the full program in :doc:`/tutorial/4-tunnel`)::
+
+            async with node.tunnel("files", timeout=5) as tunnel:
+                await tunnel.send(b"GET report.csv")
+                async for chunk in tunnel:
+                    output.write(chunk)
+
+        Cancellation: cancelled while opening, the opening is abandoned (a
+        member that took it just then sees the tunnel aborted). The body left
+        by cancellation (or any exception) closes the tunnel abnormally: the
+        far end gets ``trio.BrokenResourceError``, not an end of channel.
 
         Raises:
             NoRespondersError: the cluster has no member, or none of its members
@@ -615,6 +678,16 @@ class Node:
         Each received :class:`Tunnel` belongs to the receiver: use it in
         ``async with tunnel:``. ``backlog`` tunnels wait to be received before
         further openings are refused; ``window`` is each tunnel's receive buffer.
+        Example::
+
+            async with node.tunnels("files") as incoming, trio.open_nursery() as nursery:
+                async for tunnel in incoming:
+                    nursery.start_soon(send_file, tunnel)  # uses `async with tunnel:`
+
+        Cancellation: leaving the body, by cancellation or otherwise, stops
+        taking tunnels: those not yet received are closed abnormally (their
+        openers get ``trio.BrokenResourceError``); those received belong to
+        their receivers, each closed by its own ``async with``.
 
         Raises:
             ConfigError: no cluster given (and the node joined none), a bad

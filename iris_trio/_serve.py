@@ -69,6 +69,18 @@ async def serve_node(
     node's own); ``transport`` is how links are made: TCP by default,
     :class:`iris_trio.testing.MemoryNetwork` for tests (with ``discovery="off"``).
 
+    Example::
+
+        async with trio.open_nursery() as nursery:
+            node = await nursery.start(functools.partial(iris_trio.serve_node, "calc"))
+            ...
+            nursery.cancel_scope.cancel()  # the node leaves the overlay
+
+    Cancellation: the node leaves the overlay gracefully (its goodbye is
+    queued under a shield, a second at most), its monitor stops, and the call
+    returns once every task of the node has ended. Cancelled before it has
+    started, it leaves nothing behind (a monitor's listeners are closed).
+
     Raises:
         ConfigError: an invalid argument (before anything starts).
         MonitorAddressError: the monitor cannot listen at ``monitor`` (before
@@ -195,6 +207,11 @@ async def join(
 
     Network failures never escape; the body's own exception leaves unwrapped.
     On exit the node leaves the overlay gracefully.
+
+    Cancellation: cancelling the body (or leaving it by an exception) leaves
+    the overlay gracefully, as :func:`serve_node` does when cancelled;
+    ``join()`` returns once every task of the node has ended. Cancelled while
+    joining, it leaves nothing behind.
 
     Raises:
         ConfigError: an invalid argument, such as a ``monitor`` that is not

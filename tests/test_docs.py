@@ -5,7 +5,9 @@ file, a ``literalinclude`` of a function that is gone, or a reference to a
 renamed iris_trio name fails the build). These tests check what the build
 cannot see:
 
-- every public name is in the API reference;
+- every public name is in the API reference, with an example, and (if it
+  is async or an async context manager, or a method the reference shows is)
+  a ``Cancellation:`` note saying what cancelling it leaves behind;
 - every Python block of the pages parses, names only what iris_trio has, and
   calls node methods only with keywords they take (the long examples are
   ``literalinclude``\\ d from ``examples/``, which test_examples.py runs);
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import dataclasses
 import functools
 import inspect
 import io
@@ -57,7 +60,7 @@ def blocks(language: str) -> Iterator[tuple[str, str]]:
 
 def _public_names() -> set[str]:
     names = set()
-    for module in (iris_trio, iris_trio.testing, iris_trio.relay):
+    for module in (iris_trio, iris_trio.testing, iris_trio.relay, iris_trio.monitor):
         for name, value in vars(module).items():
             if name.startswith("_") or inspect.ismodule(value) or name == "annotations":
                 continue
@@ -66,20 +69,54 @@ def _public_names() -> set[str]:
     return names
 
 
+@dataclasses.dataclass
+class _Block:
+    """One directive of a reference page: what it adds to the object's docstring."""
+
+    page: str
+    text: str = ""  # its body (options, paragraphs, nested directives)
+    members: list[str] | None = dataclasses.field(default_factory=list)  # None: all
+
+
+_DIRECTIVE = re.compile(r"^(\s*)\.\. (auto\w+|py:\w+):: (\S+)\s*$")
+_CURRENT = re.compile(r"^\.\. currentmodule:: (\S+)")
+_MEMBERS = re.compile(r"^\s*:members:(.*)$")
+
+
+@functools.cache
+def _blocks() -> dict[str, _Block]:
+    """The objects the reference's directives describe (full names), with the
+    text each directive's body adds."""
+    found: dict[str, _Block] = {}
+    for page in sorted((DOCS / "reference").glob("*.rst")):
+        module = ""
+        block: _Block | None = None
+        indent = 0
+        for line in page.read_text().splitlines():
+            if match := _CURRENT.match(line):
+                module, block = match.group(1), None
+            elif match := _DIRECTIVE.match(line):
+                name = match.group(3)
+                name = name if name.startswith("iris_trio") else f"{module}.{name}"
+                block = found[name] = _Block(page.name)
+                indent = len(match.group(1))
+            elif block is not None and (not line.strip() or _indent(line) > indent):
+                if members := _MEMBERS.match(line):
+                    listed = [m.strip() for m in members.group(1).split(",") if m.strip()]
+                    block.members = listed or None
+                block.text += line + "\n"
+            else:
+                block = None
+    return found
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip())
+
+
 def _documented() -> set[str]:
     """The objects the reference's directives describe (full names)."""
-    directive = re.compile(r"^\s*\.\. (?:auto\w+|py:\w+):: (\S+)", re.M)
-    current = re.compile(r"^\.\. currentmodule:: (\S+)", re.M)
-    found = set()
-    for page in (DOCS / "reference").glob("*.rst"):
-        module = ""
-        for line in page.read_text().splitlines():
-            if match := current.match(line):
-                module = match.group(1)
-            elif match := directive.match(line):
-                name = match.group(1)
-                found.add(name if name.startswith("iris_trio") else f"{module}.{name}")
-    return found
+    return set(_blocks())
 
 
 def _resolve(name: str) -> object:
@@ -102,6 +139,108 @@ def test_every_public_name_is_in_the_reference() -> None:
         if name not in documented and not any(_resolve(name) is value for value in objects)
     ]
     assert not missing, f"not in docs/reference/: {missing}"
+
+
+# ---------------------------------------------- examples and cancellation notes
+
+#: An example: a literal block introduced by "Example::" (or "Examples ...::"),
+#: or a file of examples/ included.
+_EXAMPLE = re.compile(r"\bExamples?\b[^\n]*::[ \t]*$|\.\. literalinclude::", re.M)
+#: What cancelling an async call (or leaving an ``async with`` by cancellation)
+#: leaves behind is said in a paragraph that starts so.
+_CANCELLATION = "Cancellation:"
+
+
+def _block_of(name: str) -> _Block | None:
+    """The reference directive that shows ``name`` (by name, or the same object)."""
+    blocks = _blocks()
+    if name in blocks:
+        return blocks[name]
+    value = _resolve(name)
+    for documented, block in blocks.items():
+        if _resolve(documented) is value:
+            return block
+    return None
+
+
+def _rendered(name: str) -> str:
+    """What the reference shows of ``name``: its docstring (for a class or a
+    function: a constant's docstring would be its type's) and the directive's body."""
+    value = _resolve(name)
+    block = _block_of(name)
+    shown = block.text if block is not None else ""
+    if inspect.isclass(value) or inspect.isroutine(value):
+        shown = (inspect.getdoc(value) or "") + "\n" + shown
+    return shown
+
+
+def _is_async(value: object) -> bool:
+    """An async function, an async context manager function, or a function that
+    returns an async context manager."""
+    if isinstance(value, property) or not callable(value) or inspect.isclass(value):
+        return False
+    if inspect.iscoroutinefunction(value) or inspect.isasyncgenfunction(inspect.unwrap(value)):
+        return True
+    try:
+        returned = str(inspect.signature(value).return_annotation)
+    except (TypeError, ValueError):
+        return False
+    return "AsyncContextManager" in returned or "AsyncIterator" in returned
+
+
+def _shown_members(name: str) -> list[str]:
+    """The members the reference shows of the class ``name`` (``:members:``)."""
+    value = _resolve(name)
+    block = _block_of(name)
+    if not inspect.isclass(value) or block is None:
+        return []
+    if block.members is None:  # all of them
+        return [m for m in vars(value) if not m.startswith("_")]
+    return block.members
+
+
+def _checked_names() -> list[str]:
+    """Every public name, and every other object the reference shows (not modules)."""
+    names = _public_names() | {
+        name for name in _documented() if not inspect.ismodule(_resolve(name))
+    }
+    return sorted(names)
+
+
+CHECKED_NAMES = _checked_names()
+
+
+@pytest.mark.parametrize("name", CHECKED_NAMES)
+def test_every_name_has_an_example(name: str) -> None:
+    assert _EXAMPLE.search(_rendered(name)), (
+        f"{name}: no example in its docstring or its docs/reference/ entry "
+        "(an 'Example::' literal block or a literalinclude of examples/)"
+    )
+
+
+@pytest.mark.parametrize("name", CHECKED_NAMES)
+def test_async_names_say_what_cancellation_does(name: str) -> None:
+    if _is_async(_resolve(name)):
+        assert _CANCELLATION in _rendered(name), (
+            f"{name} is async: its docs must say what cancelling it does ({_CANCELLATION!r})"
+        )
+    value = _resolve(name)
+    shown = _rendered(name)
+    paragraphs = [p for p in re.split(r"\n\s*\n", shown) if _CANCELLATION in p]
+    silent = []
+    for member in _shown_members(name):
+        method = inspect.getattr_static(value, member, None)
+        if isinstance(method, (staticmethod, classmethod)):
+            method = method.__func__
+        if method is None or not _is_async(method):
+            continue
+        # Said in the method's docstring, or in a note of the class that names it.
+        named = re.compile(rf"\b{member}\b")
+        if _CANCELLATION not in (inspect.getdoc(method) or "") and not any(
+            named.search(p) for p in paragraphs
+        ):
+            silent.append(member)
+    assert not silent, f"{name}: async methods that do not say what cancelling them does: {silent}"
 
 
 # ------------------------------------------------------------- Python blocks

@@ -57,6 +57,7 @@ class NodeIdentity:
 
         Raises:
             KeyFormatError: the file does not hold a private key.
+            OSError: it cannot be read.
         """
         text = Path(path).read_bytes()[:1024].strip()
         try:

@@ -108,6 +108,13 @@ class NetworkKey:
         the same passphrase gives different keys on differently named networks,
         and every node of one network derives the same key with no extra input.
         Costs are libsodium's "interactive" limits (about 64 MiB and 0.1 s).
+
+        It blocks for that time (not a checkpoint: cancellation cannot stop it);
+        in a running trio program, derive the key before the node starts or
+        with ``await trio.to_thread.run_sync(NetworkKey.from_passphrase, ...)``.
+
+        Raises:
+            KeyFormatError: the passphrase is empty.
         """
         secret = passphrase.encode("utf-8") if isinstance(passphrase, str) else passphrase
         if not secret:

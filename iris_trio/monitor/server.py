@@ -112,6 +112,12 @@ class Monitor:
         addresses: the (host, port) pairs it listens on.
         port: the port it listens on (chosen by the system for port 0).
         url: ``http://host:port`` of the first of them.
+
+    Example::
+
+        monitor = await nursery.start(iris_trio.monitor.serve_monitor, node)
+        print("dashboard at", monitor.url)
+        print(monitor.status()["joined"])  # the /status document
     """
 
     def __init__(self, node: Node, relay: Relay | None, addresses: list[tuple[str, int]]) -> None:
@@ -216,6 +222,16 @@ class MonitorAddressError(OSError):
 async def bind_monitor(address: str) -> list[trio.SocketListener]:
     """Listen at ``address`` for a monitor (pass the result to :func:`serve_monitor`).
 
+    Binding first tells a caller at once that the address is taken, before
+    anything else starts (``serve_node(monitor=...)`` does so). Example::
+
+        listeners = await bind_monitor("127.0.0.1:8222")  # fails here if in use
+        await nursery.start(serve_monitor, node, listeners)
+
+    Cancellation: cancelled while it resolves the host, nothing is bound. The
+    listeners it returns are the caller's: pass them to :func:`serve_monitor`
+    (which closes them), or close them.
+
     Raises:
         ConfigError: ``address`` is not HOST:PORT.
         MonitorAddressError: it cannot be listened on.
@@ -260,6 +276,20 @@ async def serve_monitor(
             (or set ``Monitor.relay`` once it runs).
         limits: the HTTP server's bounds (connections, sizes, timeouts).
 
+    Example (a monitor beside a node, with its relay's figures)::
+
+        async with iris_trio.join() as node, trio.open_nursery() as nursery:
+            relay = await nursery.start(iris_trio.serve_relay, node, 0)
+            monitor = await nursery.start(
+                functools.partial(serve_monitor, node, "127.0.0.1:0", relay=relay)
+            )
+            print("dashboard at", monitor.url)
+
+    Cancellation: the monitor stops: its listeners close (those from
+    :func:`bind_monitor` too) and open HTTP connections are closed; the node
+    is not affected. Cancelled before it has started, nothing is left
+    listening.
+
     Raises:
         ConfigError: ``address`` is not HOST:PORT.
         MonitorAddressError: it cannot be listened on (in use, not this host's...).
@@ -283,6 +313,15 @@ async def serve_monitor(
 
 def monitor_of(node: Node) -> Monitor | None:
     """The monitor of ``node`` (started with ``monitor=``), as a :class:`Monitor`:
-    set its ``relay`` to show a relay's figures too. None without one."""
+    set its ``relay`` to show a relay's figures too. None without one.
+
+    Example::
+
+        async with iris_trio.join(monitor="127.0.0.1:0") as node, trio.open_nursery() as nursery:
+            relay = await nursery.start(iris_trio.serve_relay, node, 0)
+            monitor = monitor_of(node)
+            if monitor is not None:
+                monitor.relay = relay  # the dashboard shows the relay's clients
+    """
     monitor = node.monitor
     return monitor if isinstance(monitor, Monitor) else None

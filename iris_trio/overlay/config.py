@@ -51,6 +51,17 @@ class OverlayConfig:
             merges the two rings again. One connection per interval: cheap.
         lost_addresses / lost_for: the most addresses of lost peers kept for
             that, and for how long (seconds).
+
+    Raises:
+        ConfigError: a value out of range (say ``heartbeat_interval`` not below
+            ``suspect_after``), when it is made.
+
+    ``config=`` of :func:`iris_trio.join` takes one; the defaults suit most
+    networks (give every node of one network the same). Example::
+
+        config = OverlayConfig(heartbeat_interval=2.0, suspect_after=5.0, dead_after=8.0)
+        async with iris_trio.join("calc", config=config) as node:
+            ...
     """
 
     leaf_size: int = 8

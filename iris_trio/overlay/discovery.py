@@ -34,6 +34,8 @@ __all__ = ["DiscoveryConfig", "DiscoveryMode", "run_discovery"]
 
 log = logging.getLogger("iris_trio.overlay")
 
+#: How a node finds the others, as ``discovery=`` of :func:`iris_trio.join`
+#: takes it (the modes are described in the module docstring).
 DiscoveryMode = Literal["loopback", "lan", "off"]
 
 
@@ -48,6 +50,14 @@ class DiscoveryConfig:
         lan_port: the broadcast port of ``lan`` mode.
         fast_interval: beacon period until the overlay settles.
         slow_interval: beacon period afterwards.
+
+    ``discovery=`` of :func:`iris_trio.join` takes one for ports and
+    intervals of its own (a mode alone, ``"lan"``, keeps the defaults); every
+    node that should find the others needs the same ports. Example::
+
+        discovery = DiscoveryConfig(mode="lan", lan_port=40000, slow_interval=30.0)
+        async with iris_trio.join("calc", network="prod", key=key, discovery=discovery):
+            ...
     """
 
     mode: DiscoveryMode = "loopback"

@@ -67,6 +67,11 @@ class ByteBudget:
         max_bytes: the most bytes the member queues buffer together (one item
             is always admitted into an empty budget, whatever its size).
         parent: a wider budget this one also counts against (a node's total).
+
+    Example (a node's: :attr:`Node.subscription_budget <iris_trio.Node.subscription_budget>`)::
+
+        budget = node.subscription_budget
+        print(f"subscriptions buffer {budget.used:,} of {budget.max_bytes:,} bytes")
     """
 
     def __init__(self, max_bytes: int, parent: ByteBudget | None = None) -> None:
@@ -241,7 +246,12 @@ class BoundedQueue(trio.abc.ReceiveChannel[T], Generic[T]):
 
     def receive_nowait(self) -> T:
         """The next item; raises trio.WouldBlock if there is none, and
-        trio.ClosedResourceError once the queue is closed."""
+        trio.ClosedResourceError once the queue is closed.
+
+        Raises:
+            trio.WouldBlock: nothing is buffered.
+            trio.ClosedResourceError: the queue is closed.
+        """
         if self.closed:
             raise trio.ClosedResourceError(self._closed_message)
         queue = self._queue
@@ -263,7 +273,15 @@ class BoundedQueue(trio.abc.ReceiveChannel[T], Generic[T]):
         """Hook: a receive found the queue empty."""
 
     async def receive(self) -> T:
-        """Wait for the next item. A checkpoint."""
+        """Wait for the next item. A checkpoint.
+
+        Cancellation: loses nothing: an item is taken only by a receive that
+        returns it; the next receive gets what a cancelled one did not.
+
+        Raises:
+            trio.ClosedResourceError: the queue is closed (at once, or when it
+                closes while this waits).
+        """
         return await receive_parked(self.receive_nowait, self._waiting)
 
     def take_all(self) -> list[T]:
@@ -291,7 +309,11 @@ class BoundedQueue(trio.abc.ReceiveChannel[T], Generic[T]):
         return True
 
     async def aclose(self) -> None:
-        """Close the queue. A checkpoint."""
+        """Close the queue. A checkpoint.
+
+        Cancellation: the queue is closed before the checkpoint: a cancelled
+        ``aclose()`` has closed it.
+        """
         self.close_nowait()
         await trio.lowlevel.checkpoint()
 

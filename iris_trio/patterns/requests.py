@@ -94,7 +94,21 @@ def decode_failure(data: bytes) -> tuple[str, str]:
 
 
 class Request:
-    """One request to this member.
+    """One request to this member (from :meth:`Node.requests <iris_trio.Node.requests>`).
+
+    Answer it once, with :meth:`reply` or :meth:`fail`, before its deadline:
+    the requester waits for nothing else. Example::
+
+        async with node.requests("calc") as incoming:
+            async for request in incoming:
+                if request.expired:
+                    continue  # the requester has stopped waiting
+                try:
+                    total = sum(map(int, request.data.split()))
+                except ValueError as exc:
+                    await request.fail(str(exc), "ValueError")
+                else:
+                    await request.reply(str(total).encode())
 
     Attributes:
         data: the request's bytes.
@@ -149,18 +163,32 @@ class Request:
         self._answer(self, status, data)
 
     async def reply(self, data: bytes) -> None:
-        """Send the reply (once). A checkpoint."""
+        """Send the reply (once). A checkpoint.
+
+        Cancellation: the reply is on its way before the checkpoint, so a
+        cancelled ``reply()`` has answered all the same.
+
+        Raises:
+            TypeError: ``data`` is not bytes (the request stays unanswered).
+            RuntimeError: the request was already answered.
+        """
         self.reply_nowait(data)
         await trio.lowlevel.checkpoint()
 
     async def fail(self, message: str, type_name: str = "") -> None:
         """Answer with an error: the requester gets ``RemoteError(message,
-        type_name)``. A checkpoint."""
+        type_name)``. A checkpoint.
+
+        Cancellation: as :meth:`reply`: a cancelled ``fail()`` has answered.
+
+        Raises:
+            RuntimeError: the request was already answered.
+        """
         self.fail_nowait(message, type_name)
         await trio.lowlevel.checkpoint()
 
     def reply_nowait(self, data: bytes) -> None:
-        """Send the reply (once) without a checkpoint."""
+        """Send the reply (once) without a checkpoint; raises as :meth:`reply`."""
         if type(data) is not bytes:
             raise TypeError(f"data must be bytes, not {type(data).__name__}")
         self._once(0, data)
@@ -185,7 +213,16 @@ class Request:
 class IncomingRequests(BoundedQueue[Request]):
     """Requests to this member, oldest first; those whose deadline passed while
     queued are dropped (counted), never handed out. Beyond ``max_bytes`` of
-    queued requests, more are refused (the requester gets RemoteError)."""
+    queued requests, more are refused (the requester gets RemoteError).
+
+    From ``async with node.requests(cluster) as incoming``: a trio
+    ``ReceiveChannel`` of :class:`Request`; its ``async with`` (the node's)
+    closes it. Example::
+
+        async with node.requests("calc", limit=8) as incoming:
+            async for request in incoming:
+                await request.reply(await add(request.data))
+    """
 
     def __init__(
         self,
@@ -275,7 +312,11 @@ class IncomingRequests(BoundedQueue[Request]):
     async def aclose(self) -> None:
         """Stop receiving: queued requests go back to be sent to another member;
         received ones never answered fail (RemoteError; they may have been
-        partly handled, so they are not sent again)."""
+        partly handled, so they are not sent again). A checkpoint.
+
+        Cancellation: the receiver is closed (and its requests sent on or
+        failed) before the checkpoint: a cancelled ``aclose()`` has closed it.
+        """
         if self.close_nowait():
             self._on_close(self)
         await trio.lowlevel.checkpoint()

@@ -45,6 +45,14 @@ class Subscription(BoundedQueue[bytes]):
     :class:`~iris_trio.patterns.queue.ByteBudget`. When an event arrives while
     it is full, the oldest buffered event is dropped and counted (``statistics().dropped``): a
     subscriber that falls behind loses events, nobody else does.
+
+    From :meth:`Node.subscribe <iris_trio.Node.subscribe>` (or
+    :meth:`Node.broadcasts <iris_trio.Node.broadcasts>`), whose ``async with``
+    closes it. Example::
+
+        async with node.subscribe("prices") as events:
+            async for event in events:
+                print(event, events.statistics().dropped)
     """
 
     def __init__(
@@ -91,7 +99,11 @@ class Subscription(BoundedQueue[bytes]):
         return not self.push(data)
 
     async def aclose(self) -> None:
-        """Unsubscribe; pending and later receives raise trio.ClosedResourceError."""
+        """Unsubscribe; pending and later receives raise trio.ClosedResourceError.
+
+        Cancellation: it has unsubscribed before its checkpoint: a cancelled
+        ``aclose()`` has closed the subscription.
+        """
         if self.close_nowait():
             self._on_close(self)
         await trio.lowlevel.checkpoint()

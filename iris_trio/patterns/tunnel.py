@@ -56,7 +56,22 @@ class TunnelPath(Protocol):
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class TunnelStatistics:
-    """Counters of one tunnel end."""
+    """Counters of one tunnel end (from :meth:`Tunnel.statistics`).
+
+    Attributes:
+        messages_sent / bytes_sent: whole messages (and their bytes) sent.
+        messages_received / bytes_received: whole messages (and their bytes)
+            received (taken by ``receive()``).
+        buffered_bytes: bytes arrived and not yet received (a message still
+            arriving included).
+        allowance: bytes this end may still send before the far end's buffer
+            is full (``send()`` waits at 0).
+
+    Example::
+
+        figures = tunnel.statistics()
+        print(f"{figures.bytes_sent:,} bytes out; {figures.allowance:,} may go now")
+    """
 
     messages_sent: int
     bytes_sent: int
@@ -125,6 +140,11 @@ class Tunnel(trio.abc.Channel[bytes]):
 
     async def send(self, value: bytes) -> None:
         """Send one message (any size), waiting for the far end's allowance.
+
+        Cancellation: a ``send()`` cancelled before its first piece went has
+        sent nothing; one cancelled in the middle of a large message leaves it
+        incomplete, and the far end discards it (the tunnel stays usable: the
+        next message arrives whole).
 
         Raises:
             TypeError: ``value`` is not bytes.
@@ -228,7 +248,16 @@ class Tunnel(trio.abc.Channel[bytes]):
         raise trio.WouldBlock
 
     async def receive(self) -> bytes:
-        """Wait for the next message (see the class docstring for the ends)."""
+        """Wait for the next message (see the class docstring for the ends).
+
+        Cancellation: loses nothing: the next ``receive()`` gets the message a
+        cancelled one did not.
+
+        Raises:
+            trio.EndOfChannel: the far end closed cleanly and all was read.
+            trio.BrokenResourceError: the far end failed or the path broke.
+            trio.ClosedResourceError: this end was closed.
+        """
         return await receive_parked(self.receive_nowait, self._receive_lot)
 
     def _give_back(self, size: int) -> None:
@@ -325,7 +354,11 @@ class Tunnel(trio.abc.Channel[bytes]):
     # -------------------------------------------------------------------- ends
 
     async def aclose(self) -> None:
-        """Close this end cleanly: the far end reads what was sent, then EndOfChannel."""
+        """Close this end cleanly: the far end reads what was sent, then EndOfChannel.
+
+        Cancellation: the tunnel is closed before the checkpoint: a cancelled
+        ``aclose()`` has closed it (cleanly).
+        """
         self._close("")
         await trio.lowlevel.checkpoint()
 
@@ -371,7 +404,17 @@ class Tunnel(trio.abc.Channel[bytes]):
 
 class IncomingTunnels(BoundedQueue[Tunnel]):
     """Tunnels opened to this member, oldest first (see :meth:`Node.tunnels`);
-    beyond ``limit`` waiting, more are refused."""
+    beyond ``limit`` waiting, more are refused.
+
+    A trio ``ReceiveChannel`` of :class:`Tunnel`; each received tunnel belongs
+    to its receiver. Example::
+
+        async with node.tunnels("echo") as incoming:
+            async for tunnel in incoming:
+                async with tunnel:
+                    async for message in tunnel:
+                        await tunnel.send(message)
+    """
 
     def __init__(self, limit: int, on_close: Callable[[IncomingTunnels], None]) -> None:
         super().__init__(limit, Overflow.REFUSE, closed_message="no longer taking tunnels")
@@ -383,7 +426,11 @@ class IncomingTunnels(BoundedQueue[Tunnel]):
             tunnel.abort("the member stopped taking tunnels")
 
     async def aclose(self) -> None:
-        """Stop taking tunnels; those not yet received are closed abnormally."""
+        """Stop taking tunnels; those not yet received are closed abnormally.
+
+        Cancellation: it has stopped (and closed those tunnels) before its
+        checkpoint: a cancelled ``aclose()`` has closed the receiver.
+        """
         if self.close_nowait():
             for tunnel in self.take_all():
                 tunnel.abort("the member stopped taking tunnels")

@@ -113,6 +113,15 @@ class _Waiter:
 class RelayRequest:
     """A request for this service; answer it once with :meth:`reply` or :meth:`fail`.
 
+    From ``service.requests`` (the pull model; :meth:`Connection.serve` answers
+    them for you). Example::
+
+        async with iris_trio.register(55555, "echo") as service:
+            while True:
+                request = await service.requests.receive()
+                if not request.expired:
+                    await request.reply(request.data)
+
     Attributes:
         data: the request's bytes.
         deadline: ``anyio.current_time()`` after which the requester stops waiting.
@@ -138,13 +147,31 @@ class RelayRequest:
         self._answered = True
 
     async def reply(self, data: bytes) -> None:
-        """Send the reply (once)."""
+        """Send the reply (once).
+
+        It waits while the connection's send queue is full. Cancellation: the
+        request counts as answered from the start, and the reply may have been
+        queued or not; one that was not leaves the requester to its timeout.
+
+        Raises:
+            TypeError / MessageTooLargeError: ``data`` is not bytes or beyond
+                8 MiB (the request stays unanswered).
+            RuntimeError: the request was already answered.
+            anyio.BrokenResourceError: the connection to the node ended.
+        """
         check_message(data)
         self._once()
         await self._connection._writer.send(Reply(self._id, True, reply=data))
 
     async def fail(self, message: str) -> None:
-        """Answer with an error: the requester gets RemoteError(message)."""
+        """Answer with an error: the requester gets RemoteError(message).
+
+        Cancellation: as :meth:`reply`.
+
+        Raises:
+            RuntimeError: the request was already answered.
+            anyio.BrokenResourceError: the connection to the node ended.
+        """
         self._once()
         await self._connection._writer.send(Reply(self._id, False, fault=message))
 
@@ -154,7 +181,17 @@ class RelayTunnel:
 
     ``send()`` waits while the far end's buffer is full; ``receive()`` raises
     ``anyio.EndOfStream`` once the far end closed and everything was read, and
-    ``anyio.BrokenResourceError`` if the tunnel broke.
+    ``anyio.BrokenResourceError`` if the tunnel broke. Use it in ``async
+    with`` (:meth:`Connection.tunnel` does); ``async for message in tunnel``
+    reads until the end. Example::
+
+        async with client.tunnel("echo", timeout=5) as tunnel:
+            await tunnel.send(b"ping")
+            print(await tunnel.receive())
+
+    Leaving its ``async with`` in any way, cancellation included, closes it
+    cleanly (shielded: the far end reads what was sent, then its end; 10 s at
+    most).
     """
 
     def __init__(
@@ -175,7 +212,17 @@ class RelayTunnel:
         self._done = anyio.Event()
 
     async def send(self, message: bytes) -> None:
-        """Send one message (up to 64 MiB), waiting for the far end's allowance."""
+        """Send one message (up to 64 MiB), waiting for the far end's allowance.
+
+        Cancellation: cancelled while it waits for allowance, nothing was sent;
+        cancelled between the chunks of a large message, the message is left
+        incomplete and the far end never receives it.
+
+        Raises:
+            TypeError / MessageTooLargeError: not bytes, or beyond 64 MiB.
+            anyio.ClosedResourceError: this end was closed.
+            anyio.BrokenResourceError: the far end closed or the tunnel broke.
+        """
         if type(message) is not bytes:
             raise TypeError(f"message must be bytes, not {type(message).__name__}")
         if len(message) > _MAX_TUNNEL_MESSAGE:
@@ -201,7 +248,15 @@ class RelayTunnel:
             raise anyio.BrokenResourceError(self._ended or "the far end closed the tunnel")
 
     async def receive(self) -> bytes:
-        """The next message."""
+        """The next message.
+
+        Cancellation: loses nothing: the next ``receive()`` gets the message a
+        cancelled one did not.
+
+        Raises:
+            anyio.EndOfStream: the far end closed and everything was read.
+            anyio.BrokenResourceError: the tunnel broke (the reason says why).
+        """
         message = await self._messages.receive()
         self._to_return += len(message)
         if self._to_return >= self._window // 4 or not len(self._messages):
@@ -222,7 +277,13 @@ class RelayTunnel:
                 return
 
     async def aclose(self) -> None:
-        """Close this end: the far end reads what was sent, then its end closes."""
+        """Close this end: the far end reads what was sent, then its end closes.
+
+        Waits for the node to confirm the close (10 s at most). Cancellation:
+        the close is sent before the wait, so after a cancelled ``aclose()``
+        this end sends nothing more, but the far end may not have closed yet
+        (leaving ``async with`` shields the whole close instead).
+        """
         if not self._closing and self._ended is None:
             self._closing = True
             with contextlib.suppress(anyio.BrokenResourceError):
@@ -263,7 +324,16 @@ class RelayTunnel:
 
 
 class Connection:
-    """A connection to the local node's relay (from :func:`connect` or :func:`register`)."""
+    """A connection to the local node's relay (from :func:`connect` or :func:`register`).
+
+    The calls of an embedded :class:`~iris_trio.Node`, on anyio (trio or
+    asyncio). A connection the node closes or loses makes every waiting call
+    raise ``anyio.BrokenResourceError`` with the reason. Example::
+
+        async with iris_trio.connect() as client:
+            await client.publish("news", b"hello")
+            reply = await client.request("echo", b"hi", timeout=5)
+    """
 
     def __init__(
         self,
@@ -300,10 +370,14 @@ class Connection:
     async def request(self, cluster: str, data: bytes, timeout: float | None = None) -> bytes:
         """Send ``data`` to one member of ``cluster`` and return its reply.
 
+        Cancellation: stops the wait, not the request: a member may still run
+        it, and its answer is dropped when it comes.
+
         Raises:
             NoRespondersError: the cluster has no member.
             RemoteError: the member's handler failed.
             RequestTimeoutError: ``timeout`` (default 30 s) passed.
+            TypeError / MessageTooLargeError: ``data`` is not bytes or too large.
             anyio.BrokenResourceError: the connection to the node ended.
         """
         check_message(data)
@@ -332,12 +406,27 @@ class Connection:
         raise RemoteError(message, type_name)
 
     async def broadcast(self, cluster: str, data: bytes) -> None:
-        """Send ``data`` to every member of ``cluster``."""
+        """Send ``data`` to every member of ``cluster``.
+
+        It waits while the connection's send queue is full. Cancellation: the
+        broadcast may have been queued (and so sent) or not.
+
+        Raises:
+            TypeError / MessageTooLargeError: ``data`` is not bytes or too large.
+            anyio.BrokenResourceError: the connection to the node ended.
+        """
         check_message(data)
         await self._send(Broadcast(cluster, data))
 
     async def publish(self, topic: str, data: bytes) -> None:
-        """Send ``data`` to every subscriber of ``topic``."""
+        """Send ``data`` to every subscriber of ``topic``.
+
+        Cancellation: as :meth:`broadcast`: the event may have gone or not.
+
+        Raises:
+            TypeError / MessageTooLargeError: ``data`` is not bytes or too large.
+            anyio.BrokenResourceError: the connection to the node ended.
+        """
         check_message(data)
         await self._send(Publish(topic, data))
 
@@ -349,6 +438,14 @@ class Connection:
 
         Returns once the node has the subscription in place. The oldest buffered
         event is dropped (and counted in ``.dropped``) when the buffer is full.
+
+        Cancellation: cancelled while subscribing, or the body left by
+        cancellation: the subscription ends (the node is told once no other
+        subscription of the connection holds the topic); nothing is left behind.
+
+        Raises:
+            ConfigError: ``capacity`` < 1.
+            anyio.BrokenResourceError: the connection to the node ended.
         """
         if capacity < 1:
             raise ConfigError("capacity must be at least 1")
@@ -394,9 +491,16 @@ class Connection:
     ) -> AsyncIterator[RelayTunnel]:
         """Open a tunnel to one member of ``cluster`` for the ``async with`` body.
 
+        Cancellation: cancelled while opening, the opening is abandoned (a
+        tunnel the node opens after all is closed at once). The body left by
+        cancellation closes the tunnel cleanly, shielded (see
+        :class:`RelayTunnel`).
+
         Raises:
             RequestTimeoutError: no member took it within ``timeout`` (default 30
                 s); the relay protocol reports a cluster without members so too.
+            ConfigError: ``window`` < 1.
+            anyio.BrokenResourceError: the connection to the node ended.
         """
         if window < 1:
             raise ConfigError("window must be at least 1 byte")
@@ -448,12 +552,22 @@ class Connection:
         on: an exception goes to the requester as RemoteError (its type name and
         message), and so does a result that is not ``bytes`` (a TypeError).
 
-        When serving ends (this call is cancelled, or fails: a BaseException from
-        the handler), the service leaves its cluster by closing the connection:
-        the requests it received and never handed to the handler are failed at
-        once (RemoteError), the node sends those still queued for it to other
-        members, and the connection's own requests in flight still get their
-        answers; anything else then raises ``anyio.BrokenResourceError``.
+        Example::
+
+            async with iris_trio.register(55555, "echo") as service:
+                await service.serve(echo, limit=16)
+
+        Cancellation: when serving ends (this call is cancelled, or fails: a
+        BaseException from the handler), running handlers are cancelled (their
+        requesters get RemoteError) and the service leaves its cluster by
+        closing the connection: the requests it received and never handed to
+        the handler are failed at once (RemoteError), the node sends those
+        still queued for it to other members, and the connection's own
+        requests in flight still get their answers; anything else then raises
+        ``anyio.BrokenResourceError``.
+
+        Raises:
+            ConfigError: a plain client (from :func:`connect`) has no requests.
         """
         requests = self.requests  # ConfigError for a plain client
         limiter = anyio.Semaphore(limit or 4 * (os.cpu_count() or 1))
@@ -759,6 +873,24 @@ def connect(
 ) -> contextlib.AbstractAsyncContextManager[Connection]:
     """Connect to the node's relay on ``port`` as a plain client (``async with``).
 
+    Example (plain asyncio; trio works the same)::
+
+        async def main() -> None:
+            async with iris_trio.connect() as client:
+                print(await client.request("echo", b"hi", timeout=5))
+
+        asyncio.run(main())
+
+    Leaving the body normally closes the connection gracefully: CLOSE, then
+    the node's confirmation once the connection's own requests are answered
+    (10 s at most), shielded from cancellation.
+
+    Cancellation: leaving the body by cancellation (or any exception) drops
+    the connection at once, without that exchange: waiting calls end, and the
+    node sees the client go (its subscriptions end; requests it still had to
+    answer as a service go to other members or fail). Cancelled while
+    connecting, nothing is left open.
+
     Raises:
         OSError: no node listens there.
         HandshakeError: the node refused (another protocol version).
@@ -778,6 +910,22 @@ def register(
     """Connect as a member of ``cluster``: the connection receives its requests
     (``.requests`` / :meth:`Connection.serve`), broadcasts and tunnels, and can
     do everything a plain client does. ``async with``; raises like :func:`connect`.
+
+    Example::
+
+        async def echo(data: bytes) -> bytes:
+            return data
+
+        async with iris_trio.register(55555, "echo") as service:
+            await service.serve(echo)
+
+    Cancellation: as :func:`connect`: leaving the body by cancellation drops
+    the connection, and so the membership (see :meth:`Connection.serve` for
+    the requests in hand).
+
+    Raises:
+        ConfigError: ``cluster`` is empty.
+        OSError / HandshakeError: as :func:`connect`.
     """
     if not cluster:
         raise ConfigError("a service needs a cluster name")

@@ -59,6 +59,13 @@ class RelayLimits:
 
     Raises:
         ConfigError: a count below 1 or a time that is not positive.
+
+    Example::
+
+        limits = RelayLimits(connections=64, total_buffered_bytes=64 * 1024 * 1024)
+        relay = await nursery.start(
+            functools.partial(iris_trio.serve_relay, node, limits=limits)
+        )
     """
 
     handshake_timeout: float = 10.0

@@ -67,7 +67,19 @@ class RelayStatistics:
 
 
 class Relay:
-    """A running relay endpoint (from :func:`serve_relay`)."""
+    """A running relay endpoint (from :func:`serve_relay`).
+
+    Attributes:
+        node: the node it serves.
+        addresses: the (host, port) pairs listened on.
+        port: the port listened on (the one chosen, for port 0).
+        limits: its :class:`RelayLimits`.
+
+    Example::
+
+        relay = await nursery.start(iris_trio.serve_relay, node, 0)
+        print("relay on port", relay.port, relay.statistics().connections_open)
+    """
 
     def __init__(self, node: Node, addresses: list[tuple[str, int]], limits: RelayLimits) -> None:
         self.node = node
@@ -147,7 +159,19 @@ async def serve_relay(
 
     Listens on ``port`` (0: any free one) of 127.0.0.1 and ::1 only and reports
     the :class:`Relay` (its ``port`` is the one chosen) through ``task_status``.
-    On cancellation every client gets CLOSE with a reason, then its socket closes.
+    ``limits`` bound what clients can make the node hold (default
+    ``RelayLimits()``). Example::
+
+        async with iris_trio.join() as node, trio.open_nursery() as nursery:
+            relay = await nursery.start(iris_trio.serve_relay, node, 0)
+            print("relay on port", relay.port)
+
+    Cancellation: the relay stops listening, every client gets CLOSE with a
+    reason (written under a shield, a second at most), then its socket
+    closes; the call returns once every client's tasks have ended. The node
+    goes on: requests still queued for a service client go to other members,
+    those handed to it and unanswered fail (they may have run). Cancelled
+    before it has started, nothing is left listening.
 
     Raises:
         OSError: neither loopback address could be listened on.

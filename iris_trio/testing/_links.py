@@ -27,7 +27,17 @@ async def memory_link_pair(
 ) -> AsyncIterator[tuple[Link, Link]]:
     """Open two secure links joined by a ``trio.testing.memory_stream_pair``.
 
-    Yields ``(initiator_link, responder_link)``; both close on exit.
+    Yields ``(initiator_link, responder_link)``; both close on exit. For tests
+    of the link layer below the overlay (handshake, framing, flow control).
+    Example::
+
+        a, b = NodeIdentity.generate(), NodeIdentity.generate()
+        async with memory_link_pair(identities=(a, b)) as (left, right):
+            assert left.peer_id == b.node_id and right.peer_id == a.node_id
+
+    Cancellation: cancelled during the handshakes, or the body left by
+    cancellation (or any exception): both links close and their tasks end;
+    nothing is left running.
     """
     left_stream, right_stream = trio.testing.memory_stream_pair()
     left_id, right_id = identities or (NodeIdentity.generate(), NodeIdentity.generate())

@@ -47,6 +47,14 @@ class Cluster(Sequence[Node]):
         memory: the memory network the nodes' links run on (see
             :meth:`MemoryNetwork.kill <iris_trio.transport.memory.MemoryNetwork.kill>`).
         network: the network (name and key) every node belongs to.
+
+    Example::
+
+        async with open_cluster(3) as nodes:
+            member = await nodes.add(cluster="calc")  # a fourth node
+            await nodes.kill(nodes[0])  # the oldest crashes
+            await nodes.wait_converged()  # the others repaired their leaf sets
+            assert len(nodes) == 3 and member in nodes
     """
 
     def __init__(
@@ -90,6 +98,9 @@ class Cluster(Sequence[Node]):
         ``node_options`` go to :func:`~iris_trio.serve_node` on top of the
         cluster's own (e.g. ``cluster="calc"``). A checkpoint.
 
+        Cancellation: stops the wait only: the node started stays in the
+        cluster (until :meth:`stop` or the end of :func:`open_cluster`).
+
         Raises:
             trio.TooSlowError: the overlay did not converge within the timeout.
         """
@@ -100,7 +111,14 @@ class Cluster(Sequence[Node]):
 
     async def stop(self, node: Node) -> None:
         """Stop ``node`` (cancel it: it leaves the overlay gracefully) and wait
-        until it has ended; it leaves this sequence. A checkpoint."""
+        until it has ended; it leaves this sequence. A checkpoint.
+
+        Cancellation: the node has left the sequence and been told to stop
+        before the wait: a cancelled ``stop()`` leaves it ending on its own.
+
+        Raises:
+            ValueError: ``node`` is not (or no longer) in this cluster.
+        """
         self._nodes.remove(node)
         self._scopes.pop(node).cancel()
         await self._ended.pop(node).wait()
@@ -110,6 +128,12 @@ class Cluster(Sequence[Node]):
         then its tasks are cancelled; it leaves this sequence. A checkpoint.
 
         The others notice from the broken links, as with a crashed process.
+
+        Cancellation: as :meth:`stop`: the node is cut off and told to stop
+        at once; only the wait for its end is cancelled.
+
+        Raises:
+            KeyError / ValueError: ``node`` is not running in this cluster.
         """
         self.memory.kill(node.address)
         await self.stop(node)
@@ -177,6 +201,8 @@ class Cluster(Sequence[Node]):
         Wakes on the nodes' own state changes, not on a polling timer. A
         checkpoint.
 
+        Cancellation: stops the wait only.
+
         Args:
             timeout: seconds (virtual under a mock clock) before giving up;
                 default: the cluster's (see :func:`open_cluster`).
@@ -229,7 +255,7 @@ async def open_cluster(
     every node has joined and every leaf set is exactly the true one. On exit
     every node leaves the overlay. Works under a real clock and under
     ``trio.testing.MockClock(autojump_threshold=0)``, where timers cost no
-    wall time::
+    wall time. Example::
 
         async def test_calc(autojump_clock):
             async with open_cluster(6) as nodes, trio.open_nursery() as nursery:
@@ -254,6 +280,11 @@ async def open_cluster(
 
     Yields:
         The :class:`Cluster`: a sequence of the running nodes, oldest first.
+
+    Cancellation: leaving the body, by cancellation or otherwise, stops
+    every node of the cluster (each leaves the overlay gracefully) and
+    returns once all have ended; cancelled while the cluster forms, the nodes
+    started so far are stopped the same way. Nothing is left running.
 
     Raises:
         trio.TooSlowError: the overlay did not converge within ``timeout``.

@@ -30,6 +30,18 @@ class Transport(Protocol):
 
     Addresses are "host:port" strings; what they mean is the transport's own
     business (a TCP endpoint, an entry in a memory network's address book).
+
+    A node takes one as ``transport=`` (:func:`iris_trio.join`,
+    :func:`iris_trio.serve_node`); the default is TCP, and
+    :class:`iris_trio.testing.MemoryNetwork` is the one for tests. The node
+    calls its methods; an application only passes it along. Example::
+
+        memory = iris_trio.testing.MemoryNetwork()
+        async with (
+            iris_trio.join("calc", transport=memory, discovery="off") as first,
+            iris_trio.join(transport=memory, discovery="off", seeds=[first.address]) as second,
+        ):
+            ...
     """
 
     async def serve(
@@ -48,8 +60,12 @@ class Transport(Protocol):
 
         Each accepted connection runs the listener's handshake (with its limits)
         and then ``handler`` with the link, in a task of this call's own nursery.
-        Reports the :class:`LinkListener` through ``task_status`` once peers can
+        Reports the :class:`~iris_trio.transport.listener.LinkListener` through
+        ``task_status`` once peers can
         connect; its ``listen`` attribute is the address to give them.
+
+        Cancellation: it stops accepting and its address is free again; the
+        links it accepted (their tasks run in its nursery) are closed.
 
         Raises:
             OSError: the address cannot be listened on.
@@ -69,6 +85,9 @@ class Transport(Protocol):
         """Dial ``address``, handshake, and run the link for the ``async with`` body.
 
         ``listen`` is the dialling node's own listen address (told to the peer).
+
+        Cancellation: cancelled while dialling or in the handshake, nothing is
+        left open; leaving the body in any way closes the link.
 
         Raises:
             OSError: the connection could not be made (refused, unreachable).
