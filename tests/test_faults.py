@@ -169,3 +169,88 @@ async def test_a_queued_request_is_claimed_before_it_starts(
         assert sorted(ran.values()) == [1] * 4
         assert requester._requester.resent == 0
         nursery.cancel_scope.cancel()
+
+
+async def test_a_member_claims_its_queued_requests_one_at_a_time(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A receiver that asks for the next request claims that one only: the
+    rest stay queued, and if the member dies they go to another member."""
+    gate = trio.Event()
+    ran: collections.Counter[bytes] = collections.Counter()
+
+    async def first_quick_then_stuck(data: bytes) -> bytes:
+        ran[data] += 1
+        if len(ran) == 1:
+            await gate.wait()
+            return data
+        await trio.sleep(1000)
+        return data
+
+    async def quick(data: bytes) -> bytes:
+        ran[data] += 1
+        return data
+
+    async with open_cluster(5) as cluster, trio.open_nursery() as nursery:
+        doomed, survivor, requester = cluster[2], cluster[3], cluster[0]
+        member = functools.partial(doomed.serve, first_quick_then_stuck, "jobs", limit=1)
+        await nursery.start(member)
+        outcomes: list[str] = []
+
+        async def ask(index: int) -> None:
+            try:
+                await requester.request("jobs", b"%d" % index)
+                outcomes.append("reply")
+            except iris_trio.RequestLostError:
+                outcomes.append("lost")
+
+        async with trio.open_nursery() as asking:
+            for index in range(5):
+                asking.start_soon(ask, index)
+            await trio.sleep(1.0)  # one runs, four queued (and the requester told so)
+            gate.set()  # the first ends: the member takes (and claims) one more
+            await trio.sleep(1.0)
+            await nursery.start(functools.partial(survivor.serve, quick, "jobs"))
+            await cluster.kill(doomed)
+        assert sorted(outcomes) == ["lost"] + ["reply"] * 4
+        assert sorted(ran.values()) == [1] * 5
+        assert requester._requester.resent == 3
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_request_whose_claim_fails_goes_elsewhere_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A member that cannot reach the requester to claim a queued request drops
+    it and says so (RETRY): the requester sends it to another member at once
+    rather than waiting out its timeout."""
+    gate = trio.Event()
+
+    async def gated(data: bytes) -> bytes:
+        await gate.wait()
+        return data
+
+    async with open_cluster(5) as cluster, trio.open_nursery() as nursery:
+        member, other, requester = cluster[2], cluster[3], cluster[0]
+        await nursery.start(functools.partial(member.serve, gated, "jobs", limit=1))
+        answers: list[bytes] = []
+
+        async def ask(index: int) -> None:
+            answers.append(await requester.request("jobs", b"%d" % index, timeout=20))
+
+        async with trio.open_nursery() as asking:
+            for index in range(2):
+                asking.start_soon(ask, index)
+            await trio.sleep(1.0)  # one runs, one queued (the requester told so)
+            await nursery.start(functools.partial(other.serve, gated, "jobs", limit=1))
+            # The member loses its link to the requester (and cannot claim), but
+            # the requester keeps waiting: its notices are kept by the link it had.
+            requester._requester.peer_lost = lambda node: None  # type: ignore[method-assign]
+            link = member.driver.peer_link(requester.driver.id)
+            assert link is not None
+            await link.aclose()
+            begun = trio.current_time()
+            gate.set()
+        assert sorted(answers) == [b"0", b"1"]
+        assert trio.current_time() - begun < 5  # not the 20 s timeout
+        nursery.cancel_scope.cancel()

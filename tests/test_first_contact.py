@@ -252,6 +252,7 @@ async def _serving(
         ("a str", "TypeError", "returned str, not bytes"),
         (None, "TypeError", "returned NoneType, not bytes"),
         (42, "TypeError", "returned int, not bytes"),
+        (bytes(iris_trio.MAX_MESSAGE_SIZE + 1), "MessageTooLargeError", "reply is too large"),
         (ValueError("bad input"), "ValueError", "bad input"),
         (KeyError("k"), "KeyError", "'k'"),
         (ExceptionGroup("several", [ValueError("a")]), "ExceptionGroup", "several"),

@@ -22,6 +22,7 @@ from typing import Final
 import trio
 
 from ..errors import (
+    MessageTooLargeError,
     NoRespondersError,
     ProtocolError,
     RemoteError,
@@ -119,7 +120,6 @@ class Request:
         "_address",
         "_answer",
         "_answered",
-        "_claimed",
         "_handed",
         "_noticed",
         "_queued_notice",
@@ -143,9 +143,8 @@ class Request:
         self._noticed = False  # the requester was told we hold it (see run_notices)
         # The requester was told it is queued here, not started: it may send it
         # elsewhere if we die, so it is handed out only once the requester says
-        # GO to our CLAIM (then _claimed).
+        # GO to our CLAIM.
         self._queued_notice = False
-        self._claimed = False
         self._handed = False  # taken from the queue (by a receiver, or to be claimed)
         # False while handed to a handler that has not begun (push model): such
         # a request can still go to another member if this one stops.
@@ -189,8 +188,7 @@ class Request:
 
     def reply_nowait(self, data: bytes) -> None:
         """Send the reply (once) without a checkpoint; raises as :meth:`reply`."""
-        if type(data) is not bytes:
-            raise TypeError(f"data must be bytes, not {type(data).__name__}")
+        check_message(data)  # TypeError, MessageTooLargeError
         self._once(0, data)
 
     def fail_nowait(self, message: str, type_name: str = "") -> None:
@@ -257,21 +255,25 @@ class IncomingRequests(BoundedQueue[Request]):
                 request._started = True
                 return request
             request._drop()
-        while True:
-            request = super().receive_nowait()
-            if not request._queued_notice or self._claim is None:
-                return request
-            request._started = False  # not yet: if we stop, it may go elsewhere
-            self._claim(request, self)  # in hand meanwhile: it counts as in flight
+        request = super().receive_nowait()
+        if not request._queued_notice or self._claim is None:
+            return request
+        # One claim per receiver that asks: the rest stay queued (and may still
+        # go elsewhere if this member dies) until a receiver is ready for them.
+        request._started = False  # not yet: if we stop, it may go elsewhere
+        self._claim(request, self)  # in hand meanwhile: it counts as in flight
+        raise trio.WouldBlock
 
     def _claimed(self, request: Request, go: bool) -> None:
         """The requester answered our CLAIM (or did not in time: ``go`` False)."""
         if request.answered or self.closed:
             return
         if not go:
-            request._drop()  # it went to another member, or nobody waits for it
+            # It never ran here and never will: the requester may send it to
+            # another member (if it already has, or stopped waiting, it ignores this).
+            request._once(RETRY, b"the member could not claim it")
+            self._waiting.unpark()  # a receiver that started the claim takes the next
             return
-        request._claimed = True
         self._ready.append(request)
         self._waiting.unpark()
 
@@ -658,6 +660,7 @@ class Responder:
             else:
                 del self._incoming[tree]
                 self._spare_totals.pop(tree, None)
+                self._turns.pop(tree, None)
                 self._membership.forget_spare(tree)
                 self._membership.takes(tree, REQUEST, False)
         queued, taken = incoming.take_every()
@@ -824,6 +827,12 @@ def _spare(entry: tuple[IncomingRequests, int]) -> int:
     return limit - incoming.in_flight - len(incoming)
 
 
+def _unsendable(result: object, exc: Exception) -> str:
+    if type(result) is not bytes:
+        return f"the handler returned {type(result).__name__}, not bytes"
+    return f"the handler's reply is too large: {exc}"
+
+
 async def _handle(
     handler: Callable[[bytes], Awaitable[bytes]],
     request: Request,
@@ -839,11 +848,10 @@ async def _handle(
             except Exception as exc:  # the handler's failure goes to the requester
                 request.fail_nowait(str(exc), type(exc).__name__)
             else:
-                if type(result) is bytes:
+                try:
                     request.reply_nowait(result)
-                else:
-                    message = f"the handler returned {type(result).__name__}, not bytes"
-                    request.fail_nowait(message, "TypeError")
+                except (TypeError, MessageTooLargeError) as exc:  # not a reply we can send
+                    request.fail_nowait(_unsendable(result, exc), type(exc).__name__)
     finally:
         if request.expired:  # unanswered, and its requester stopped waiting
             request._drop()  # its place among the member's requests is free again
