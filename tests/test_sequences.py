@@ -51,14 +51,43 @@ def test_a_subscriber_joining_mid_stream_misses_nothing() -> None:
     assert feed.missed == 0
 
 
-def test_a_gap_is_held_then_counted_once_the_stream_goes_on() -> None:
+def test_a_gap_is_held_then_counted_once_the_stream_went_on() -> None:
     feed = Feed()
     feed(1, 10)
     assert feed(21, 5) == "held"  # 11..20 missing: wait for them a moment
-    assert feed(26) == "passed"  # the stream goes on: they were missed
-    assert feed.out == [1, 21, 26] and feed.missed == 10
+    assert feed(26) == "held"  # the stream goes on: held with it
+    feed.wait(HOLD)
+    assert feed.out == [1, 21, 26] and feed.missed == 10  # they were missed
     assert feed(15) == "dropped"  # one from the gap, too late: order is kept
     assert feed.streams.next_release == float("inf")
+
+
+def test_several_frames_overtaken_on_another_path_all_go_first() -> None:
+    feed = Feed()
+    feed(1)
+    assert feed(3) == "held"
+    assert feed(5) == "held"
+    assert feed(2) == "passed"  # fills the first gap: 2 and 3 go on
+    assert feed(4) == "passed"  # fills the second: 4 and 5
+    assert feed.out == [1, 2, 3, 4, 5] and feed.missed == 0
+
+
+def test_held_runs_that_meet_go_on_together() -> None:
+    feed = Feed()
+    feed(1, 11)
+    feed(15)
+    feed(13)
+    feed(14)  # 13..15 now one held run; 12 is missing
+    assert feed.out == [1]
+    feed(12)
+    assert feed.out == [1, 12, 13, 14, 15] and feed.missed == 0
+    feed2 = Feed()
+    feed2(1, 11)
+    feed2(15)
+    feed2(13)
+    feed2(14)
+    feed2.wait(HOLD)  # 12 never comes
+    assert feed2.out == [1, 13, 14, 15] and feed2.missed == 1
 
 
 def test_frames_overtaken_on_another_path_go_first_and_nothing_is_missed() -> None:
@@ -88,6 +117,7 @@ def test_repeated_gaps_each_count() -> None:
         feed(first, 10)
     feed(401, 10)
     feed(411)
+    feed.wait(HOLD)
     assert feed.missed == 200
     assert feed.out == [*range(1, 400, 20), 401, 411]
 

@@ -14,12 +14,13 @@ frame:
 
   - frames that fill the gap arrive (they were overtaken on another path):
     they go first, then the held frames, in order, and nothing was missed;
-  - a frame continues the held stream: the gap is confirmed, the held frames
-    and the new one go on, and the gap counts as *missed*;
-  - the time is up: the held frames go on, apart; the gap counts as missed
-    (and the ranges merge) only once a later frame continues their stream. A
-    forged or corrupt number, which nothing continues, is never counted and
-    never takes the publisher's range: its own stream goes on unaffected.
+  - frames that continue the held stream are held with it (up to 64);
+  - the time is up: if the publisher's stream went on after the gap, the gap
+    counts as *missed* and everything held goes on, in order. A single frame
+    after a gap with nothing since goes on apart: its gap counts (and the
+    ranges merge) only once a later frame continues it. So a forged or corrupt
+    number, which nothing continues, is never counted and never takes the
+    publisher's range: its own stream goes on unaffected.
 
 So one forged frame with a huge number cannot discard the real publisher's
 future, a frame overtaken on another path is not lost, and events stay in
@@ -43,6 +44,8 @@ MAX_STREAMS = 8
 MAX_EPOCHS = 4
 #: Seconds a frame that opens a gap is held, waiting for what fills it.
 HOLD = 0.2
+#: Most frames held after one gap: beyond, the gap counts as missed at once.
+HOLD_FRAMES = 64
 
 
 @dataclasses.dataclass(slots=True, eq=False)
@@ -74,7 +77,7 @@ class PublisherStreams(Generic[T]):
         self.hold = hold
         # (tree, publisher) -> epoch -> streams
         self._streams: dict[tuple[int, int], dict[int, list[_Stream[T]]]] = {}
-        self._held: set[tuple[tuple[int, int], int, int]] = set()  # streams holding frames
+        self._held: set[tuple[tuple[int, int], int, _Stream[T]]] = set()  # holding frames
         self._clock = 0
         #: Frames dropped as duplicates or late.
         self.duplicates = 0
@@ -110,34 +113,38 @@ class PublisherStreams(Generic[T]):
             return None
         if below.end + 1 == first:
             return self._extend(key, epoch, streams, below, last, frame)
-        # Streams after a gap that this frame lands beyond are the publisher's
-        # own (nothing forged is passed over by the real stream): their gaps
-        # are confirmed, and what they hold goes on first.
-        out: list[T] = []
+        # Streams passed on apart after a gap that this frame lands beyond are
+        # the publisher's own (nothing forged is passed over by the real
+        # stream): their gaps are confirmed.
         missed = 0
         for other in sorted(streams, key=lambda s: s.start):
-            if other.below is not None and other.end < first:
-                out.extend(other.held)
+            if other.below is not None and not other.held and other.end < first:
                 missed += self._settle(key, epoch, streams, other, count_gap=True)
         below = max((s for s in streams if s.end < first), key=lambda s: s.end)
         if below.end + 1 == first:
             extended = self._extend(key, epoch, streams, below, last, frame)
-            return Released([*out, *extended.frames], missed + extended.missed)
-        gap = first - below.end - 1
+            return Released(extended.frames, missed + extended.missed)
         opened = _Stream(
             first,
             last,
             self._clock,
             held=[frame],
             held_since=now,
-            pending_gap=gap,
+            pending_gap=first - below.end - 1,
             below=below,
         )
         streams.append(opened)
-        self._held.add((key, epoch, id(opened)))
-        if len(streams) > MAX_STREAMS:
-            victim = min(streams, key=lambda s: s.used)
-            self._remove(key, epoch, streams, victim)
+        self._held.add((key, epoch, opened))
+        out: list[T] = []
+        while len(streams) > MAX_STREAMS:
+            held = [s for s in streams if s.held and s is not opened]
+            if held:  # too many gaps at once: the oldest held run goes on now
+                early = self._release_one(key, epoch, streams, min(held, key=lambda s: s.start))
+                out += early.frames
+                missed += early.missed
+            else:
+                victim = min((s for s in streams if s is not opened), key=lambda s: s.used)
+                self._remove(key, epoch, streams, victim)
         return Released(out, missed)
 
     def _extend(
@@ -151,23 +158,32 @@ class PublisherStreams(Generic[T]):
     ) -> Released[T]:
         """``frame`` continues ``stream`` up to ``last``."""
         stream.used = self._clock
-        if stream.held or stream.below is not None:
-            # A stream after a gap continued: the gap is confirmed (missed).
-            out = [*stream.held, frame]
-            missed = self._settle(key, epoch, streams, stream, count_gap=True)
+        if stream.held:  # it waits with what it holds (frames overtaken may come)
+            stream.held.append(frame)
             stream.end = last
-            return Released(out, missed)
+            for other in sorted(streams, key=lambda s: s.start):
+                if other is not stream and other.held and other.start == stream.end + 1:
+                    stream.held.extend(other.held)  # two held runs now touch: one
+                    stream.end = other.end
+                    self._remove(key, epoch, streams, other, heir=stream)
+            if len(stream.held) < HOLD_FRAMES:
+                return Released([])
+            out = stream.held
+            return Released(out, self._settle(key, epoch, streams, stream, count_gap=True))
+        missed = 0
+        if stream.below is not None:  # passed on apart after a gap, now continued
+            missed = self._settle(key, epoch, streams, stream, count_gap=True)
         stream.end = last
         out = [frame]
-        # The gap below a stream after a gap just filled: what it holds goes
-        # on now, and nothing was missed.
+        # The gap below a stream after a gap just filled: what it holds goes on
+        # now, and nothing was missed.
         for other in sorted(streams, key=lambda s: s.start):
             if other is not stream and other.below is not None and other.start == stream.end + 1:
                 out.extend(other.held)
                 self._settle(key, epoch, streams, other, count_gap=False)
                 stream.end = max(stream.end, other.end)
-                self._remove(key, epoch, streams, other)
-        return Released(out)
+                self._remove(key, epoch, streams, other, heir=stream)
+        return Released(out, missed)
 
     def _settle(
         self,
@@ -180,7 +196,7 @@ class PublisherStreams(Generic[T]):
     ) -> int:
         """``stream`` passes on what it held; with ``count_gap``, its gap is
         missed and it takes over the range of the stream below it."""
-        self._held.discard((key, epoch, id(stream)))
+        self._held.discard((key, epoch, stream))
         stream.held = []
         stream.held_since = math.inf
         below = stream.below
@@ -189,7 +205,7 @@ class PublisherStreams(Generic[T]):
             if below is not None and below in streams:
                 missed = stream.start - below.end - 1  # what never came
                 stream.start = below.start
-                self._remove(key, epoch, streams, below)
+                self._remove(key, epoch, streams, below, heir=stream)
             else:
                 missed = stream.pending_gap
         stream.pending_gap, stream.below = 0, None
@@ -198,46 +214,55 @@ class PublisherStreams(Generic[T]):
     def release(self, now: float) -> list[tuple[int, Released[T]]]:
         """Held frames whose time is up, per tree (see the module docstring)."""
         out: list[tuple[int, Released[T]]] = []
-        for entry in list(self._held):
-            key, epoch, stream_id = entry
+        due = [entry for entry in self._held if now - entry[2].held_since >= self.hold]
+        for key, epoch, stream in sorted(due, key=lambda entry: entry[2].start):
             streams = self._streams.get(key, {}).get(epoch, [])
-            stream = next((s for s in streams if id(s) == stream_id), None)
-            if stream is None:
-                self._held.discard(entry)
-                continue
-            if now - stream.held_since < self.hold:
-                continue
-            # Passed on apart: the gap counts (and the ranges merge) only once
-            # a later frame continues this stream, so a forged number, which
-            # nothing continues, never takes the publisher's range.
-            out.append((key[0], Released(stream.held)))
-            self._held.discard(entry)
-            stream.held, stream.held_since = [], math.inf
+            if stream in streams and stream.held:
+                out.append((key[0], self._release_one(key, epoch, streams, stream)))
+            self._held.discard((key, epoch, stream))
         return out
+
+    def _release_one(
+        self, key: tuple[int, int], epoch: int, streams: list[_Stream[T]], stream: _Stream[T]
+    ) -> Released[T]:
+        """What ``stream`` holds goes on now. If the publisher went on after the
+        gap (more frames, or streams beyond), the gap counts as missed; a single
+        frame with nothing since goes on apart: its gap counts (and the ranges
+        merge) only once a later frame continues it, so a forged number never
+        takes the publisher's range."""
+        frames = stream.held
+        if len(frames) > 1 or any(other.start > stream.end for other in streams):
+            return Released(frames, self._settle(key, epoch, streams, stream, count_gap=True))
+        self._held.discard((key, epoch, stream))
+        stream.held, stream.held_since = [], math.inf
+        return Released(frames)
 
     @property
     def next_release(self) -> float:
         """When :meth:`release` has something to pass on at the earliest (inf: never)."""
-        earliest = math.inf
-        for key, epoch, stream_id in self._held:
-            for stream in self._streams.get(key, {}).get(epoch, []):
-                if id(stream) == stream_id:
-                    earliest = min(earliest, stream.held_since + self.hold)
-        return earliest
+        return min((entry[2].held_since for entry in self._held), default=math.inf) + self.hold
 
     def _remove(
-        self, key: tuple[int, int], epoch: int, streams: list[_Stream[T]], stream: _Stream[T]
+        self,
+        key: tuple[int, int],
+        epoch: int,
+        streams: list[_Stream[T]],
+        stream: _Stream[T],
+        *,
+        heir: _Stream[T] | None = None,
     ) -> None:
+        """``stream`` goes (merged into ``heir``, or evicted)."""
         streams.remove(stream)
-        self._held.discard((key, epoch, id(stream)))
+        self._held.discard((key, epoch, stream))
         for other in streams:
             if other.below is stream:
-                other.below = None  # its gap can no longer be told
-                other.pending_gap = 0
+                other.below = heir  # (evicted: its gap can no longer be told)
+                if heir is None:
+                    other.pending_gap = 0
 
     def _forget(self, key: tuple[int, int], epoch: int, streams: list[_Stream[T]]) -> None:
         for stream in streams:
-            self._held.discard((key, epoch, id(stream)))
+            self._held.discard((key, epoch, stream))
 
     def forget_tree(self, tree: int) -> None:
         """Drop everything about ``tree`` (this node left it), held frames too."""

@@ -470,7 +470,9 @@ class Link:
                     if self._closing:
                         break
                     self._check_silence()
-                    until_silent = self._until_silent()
+                    # (Past already when data waits unread after a freeze: look
+                    # again shortly; the reader will have run by then.)
+                    until_silent = max(self._until_silent(), 0.01)
                     with trio.move_on_after(min(config.keepalive_interval, until_silent + 1e-3)):
                         await self._writer_lot.park()
                     self._check_silence()
