@@ -353,6 +353,8 @@ class OverlayDriver:
             # old process hangs (e.g. frozen). The new process takes its place.
             log.info("peer %s is back at %s: its old link is closed", short(node), address)
             del self._links[node]
+            self._behind_since.pop(node, None)  # (pacing judged the old link)
+            self._pausing.pop(node, None)
             self._nursery_start(functools.partial(self._retire, existing))
             self.overlay.disconnected(trio.current_time(), node)
             self._up.peer_lost(node)

@@ -214,7 +214,8 @@ class PublisherStreams(Generic[T]):
     def release(self, now: float) -> list[tuple[int, Released[T]]]:
         """Held frames whose time is up, per tree (see the module docstring)."""
         out: list[tuple[int, Released[T]]] = []
-        due = [entry for entry in self._held if now - entry[2].held_since >= self.hold]
+        # (The same sum as next_release: a clock that jumps to that deadline meets it.)
+        due = [entry for entry in self._held if entry[2].held_since + self.hold <= now]
         for key, epoch, stream in sorted(due, key=lambda entry: entry[2].start):
             streams = self._streams.get(key, {}).get(epoch, [])
             if stream in streams and stream.held:

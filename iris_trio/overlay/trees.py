@@ -152,7 +152,8 @@ class TreeConfig:
             child that joins meanwhile: the old root and its subtree get what
             was published while the tree moved (duplicates are dropped).
         handover_frames / handover_bytes: the most event frames (and bytes) held
-            or kept per tree for that.
+            or kept per tree for that; handover_total_bytes: the most held for
+            trees this node is not in yet, over all trees.
         scan_interval: every tree's timers (heartbeats, silent children, its
             place) are checked this often; between, a tick touches only the
             trees with a deferred capacity report, so that a node in thousands
@@ -168,6 +169,7 @@ class TreeConfig:
     scan_interval: float = 0.25
     handover_frames: int = 256
     handover_bytes: int = 4 * 1024 * 1024
+    handover_total_bytes: int = 32 * 1024 * 1024
 
 
 @dataclasses.dataclass(slots=True)
@@ -263,6 +265,7 @@ class TreeNode:
         # tree -> (since, frames, bytes): events routed here for a tree this node
         # is not in yet (it may be becoming the root; see handover_window).
         self._held: dict[int, tuple[float, list[TreePublish], int]] = {}
+        self._held_bytes = 0  # over all trees (at most handover_total_bytes)
         # Work of tick(): all trees at most every scan_interval, and between
         # scans only the trees with a deferred report; the overlay's pinned
         # links are recomputed then too (it reads them only when it ticks).
@@ -374,6 +377,7 @@ class TreeNode:
         for tree, (since, frames, _) in list(self._held.items()):
             if now - since > config.handover_window:
                 del self._held[tree]  # nobody joined: the tree has no members
+                self._held_bytes -= sum(_size(frame) for frame in frames)
                 self.events_orphaned += sum(len(frame.events) for frame in frames)
         if now >= self._next_scan:
             self._next_scan = now + config.scan_interval
@@ -659,9 +663,11 @@ class TreeNode:
 
     def _hold(self, tree: int, frame: TreePublish) -> None:
         since, frames, size = self._held.get(tree, (self._now, [], 0))
-        if self._fits(frames, size, frame):
+        total = self._held_bytes + _size(frame)
+        if self._fits(frames, size, frame) and total <= self.config.handover_total_bytes:
             frames.append(frame)
             self._held[tree] = (since, frames, size + _size(frame))
+            self._held_bytes = total
         else:
             self.events_orphaned += len(frame.events)
 
@@ -738,7 +744,8 @@ class TreeNode:
         if effect.previous is not None:
             self._adopt(state, effect.previous)
         self._set_linked(tree, state)
-        _, held, _ = self._held.pop(tree, (0.0, [], 0))
+        _, held, held_size = self._held.pop(tree, (0.0, [], 0))
+        self._held_bytes -= held_size
         for frame in held:  # published while the tree was on its way to us
             self._disseminate(frame, came_from=None)
         self._pin()

@@ -83,7 +83,11 @@ class PubSub:
             await trio.sleep_until(paused_until)
             waited = True
         if tree not in self._outgoing:  # once per batch: where the batch will leave
-            while blocked := [link for link in port.tree_links(tree) if not link.has_send_capacity]:
+            while blocked := [
+                link
+                for link in port.tree_links(tree)
+                if link.is_open and not link.has_send_capacity
+            ]:
                 # Looked at again now and then: a link that stops keeping up is
                 # left out (it loses its own events). A link that is going
                 # raises here: the overlay reroutes, so go on.

@@ -522,7 +522,7 @@ class RelayConnection:
     async def _serve_broadcasts(self, task_status: trio.TaskStatus[None]) -> None:
         capacity = self._limits.event_buffer
         async with self._node.broadcasts(self.cluster, capacity=capacity) as receiver:
-            receiver.limit_bytes(self._limits.event_bytes, size=len, budget=self._events)
+            receiver.bound_bytes(self._limits.event_bytes, self._events)
             self._receivers.add(receiver)
             task_status.started()
             try:
@@ -682,7 +682,7 @@ class RelayConnection:
         limits = self._limits
         with trio.CancelScope() as scope:
             async with self._node.subscribe(topic, capacity=limits.event_buffer) as events:
-                events.limit_bytes(limits.event_bytes, size=len, budget=self._events)
+                events.bound_bytes(limits.event_bytes, self._events)
                 self._topics[topic] = (scope, events)
                 self._receivers.add(events)
                 task_status.started()
