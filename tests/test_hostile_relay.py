@@ -73,6 +73,28 @@ async def test_connections_beyond_the_node_limit_are_denied() -> None:
             assert isinstance(denied, Deny) and "relay clients" in denied.reason
 
 
+async def test_silent_sockets_at_the_connection_limit_make_room_for_real_clients() -> None:
+    # Sockets that never send INIT fill every place: a real client still gets
+    # in (the oldest silent one is closed), rather than a DENY for 10 s.
+    limits = RelayLimits(connections=4)
+    async with relay_node(limits) as (_, relay):
+        silent = [await trio.open_tcp_stream("127.0.0.1", relay.port) for _ in range(4)]
+        await wait_for(lambda: relay.statistics().connections_open == 4, "four open")
+        async with raw(relay) as client:
+            await client.send(publish("t", b"x"))
+            assert relay.statistics().evicted == 1
+            assert relay.statistics().connections_open == 4
+        # A flood of silent sockets evicts only silent ones: the places stay
+        # bounded, and a real client still gets in.
+        many = [await trio.open_tcp_stream("127.0.0.1", relay.port) for _ in range(80)]
+        await wait_for(lambda: relay.statistics().evicted >= 80, "the flood evicted")
+        assert relay.statistics().connections_open <= 4
+        async with raw(relay) as client:
+            await client.send(publish("t", b"y"))
+        for stream in silent + many:
+            await stream.aclose()
+
+
 async def test_a_subscriber_that_never_reads_is_bounded_in_bytes_and_released() -> None:
     """3,000 events of 64 KiB to a client that never reads: the node buffers at
     most its byte bounds (not 4,096 events of any size), counts the drops, and

@@ -204,6 +204,11 @@ class RelayConnection:
         live = sum(r.statistics().dropped for r in self._receivers)
         return self._dropped_closed + live
 
+    @property
+    def greeted(self) -> bool:
+        """True once the client's INIT was answered."""
+        return self._greeted.is_set()
+
     # ---------------------------------------------------------------- lifecycle
 
     async def run(self) -> None:

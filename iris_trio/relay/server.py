@@ -27,6 +27,8 @@ log = logging.getLogger("iris_trio.relay")
 #: The port the original Iris node serves its clients on.
 DEFAULT_PORT: Final = 55555
 _HOSTS: Final = ("127.0.0.1", "::1")
+#: Beyond the connection limit, this many more get a DENY; the rest are closed at once.
+_REFUSING: Final = 64
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -43,7 +45,10 @@ class RelayStatistics:
         internal_errors: connections ended by a failure of the relay itself.
         limits_exceeded: connections closed for going beyond a limit
             (``CLOSE("limit exceeded: ...")``); connections beyond
-            ``RelayLimits.connections`` are denied instead (``denied``).
+            ``RelayLimits.connections`` are denied instead (``denied``), once
+            no connection that has not sent INIT is left to make room.
+        evicted: connections that had not sent INIT, closed to make room for
+            a new one at the connection limit.
         subscriptions / pending_requests / tunnels: what all clients hold now.
         buffered_bytes: event bytes buffered for all clients now (their
             subscriptions' buffers; not what waits in their send queues).
@@ -64,6 +69,7 @@ class RelayStatistics:
     tunnels: int = 0
     buffered_bytes: int = 0
     queued_bytes: int = 0
+    evicted: int = 0
 
 
 class Relay:
@@ -89,25 +95,46 @@ class Relay:
         self.limits = limits
         self.counters: Counter[str] = Counter()
         self.connections: set[RelayConnection] = set()
+        self._scopes: dict[RelayConnection, trio.CancelScope] = {}  # oldest first
         self.totals = RelayTotals(limits)
 
     async def _serve_client(self, stream: trio.SocketStream) -> None:
+        limit = self.limits.connections
+        if len(self.connections) >= limit:
+            self._evict_one_silent()  # a client that never sent INIT makes room
+        if len(self.connections) >= limit + _REFUSING:  # not even a DENY: close
+            self.counters["denied"] += 1
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+            return
         refusal = None
-        if len(self.connections) >= self.limits.connections:
-            refusal = f"The node serves {self.limits.connections} relay clients, its most."
+        if len(self.connections) >= limit:
+            refusal = f"The node serves {limit} relay clients, its most."
         connection = RelayConnection(
             self.node, stream, self.limits, self.counters, self.totals, refusal=refusal
         )
         self.connections.add(connection)
         self.counters["connections_accepted"] += 1
         try:
-            await connection.run()
+            with trio.CancelScope() as self._scopes[connection]:
+                await connection.run()
         except Exception:  # a bug: it ends this client's connection, not the node
             self.counters["internal_errors"] += 1
             log.exception("relay connection failed")
         finally:
+            self._scopes.pop(connection, None)
             self.connections.discard(connection)
             self.counters["events_dropped"] += connection.events_dropped
+
+    def _evict_one_silent(self) -> None:
+        """End the oldest connection that has not said INIT yet (silent sockets
+        must not lock real clients out until their handshake timeout)."""
+        for connection, scope in self._scopes.items():  # oldest first
+            if not connection.greeted and not scope.cancel_called:
+                self.counters["evicted"] += 1
+                scope.cancel()
+                self.connections.discard(connection)
+                return
 
     def statistics(self) -> RelayStatistics:
         """The relay's counters (see :class:`RelayStatistics`)."""
@@ -128,6 +155,7 @@ class Relay:
             tunnels=self.totals.tunnels,
             buffered_bytes=self.totals.events.used,
             queued_bytes=sum(c.queued_bytes for c in self.connections),
+            evicted=count["evicted"],
         )
 
 
