@@ -25,7 +25,7 @@ import trio.testing
 
 import iris_trio
 import iris_trio._serve
-from iris_trio.overlay.ids import name_id
+from iris_trio.overlay.ids import name_id, ring_distance
 from iris_trio.testing import Cluster, MemoryNetwork, open_cluster
 
 from .helpers_cluster import private_discovery, private_network, wait_until
@@ -175,6 +175,49 @@ async def test_a_fresh_subscription_receives_the_first_event_published_after_it_
                 await publisher.publish(topic, b"first")
                 with trio.fail_after(5):
                     assert await events.receive() == b"first"
+
+
+@pytest.mark.parametrize("kind", ["requests", "tunnels"])
+async def test_a_member_that_starts_serving_later_is_not_refused_by_the_root(
+    autojump_clock: trio.testing.MockClock, kind: str
+) -> None:
+    """A node a member of a cluster for a while (``join``) that then starts to
+    serve: once ``serve()`` (or ``tunnels()``) has started, a request (tunnel)
+    is not refused as "no member takes requests" although the member's word
+    is still on its way to the tree's root (the example kv_partitioned.py
+    failed so in CI: the root answered from the member's first report)."""
+    async with open_cluster(4) as group, trio.open_nursery() as nursery:
+        root = group[0]
+        name = next(
+            f"late-{n}"
+            for n in range(1000)
+            if min(
+                group,
+                key=lambda node: ring_distance(node.driver.id, name_id("cluster", f"late-{n}")),
+            )
+            is root
+        )
+        member = group[2]
+
+        async def late_server(*, task_status: Any) -> None:
+            async with member.join(name):
+                await trio.sleep(5)  # the root has known it for long: takes nothing
+                group.memory.throttle(root.address, 2_000)  # its next word is slow
+                if kind == "requests":
+                    await member.serve(_sum, name, task_status=task_status)
+                else:
+                    async with member.tunnels(name) as incoming:
+                        task_status.started()
+                        async for tunnel in incoming:
+                            await tunnel.aclose()
+
+        await nursery.start(late_server)
+        if kind == "requests":
+            assert await root.request(name, b"1+1", timeout=30) == b"2"
+        else:
+            async with root.tunnel(name, timeout=30):
+                pass
+        nursery.cancel_scope.cancel()
 
 
 async def test_members_that_take_no_requests_or_tunnels_answer_no_responders_at_once(

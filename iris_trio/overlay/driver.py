@@ -607,9 +607,11 @@ class OverlayDriver:
         self.trees.join(trio.current_time(), tree)
         self._flush()
 
-    async def wait_linked(self, tree: int) -> None:
-        """Wait until this node is linked to the root of ``tree`` (after joining it)."""
-        while self.trees is None or not self.trees.is_linked(tree):
+    async def wait_linked(self, tree: int, serves: int = 0) -> None:
+        """Wait until this node is linked to the root of ``tree`` (after joining
+        it) and the root knows that its member takes the kinds of request in
+        ``serves`` (bits of :func:`~iris_trio.overlay.trees.serves_bit`)."""
+        while self.trees is None or not self.trees.is_linked(tree, serves):
             await self._changed.park()
 
     def publish(self, tree: int, events: Sequence[bytes]) -> int:

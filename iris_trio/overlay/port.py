@@ -52,8 +52,9 @@ class OverlayPort(Protocol):
         """Stop being a member of ``tree``."""
         ...
 
-    async def wait_linked(self, tree: int) -> None:
-        """Wait until this node is linked to the root of ``tree``."""
+    async def wait_linked(self, tree: int, serves: int = 0) -> None:
+        """Wait until this node is linked to the root of ``tree`` and the root
+        knows its member takes the kinds of request in ``serves``."""
         ...
 
     def publish(self, tree: int, events: Sequence[bytes]) -> int:

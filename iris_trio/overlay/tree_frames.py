@@ -149,16 +149,20 @@ class NodeMessage(Frame):
     frame: bytes
 
 
-@frame_kind(27, Blob(exact=16))
+@frame_kind(27, Blob(exact=16), UInt(8))
 @dataclasses.dataclass(frozen=True, slots=True)
 class TreeAck(Frame):
-    """Parent to child: "I am linked to the root" (so the child is too).
+    """Parent to child: "I am linked to the root" (so the child is too), "and
+    the root knows that your subtree takes the kinds of request in ``serves``".
 
-    Sent when a join is taken, when the parent itself becomes linked, and in
-    answer to heartbeats; a member knows it can be reached once it has one.
+    Sent when a join is taken, when the parent itself becomes linked or learns
+    that the root knows more (or less), and in answer to heartbeats; a member
+    knows it can be reached once it has one, and that requests of a kind reach
+    it once that kind's bit is in ``serves`` (see :attr:`TreeHeartbeat.serves`).
     """
 
     tree: bytes
+    serves: int = 0
 
 
 @frame_kind(29, Blob(exact=16), UInt(16))

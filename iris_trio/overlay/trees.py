@@ -181,6 +181,9 @@ class TreeState:
     root: bool = False
     #: True once linked to the root (this node is the root, or its parent said so).
     linked: bool = False
+    #: The kinds of request of this node's subtree the root knows of, as the
+    #: parent last said (see :class:`TreeAck`; the root knows all its own).
+    confirmed: int = 0
     children: dict[int, float] = dataclasses.field(default_factory=dict)
     join_sent_at: float | None = None
     heartbeat_due: float = 0.0
@@ -234,6 +237,11 @@ class TreeState:
         for child_serves in self.child_serves.values():
             serves |= child_serves
         return serves
+
+    def known_serves(self, child: int) -> int:
+        """What the root knows ``child``'s subtree takes (as far as this node can tell)."""
+        serves = self.child_serves.get(child, 0)
+        return serves if self.root else serves & self.confirmed
 
     @property
     def attached(self) -> bool:
@@ -349,7 +357,12 @@ class TreeNode:
         elif isinstance(frame, TreeAck):
             tree = from_bytes(frame.tree)
             state = self.trees.get(tree)
-            if state is not None and state.parent == node and not state.linked:
+            if (
+                state is not None
+                and state.parent == node
+                and (not state.linked or state.confirmed != frame.serves)
+            ):
+                state.confirmed = frame.serves
                 self._set_linked(tree, state)
         elif isinstance(frame, TreePrune):
             tree = from_bytes(frame.tree)
@@ -706,7 +719,8 @@ class TreeNode:
         self._adopt(state, previous)
         if state.attached:
             if state.linked:
-                self.overlay.send_direct(self._now, previous, TreeAck(join.tree))
+                ack = TreeAck(join.tree, state.known_serves(previous))
+                self.overlay.send_direct(self._now, previous, ack)
             self._pin()
             return False  # already in the tree: the join stops here
         state.linked = False
@@ -832,15 +846,22 @@ class TreeNode:
         state.acknowledged.pop(child, None)
 
     def _set_linked(self, tree: int, state: TreeState) -> None:
-        """This node is linked to the root now: so are its children; tell them."""
+        """This node is linked to the root now (or knows what the root knows of
+        its subtree better): so are its children; tell them."""
         state.linked = True
         for child in state.children:
-            self.overlay.send_direct(self._now, child, TreeAck(to_bytes(tree)))
+            ack = TreeAck(to_bytes(tree), state.known_serves(child))
+            self.overlay.send_direct(self._now, child, ack)
 
-    def is_linked(self, tree: int) -> bool:
-        """True when this node is linked to the root of ``tree`` (see :class:`TreeAck`)."""
+    def is_linked(self, tree: int, serves: int = 0) -> bool:
+        """True when this node is linked to the root of ``tree`` (see
+        :class:`TreeAck`) and the root knows its member takes the kinds of
+        request in ``serves`` (bits of :func:`serves_bit`)."""
         state = self.trees.get(tree)
-        return state is not None and state.linked
+        if state is None or not state.linked:
+            return False
+        known = state.serves if state.root else state.serves & state.confirmed
+        return known & serves == serves
 
     def _child_alive(self, tree: int, child: int, now: float, frame: TreeHeartbeat) -> None:
         received = frame.received
@@ -855,7 +876,7 @@ class TreeNode:
         state.acknowledged[child] = received
         self._report_change(tree, state)
         if state.linked:  # repeated, so a lost acknowledgement heals itself
-            self.overlay.send_direct(now, child, TreeAck(to_bytes(tree)))
+            self.overlay.send_direct(now, child, TreeAck(to_bytes(tree), state.known_serves(child)))
         if not state.attached and state.join_sent_at is None:
             self._send_join(tree, state)  # e.g. this node restarted and lost its place
         self._pin()

@@ -28,14 +28,15 @@ REQUEST, TUNNEL = 0, 1
 _LINK_WAIT: Final = 5.0
 
 
-async def wait_in_tree(port: OverlayPort, tree: int) -> None:
+async def wait_in_tree(port: OverlayPort, tree: int, kind: int | None = None) -> None:
     """Wait until the node has joined the overlay, then (5 s at most) until the
-    tree just joined reaches its root, so that what is sent from now on reaches
+    tree just joined reaches its root (and the root knows that this node takes
+    anycasts of ``kind``, if given), so that what is sent from now on reaches
     this node."""
     if not port.ready:
         await port.wait_joined()
     with trio.move_on_after(_LINK_WAIT):
-        await port.wait_linked(tree)
+        await port.wait_linked(tree, 0 if kind is None else serves_bit(kind))
 
 
 class Membership:

@@ -608,7 +608,7 @@ class Responder:
             self._membership.takes(tree, REQUEST, True)
             self._report_spare(tree)
             try:
-                await wait_in_tree(self._port, tree)
+                await wait_in_tree(self._port, tree, REQUEST)
                 yield incoming
             finally:
                 await incoming.aclose()

@@ -121,7 +121,7 @@ class Tunnels:
             self._inboxes.setdefault(tree, []).append((inbox, window))
             self._membership.takes(tree, TUNNEL, True)
             try:
-                await wait_in_tree(self._port, tree)
+                await wait_in_tree(self._port, tree, TUNNEL)
                 yield inbox
             finally:
                 await inbox.aclose()
