@@ -39,7 +39,7 @@ from .patterns.limits import (
 from .patterns.membership import TUNNEL, Membership, wait_in_tree
 from .patterns.pubsub import PubSub
 from .patterns.queue import ByteBudget
-from .patterns.request_frames import RequestReply
+from .patterns.request_frames import RequestDirect, RequestReply
 from .patterns.requests import GO, GONE, IncomingRequests, Requester, Responder
 from .patterns.subscription import Subscription
 from .patterns.tunnel import DEFAULT_WINDOW, IncomingTunnels, Tunnel
@@ -777,6 +777,8 @@ class Node:
                 self._responder.claim_answered(frame)
             else:
                 self._requester.reply_received(frame, holder)
+        elif isinstance(frame, RequestDirect) and link is not None:
+            self._responder.direct_received(from_bytes(link.peer_id), frame)
         elif isinstance(frame, TUNNEL_FRAMES) and link is not None:
             self._tunnels.frame_received(link, frame)
         elif link is not None:

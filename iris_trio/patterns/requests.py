@@ -15,6 +15,7 @@ import contextlib
 import itertools
 import math
 import os
+import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Final
@@ -29,14 +30,14 @@ from ..errors import (
     RequestLostError,
     RequestTimeoutError,
 )
-from ..overlay.ids import name_id
+from ..overlay.ids import from_bytes, name_id, to_bytes
 from ..overlay.port import OverlayPort
 from ..overlay.trees import EMPTY, LOST, NONE_TAKES_IT, AnycastDelivery, BounceDelivery
 from ..wire.frames import FrameCodec
 from .limits import DEFAULT_REQUEST_TIMEOUT, check_message
 from .membership import CLUSTER, REQUEST, Membership, wait_in_tree
 from .queue import BoundedQueue, Overflow
-from .request_frames import RequestBody, RequestReply
+from .request_frames import RequestBody, RequestDirect, RequestReply
 
 __all__ = [
     "MAX_QUEUED_BYTES",
@@ -65,6 +66,15 @@ LOST_ON_WAY = 16
 #: long unanswered (quick requests cost nothing more): the requester then watches
 #: the link to it, and a member that dies fails its requests at once.
 HELD_NOTICE_AFTER: Final = 0.05
+#: A requester sends a request straight to a member it has a link to and heard
+#: from (in an answer carrying its room) at most this long ago...
+DIRECT_FRESH: Final = 1.0
+#: ... except one request in this many, which goes through the cluster's tree:
+#: so the requester meets members it does not know yet, and the tree's load
+#: balancing keeps the final say.
+DIRECT_EXPLORE: Final = 8
+#: Members remembered per cluster for direct requests (the latest heard).
+DIRECT_MEMBERS: Final = 32
 #: What each kind of anycast is, for "no member takes ..." errors.
 _KIND_NAMES: Final = {0: "requests", 1: "tunnels"}
 _codec = FrameCodec()
@@ -241,6 +251,9 @@ class IncomingRequests(BoundedQueue[Request]):
         self._on_change = on_change
         self._on_close = on_close
         self._claim = claim
+        #: Called when a request may be taken (one arrived, or a claim ended),
+        #: for a pool of workers (see _HandlerPool); pull receivers park instead.
+        self.on_arrival: Callable[[], None] | None = None
         self._in_hand: set[Request] = set()  # received (or being claimed), not answered
         self._ready: collections.deque[Request] = collections.deque()  # claimed: GO
 
@@ -272,10 +285,11 @@ class IncomingRequests(BoundedQueue[Request]):
             # It never ran here and never will: the requester may send it to
             # another member (if it already has, or stopped waiting, it ignores this).
             request._once(RETRY, b"the member could not claim it")
-            self._waiting.unpark()  # a receiver that started the claim takes the next
-            return
-        self._ready.append(request)
-        self._waiting.unpark()
+        else:
+            self._ready.append(request)
+        self._waiting.unpark()  # (if not claimed, the receiver that claimed takes the next)
+        if self.on_arrival is not None:
+            self.on_arrival()
 
     @property
     def queued_bytes(self) -> int:
@@ -292,6 +306,8 @@ class IncomingRequests(BoundedQueue[Request]):
         if not self.push(request):
             return False
         self._on_change()
+        if self.on_arrival is not None:
+            self.on_arrival()
         return True
 
     def _taken(self, item: Request) -> None:
@@ -352,7 +368,7 @@ class PendingCall:
         result: what the pattern that made the call attaches (a tunnel).
     """
 
-    __slots__ = ("data", "done", "kind", "result", "status", "window")
+    __slots__ = ("data", "done", "kind", "member", "result", "status", "tree", "window")
 
     def __init__(self, kind: int = REQUEST, window: int = 0) -> None:
         self.done = trio.Event()
@@ -361,6 +377,8 @@ class PendingCall:
         self.kind = kind
         self.window = window
         self.result: object = None
+        self.tree = 0
+        self.member: _Member | None = None  # sent straight to it (see RequestDirect)
 
     def settle(self, status: int, data: bytes = b"") -> None:
         """Set the answer (the first one counts) and wake the caller."""
@@ -369,9 +387,28 @@ class PendingCall:
             self.done.set()
 
 
+class _Member:
+    """A member a requester can send requests to directly (see RequestDirect)."""
+
+    __slots__ = ("heard_at", "node", "room", "sent")
+
+    def __init__(self, node: int) -> None:
+        self.node = node
+        self.room = 0  # its spare capacity, as its last answer said
+        self.heard_at = -math.inf
+        self.sent = 0  # our requests it holds unanswered
+
+
 class Requester:
     """The requesting side: requests and the opening of tunnels, under one set of
-    deadline and retry rules (see :meth:`call`)."""
+    deadline and retry rules (see :meth:`call`).
+
+    A request goes through the cluster's tree, which picks a member by spare
+    capacity, or, when this node has a link to members it heard from a moment
+    ago (their answers carry their room), straight to one of them, picked the
+    same way (see :class:`RequestDirect`): one hop, and no work at the tree's
+    root. One request in ``DIRECT_EXPLORE`` still takes the tree.
+    """
 
     def __init__(self, port: OverlayPort) -> None:
         self._port = port
@@ -389,6 +426,13 @@ class Requester:
         self.sent = self.answered = self.failed = 0
         #: Requests sent again because the member that held them queued went away.
         self.resent = 0
+        #: Requests sent straight to a member (see RequestDirect).
+        self.direct = 0
+        # Per cluster tree, the members this node may send requests to directly.
+        self._members: dict[int, dict[int, _Member]] = {}
+        self._names: dict[str, int] = {}  # cluster -> tree id (a hash: cached)
+        self._rng = random.Random()
+        self._explore = 0
 
     @property
     def pending_requests(self) -> int:
@@ -459,23 +503,100 @@ class Requester:
         port = self._port
         if not port.ready:
             await port.wait_joined()
-        tree = name_id(CLUSTER, cluster)
+        tree = self._names.get(cluster)
+        if tree is None:
+            if len(self._names) >= 1024:
+                self._names.clear()
+            tree = self._names[cluster] = name_id(CLUSTER, cluster)
+        call.tree = tree
         while True:
             request_id = self._id_prefix + next(self._ids).to_bytes(8, "big")
             call.done = trio.Event()
             self._pending[request_id] = call
+            member = None
             try:
                 remaining = deadline - trio.current_time()
                 milliseconds = min(2**32 - 1, max(1, math.ceil(remaining * 1000)))
-                body = _codec.encode(RequestBody(milliseconds, data))
-                port.anycast(tree, call.kind, request_id, body)
+                if call.kind == REQUEST:
+                    member = self._send_direct(tree, request_id, milliseconds, data)
+                call.member = member
+                if member is None:
+                    body = _codec.encode(RequestBody(milliseconds, data))
+                    port.anycast(tree, call.kind, request_id, body)
                 await call.done.wait()
             finally:
                 del self._pending[request_id]
                 self._unhold(request_id)
+                if member is not None:
+                    member.sent -= 1
             if call.status != RETRY:
                 return
+            if member is not None:  # it does not serve the cluster (any more)
+                self._forget_member(tree, member.node)
+                continue  # through the tree at once: nothing ran
             await trio.sleep(_RETRY_PAUSE)
+
+    def _send_direct(
+        self, tree: int, request_id: bytes, milliseconds: int, data: bytes
+    ) -> _Member | None:
+        """Send the request straight to a member of ``tree`` picked by its room
+        (less what we already sent it), if we know one; the member, or None."""
+        members = self._members.get(tree)
+        if not members:
+            return None
+        self._explore += 1
+        if self._explore >= DIRECT_EXPLORE:
+            self._explore = 0
+            return None
+        stale = trio.current_time() - DIRECT_FRESH
+        total = 0
+        candidates: list[tuple[int, _Member]] = []
+        for member in members.values():
+            room = member.room - member.sent
+            if room > 0 and member.heard_at >= stale:
+                total += room
+                candidates.append((room, member))
+        if not candidates:
+            return None
+        chosen = candidates[-1][1]
+        if len(candidates) > 1:
+            point = self._rng.random() * total
+            for room, member in candidates:
+                point -= room
+                if point < 0:
+                    chosen = member
+                    break
+        link = self._port.peer_link(chosen.node)
+        if link is None or not link.is_open:
+            self._forget_member(tree, chosen.node)
+            return None
+        frame = RequestDirect(to_bytes(tree), request_id, milliseconds, data)
+        try:
+            link.send_nowait(frame)
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            return None  # its link is full or going: the tree takes it
+        chosen.sent += 1
+        self.direct += 1
+        self._watch(request_id, chosen.node)  # it holds it from now on
+        return chosen
+
+    def _heard_from(self, call: PendingCall, node: int, room: int) -> None:
+        """The member ``node`` answered over its link, saying its room."""
+        members = self._members.get(call.tree)
+        if members is None:
+            members = self._members[call.tree] = {}
+        member = members.get(node)
+        if member is None:
+            if len(members) >= DIRECT_MEMBERS:  # forget the one heard from longest ago
+                del members[min(members.values(), key=_heard_at).node]
+            member = members[node] = _Member(node)
+        member.room = room - 1
+        member.heard_at = trio.current_time()
+
+    def _forget_member(self, tree: int, node: int) -> None:
+        members = self._members.get(tree)
+        if members is not None and members.pop(node, None) is not None and not members:
+            del self._members[tree]
 
     def reply_received(self, reply: RequestReply, holder: int | None = None) -> None:
         """An answer arrived (``holder``: the peer whose link it came on, if any):
@@ -494,6 +615,8 @@ class Requester:
         if call is None:
             return
         if status not in (HELD, QUEUED):
+            if reply.room and holder is not None and call.kind == REQUEST:
+                self._heard_from(call, holder, reply.room)
             call.settle(status, reply.data)
         elif holder is not None:
             self._watch(request_id, holder)
@@ -521,6 +644,8 @@ class Requester:
         member left or died; they may have run, so they are not sent again),
         except those it held queued and never claimed: they surely did not
         start, and go to another member (a late claim for them is refused)."""
+        for tree in [tree for tree, members in self._members.items() if node in members]:
+            self._forget_member(tree, node)
         for request_id in list(self._held_by.get(node, ())):
             call = self._pending.get(request_id)
             if call is None:
@@ -621,15 +746,13 @@ class Responder:
         task_status: trio.TaskStatus[None],
     ) -> None:
         """Answer the requests of ``cluster`` with ``handler`` (see Node.serve)."""
-        limiter = trio.CapacityLimiter(limit)
         async with self.requests(cluster, limit) as incoming, trio.open_nursery() as tasks:
+            pool = _HandlerPool(handler, incoming, limit, tasks)
+            incoming.on_arrival = pool.wake
+            if len(incoming):
+                pool.wake()
             task_status.started()
-            while True:
-                token = object()
-                await limiter.acquire_on_behalf_of(token)
-                request = await incoming.receive()
-                request._started = False
-                tasks.start_soon(_handle, handler, request, limiter, token)
+            await trio.sleep_forever()
 
     def _report_spare(self, tree: int) -> None:
         if tree in self._incoming:
@@ -688,34 +811,57 @@ class Responder:
         return max(entries, key=_spare)[0]  # all full: the least full queues it
 
     def request_received(self, delivery: AnycastDelivery) -> None:
+        """A request for this node's members, through the cluster's tree."""
+        body = decode_body(delivery)
+        self._arrived(
+            delivery.tree,
+            delivery.origin,
+            delivery.address,
+            delivery.tag,
+            body.timeout_ms,
+            body.data,
+        )
+
+    def direct_received(self, origin: int, frame: RequestDirect) -> None:
+        """A request sent straight to this node by ``origin`` (over its link)."""
+        tree = from_bytes(frame.tree)
+        self._arrived(tree, origin, "", frame.request_id, frame.timeout_ms, frame.data)
+
+    def _arrived(
+        self, tree: int, origin: int, address: str, request_id: bytes, timeout_ms: int, data: bytes
+    ) -> None:
         """A request for this node's members: to its receiver, or, when several
         receive this cluster, to the next in turn with room (or back, RETRY, if
         none takes it any more)."""
-        body = decode_body(delivery)
-        entries = self._incoming.get(delivery.tree)
+        port = self._port
+        entries = self._incoming.get(tree)
         if not entries:
             message = b"the member is not serving requests"
-            answer_to(self._port, delivery, RETRY, message)
+            port.send_to(origin, address, RequestReply(request_id, RETRY, message))
             return
-        incoming = entries[0][0] if len(entries) == 1 else self._pick(delivery.tree, entries)
+        incoming = entries[0][0] if len(entries) == 1 else self._pick(tree, entries)
         self.received += 1
-        deadline = trio.current_time() + body.timeout_ms / 1000
-        port, origin, address = self._port, delivery.origin, delivery.address
+        deadline = trio.current_time() + timeout_ms / 1000
+        totals = self._spare_totals
 
         def answer(handled: Request, status: int | None, data: bytes) -> None:
             incoming._answered(handled)
             if status is not None:
-                port.send_to(origin, address, RequestReply(handled.request_id, status, data))
+                # An answer says our room (see RequestReply.room).
+                room = 1 + max(0, totals.get(tree, 0)) if status <= REMOTE_ERROR else 0
+                reply = RequestReply(handled.request_id, status, data, min(room, 2**32 - 1))
+                _send_back(port, origin, address, reply)
                 if status == REPLY:
                     self.replied += 1
             if handled._noticed:
                 port.release(origin)
 
-        arrived = Request(body.data, deadline, delivery.tag, origin, answer)
+        arrived = Request(data, deadline, request_id, origin, answer)
         arrived._address = address
         if not incoming._push(arrived):
             self.refused += 1
-            answer_to(self._port, delivery, OVERLOADED, b"the member's request queue is full")
+            full = b"the member's request queue is full"
+            port.send_to(origin, address, RequestReply(request_id, OVERLOADED, full))
         elif origin != port.id:
             if not self._unnoticed:
                 self._arrivals.unpark()
@@ -822,6 +968,24 @@ def answer_to(port: OverlayPort, delivery: AnycastDelivery, status: int, data: b
     port.send_to(delivery.origin, delivery.address, RequestReply(delivery.tag, status, data))
 
 
+def _send_back(port: OverlayPort, origin: int, address: str, reply: RequestReply) -> None:
+    """Send an answer to its requester: over the link to it, as it is (no work
+    in the overlay), or else through the overlay."""
+    link = port.peer_link(origin)
+    if link is not None:
+        try:
+            link.send_nowait(reply)
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # full or going: the overlay's own way then (it drops it if full, counted)
+        else:
+            return
+    port.send_to(origin, address, reply)
+
+
+def _heard_at(member: _Member) -> float:
+    return member.heard_at
+
+
 def _spare(entry: tuple[IncomingRequests, int]) -> int:
     incoming, limit = entry
     return limit - incoming.in_flight - len(incoming)
@@ -833,16 +997,73 @@ def _unsendable(result: object, exc: Exception) -> str:
     return f"the handler's reply is too large: {exc}"
 
 
-async def _handle(
-    handler: Callable[[bytes], Awaitable[bytes]],
-    request: Request,
-    limiter: trio.CapacityLimiter,
-    token: object,
-) -> None:
+class _HandlerPool:
+    """serve()'s workers: up to ``limit`` tasks, each taking the next request and
+    running the handler on it, then the next, without a task or a checkpoint
+    per request (a handler that does not wait answers a whole batch of requests
+    in one scheduler turn).
+
+    A request that arrives wakes a free worker, or starts one (up to ``limit``)
+    when none is free; a worker that takes a request while more wait wakes
+    another before it runs the handler, so that a handler that waits holds up
+    nothing (one more worker per scheduler turn while requests queue).
+    """
+
+    def __init__(
+        self,
+        handler: Callable[[bytes], Awaitable[bytes]],
+        incoming: IncomingRequests,
+        limit: int,
+        nursery: trio.Nursery,
+    ) -> None:
+        self._handler = handler
+        self._incoming = incoming
+        self._limit = limit
+        self._nursery = nursery
+        self._free = trio.lowlevel.ParkingLot()  # workers with nothing to do
+        self._waking = 0  # workers woken or started that have not taken a request yet
+        self._workers = 0
+
+    def wake(self) -> None:
+        """A request can be taken: see that a worker will look."""
+        if self._waking:
+            return  # one is on its way: it takes this one too, or wakes another
+        if self._free.unpark():
+            self._waking += 1
+        elif self._workers < self._limit:
+            self._workers += 1
+            self._waking += 1
+            self._nursery.start_soon(self._work)
+
+    async def _work(self) -> None:
+        incoming, handler = self._incoming, self._handler
+        self._waking -= 1
+        handled = 0
+        while True:
+            try:
+                request = incoming.receive_nowait()
+            except trio.WouldBlock:
+                await self._free.park()
+                self._waking -= 1
+                continue
+            except trio.ClosedResourceError:
+                return
+            if len(incoming):
+                self.wake()  # more wait: another worker takes them if this handler waits
+            await _handle(handler, request)
+            handled += 1
+            if handled % _BATCH == 0:
+                await trio.lowlevel.checkpoint()  # (a handler that never waits)
+
+
+#: A serve() worker lets other tasks run at least once per this many requests.
+_BATCH: Final = 64
+
+
+async def _handle(handler: Callable[[bytes], Awaitable[bytes]], request: Request) -> None:
     """Run ``handler`` on one request and answer it, whatever the handler does."""
     try:
-        with trio.move_on_at(request.deadline):  # late work is dropped
-            request._started = True
+        with trio.CancelScope(deadline=request.deadline):  # late work is dropped
             try:
                 result = await handler(request.data)
             except Exception as exc:  # the handler's failure goes to the requester
@@ -856,4 +1077,3 @@ async def _handle(
         if request.expired:  # unanswered, and its requester stopped waiting
             request._drop()  # its place among the member's requests is free again
         # (Else serve() is stopping: it answers what its handlers left.)
-        limiter.release_on_behalf_of(token)

@@ -464,8 +464,10 @@ class Link:
             while self._close_reason is None and not self._remote_closed:
                 if not self._queue:
                     if secure.has_unsent:  # an eager write the socket did not take whole
-                        with trio.fail_after(config.write_timeout):
+                        with _write_scope(config.write_timeout) as scope:
                             await secure.flush()
+                        if scope.cancelled_caught:
+                            raise trio.TooSlowError
                         continue
                     if self._closing:
                         break
@@ -473,7 +475,8 @@ class Link:
                     # (Past already when data waits unread after a freeze: look
                     # again shortly; the reader will have run by then.)
                     until_silent = max(self._until_silent(), 0.01)
-                    with trio.move_on_after(min(config.keepalive_interval, until_silent + 1e-3)):
+                    wait = min(config.keepalive_interval, until_silent + 1e-3)
+                    with trio.CancelScope(deadline=trio.current_time() + wait):
                         await self._writer_lot.park()
                     self._check_silence()
                     if self._close_reason is not None or self._remote_closed:
@@ -488,8 +491,10 @@ class Link:
                         self._queued_bytes += len(self._keepalive)
                         self._keepalives_sent += 1
                 batch = self._take_batch()
-                with trio.fail_after(config.write_timeout):
+                with _write_scope(config.write_timeout) as scope:
                     await secure.send_all(batch)
+                if scope.cancelled_caught:
+                    raise trio.TooSlowError
                 self._last_write = trio.current_time()
                 self._read_since_write = False
                 self._bytes_sent += len(batch)
@@ -514,6 +519,12 @@ class Link:
             else:
                 await secure.abort()
             self._task_done()
+
+
+def _write_scope(timeout: float) -> trio.CancelScope:
+    """A scope that ends a write making no progress for ``timeout`` (a plain
+    scope: trio.fail_after is a generator-based context manager, dearer per write)."""
+    return trio.CancelScope(deadline=trio.current_time() + timeout)
 
 
 async def run_link(
