@@ -101,6 +101,9 @@ class NodeStatistics:
         requests_sent / requests_answered / requests_failed / requests_pending:
             this node's requests (failed: RemoteError, NoRespondersError or
             timeout; a cancelled request counts as neither answered nor failed).
+        requests_direct: of the requests sent, those sent straight to a
+            member this node has a link to and heard from a moment ago (the
+            others went through the cluster's tree).
         requests_received / requests_replied / requests_expired /
             requests_refused: requests to this node's members: handed to them,
             answered with a reply (not an error), dropped unhandled past their
@@ -128,6 +131,7 @@ class NodeStatistics:
     requests_answered: int
     requests_failed: int
     requests_pending: int
+    requests_direct: int
     requests_received: int
     requests_replied: int
     requests_expired: int
@@ -223,6 +227,8 @@ class Node:
                     self._membership.enter(self.cluster)
                 nursery.start_soon(guarded, self._pubsub.run_flusher)
                 nursery.start_soon(guarded, self._responder.run_notices, self._spawn)
+                nursery.start_soon(guarded, self._responder.run_reports)
+                nursery.start_soon(guarded, self._requester.run_timeouts)
                 if monitor is not None:
                     started = True  # from here it owns what it bound
                     self._monitor = await monitor.start(self, nursery)
@@ -723,6 +729,7 @@ class Node:
             requests_answered=requester.answered,
             requests_failed=requester.failed,
             requests_pending=requester.pending_requests,
+            requests_direct=requester.direct,
             requests_received=responder.received,
             requests_replied=responder.replied,
             requests_expired=responder.expired,

@@ -192,6 +192,7 @@ async def test_the_figures_move_with_traffic_in_status_and_metrics() -> None:
             "answered": 0,
             "failed": 0,
             "pending": 0,
+            "direct": 0,
             "received": 0,
             "served": 0,
             "expired": 0,
@@ -205,6 +206,8 @@ async def test_the_figures_move_with_traffic_in_status_and_metrics() -> None:
         served = await get_json(two.url + "/status")
         page = await fetch(one.url + "/metrics")
     assert status["requests"]["sent"] == status["requests"]["answered"] == 100
+    # Sequential requests to one member: after the first answer, 7 in 8 go straight to it.
+    assert 75 <= status["requests"]["direct"] <= 90
     assert served["requests"]["served"] == 100
     assert status["rates"]["requests_sent"] > 0
     assert status["rates"]["link_bytes_sent"] > 0
@@ -230,6 +233,7 @@ async def test_the_figures_move_with_traffic_in_status_and_metrics() -> None:
     assert value("iris_trio_requests_sent") == 100.0  # the parser drops _total
     assert families["iris_trio_requests_sent"].type == "counter"
     assert value("iris_trio_requests_answered") == 100.0
+    assert value("iris_trio_requests_direct") == status["requests"]["direct"]
     assert value("iris_trio_peers") == 1.0
     assert value("iris_trio_joined") == 1.0
     assert value("iris_trio_relay_connections_open") == 0.0

@@ -8,7 +8,8 @@ when it is done. Roles:
 - ``subscriber`` / ``broadcasts``: receive ``--count`` messages on topic /
   cluster NAME (or stop 10 s after the last one), then report the count, the
   receive rate and the one-way latency (messages carry their send time).
-- ``echo``: answer requests of cluster NAME with their own data, until killed;
+- ``echo``: answer requests of cluster NAME with their own data (``serve``,
+  up to 1,024 at a time), until killed;
   ``tagged``: the same, with this node's id (hex) and ":" in front.
 - ``sink``: take tunnels of cluster NAME; on each, read a count (ASCII), then
   that many messages, then answer ``done``.
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import sys
 import time
@@ -128,10 +130,13 @@ async def run(args: argparse.Namespace) -> None:
                 _say(json.dumps(await _collect(messages, count)))
         elif role in ("echo", "tagged"):
             tag = node.id.hex().encode() + b":" if role == "tagged" else b""
-            async with node.requests(name, limit=1024) as incoming:
+
+            async def answer(data: bytes) -> bytes:
+                return tag + data
+
+            async with trio.open_nursery() as nursery:
+                await nursery.start(functools.partial(node.serve, answer, name, limit=1024))
                 _say("ready")
-                async for request in incoming:
-                    await request.reply(tag + request.data)
         elif role == "sink":
             async with node.tunnels(name) as incoming, trio.open_nursery() as nursery:
                 _say("ready")

@@ -31,6 +31,12 @@ _COUNTERS = (
     ("requests", "answered", "requests_answered", "Requests of this node that got a reply."),
     (
         "requests",
+        "direct",
+        "requests_direct",
+        "Requests of this node sent straight to a member it knew, not through the tree.",
+    ),
+    (
+        "requests",
         "failed",
         "requests_failed",
         "Requests of this node that failed (remote error, no responders or timeout).",

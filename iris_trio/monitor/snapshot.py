@@ -218,6 +218,7 @@ def node_status(
             "answered": figures.requests_answered,
             "failed": figures.requests_failed,
             "pending": figures.requests_pending,
+            "direct": figures.requests_direct,
             "received": figures.requests_received,
             "served": figures.requests_replied,
             "expired": figures.requests_expired,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import heapq
 import itertools
 import math
 import os
@@ -62,6 +63,8 @@ HELD, QUEUED, CLAIM, GO, GONE = 5, 6, 7, 8, 9
 #: How long a member waits for the answer to a CLAIM before dropping the request.
 CLAIM_TIMEOUT: Final = 5.0
 LOST_ON_WAY = 16
+#: Not on the wire: the requester's own timeout passed (see Requester.run_timeouts).
+TIMED_OUT = 17
 #: A member tells a requester that it holds its request once it has held it this
 #: long unanswered (quick requests cost nothing more): the requester then watches
 #: the link to it, and a member that dies fails its requests at once.
@@ -368,7 +371,18 @@ class PendingCall:
         result: what the pattern that made the call attaches (a tunnel).
     """
 
-    __slots__ = ("data", "done", "kind", "member", "result", "status", "tree", "window")
+    __slots__ = (
+        "data",
+        "done",
+        "finished",
+        "kind",
+        "member",
+        "result",
+        "status",
+        "timed_out",
+        "tree",
+        "window",
+    )
 
     def __init__(self, kind: int = REQUEST, window: int = 0) -> None:
         self.done = trio.Event()
@@ -379,6 +393,8 @@ class PendingCall:
         self.result: object = None
         self.tree = 0
         self.member: _Member | None = None  # sent straight to it (see RequestDirect)
+        self.timed_out = False  # the requester's own timeout passed
+        self.finished = False  # the caller stopped waiting (answered, or not)
 
     def settle(self, status: int, data: bytes = b"") -> None:
         """Set the answer (the first one counts) and wake the caller."""
@@ -433,6 +449,13 @@ class Requester:
         self._names: dict[str, int] = {}  # cluster -> tree id (a hash: cached)
         self._rng = random.Random()
         self._explore = 0
+        # Calls whose own timeout binds, by deadline (see run_timeouts): one
+        # task times them all out, instead of a cancel scope per request.
+        self._expiries: list[tuple[float, int, PendingCall]] = []
+        self._expiry_order = itertools.count()
+        self._sweeper = trio.lowlevel.ParkingLot()
+        self._sweep_at = math.inf
+        self._sweeping = False
 
     @property
     def pending_requests(self) -> int:
@@ -472,13 +495,20 @@ class Requester:
         deadline = min(scope_deadline, own)
         if deadline <= now:
             await trio.lowlevel.checkpoint()  # the caller's scope expired: cancelled here
-        if own <= scope_deadline:  # our timeout binds: raise RequestTimeoutError
-            with trio.move_on_at(own) as scope:
+        try:
+            if own > scope_deadline:  # the caller's scope binds: let it cancel us
                 await self._exchange(cluster, data, deadline, call)
-            if scope.cancelled_caught:
-                raise RequestTimeoutError(f"no answer from cluster {cluster!r} in time")
-        else:  # the caller's scope binds: let it cancel us
-            await self._exchange(cluster, data, deadline, call)
+            elif self._sweeping:  # our timeout binds, and run_timeouts keeps it
+                self._expire_at(own, call)
+                await self._exchange(cluster, data, deadline, call, expiring=True)
+            else:  # our timeout binds: a scope of its own keeps it
+                with trio.move_on_at(own) as scope:
+                    await self._exchange(cluster, data, deadline, call)
+                call.timed_out = scope.cancelled_caught
+        finally:
+            call.finished = True
+        if call.timed_out:
+            raise RequestTimeoutError(f"no answer from cluster {cluster!r} in time")
         if call.status == REPLY:
             return call
         if call.status == NO_RESPONDERS:
@@ -495,21 +525,70 @@ class Requester:
         type_name, message = decode_failure(call.data)
         raise RemoteError(message, type_name)
 
+    def _expire_at(self, when: float, call: PendingCall) -> None:
+        expiries = self._expiries
+        if len(expiries) > 2 * len(self._pending) + 64:  # mostly calls long finished
+            expiries[:] = [entry for entry in expiries if not entry[2].finished]
+            heapq.heapify(expiries)
+        heapq.heappush(expiries, (when, next(self._expiry_order), call))
+        if when < self._sweep_at:
+            self._sweeper.unpark()
+
+    async def run_timeouts(self) -> None:
+        """Time out the calls whose own timeout binds, each at its deadline (one
+        task and one cancel scope for all, not one per request). Run until
+        cancelled; calls made while it does not run take a scope of their own."""
+        expiries = self._expiries
+        self._sweeping = True
+        try:
+            while True:
+                now = trio.current_time()
+                while expiries and (expiries[0][0] <= now or expiries[0][2].finished):
+                    call = heapq.heappop(expiries)[2]
+                    if not call.finished:
+                        call.timed_out = True
+                        call.settle(TIMED_OUT)  # (a call waiting to send again looks)
+                self._sweep_at = expiries[0][0] if expiries else math.inf
+                with trio.CancelScope(deadline=self._sweep_at):
+                    await self._sweeper.park()
+        finally:
+            self._sweeping = False
+            self._sweep_at = math.inf
+            for _, _, call in expiries:  # (the node is stopping)
+                if not call.finished:
+                    call.timed_out = True
+                    call.settle(TIMED_OUT)
+            expiries.clear()
+
     async def _exchange(
-        self, cluster: str, data: bytes, deadline: float, call: PendingCall
+        self,
+        cluster: str,
+        data: bytes,
+        deadline: float,
+        call: PendingCall,
+        *,
+        expiring: bool = False,
     ) -> None:
         """Send until a member takes the request: one that did not handle it (it was
-        leaving, or not serving) answers RETRY, and sending again cannot duplicate."""
+        leaving, or not serving) answers RETRY, and sending again cannot duplicate.
+        ``expiring``: run_timeouts ends the call at ``deadline`` (it is not cancelled)."""
         port = self._port
         if not port.ready:
-            await port.wait_joined()
+            if expiring:
+                with trio.move_on_at(deadline):
+                    await port.wait_joined()
+                if not port.ready:
+                    call.timed_out = True
+                    return
+            else:
+                await port.wait_joined()
         tree = self._names.get(cluster)
         if tree is None:
             if len(self._names) >= 1024:
                 self._names.clear()
             tree = self._names[cluster] = name_id(CLUSTER, cluster)
         call.tree = tree
-        while True:
+        while not call.timed_out:
             request_id = self._id_prefix + next(self._ids).to_bytes(8, "big")
             call.done = trio.Event()
             self._pending[request_id] = call
@@ -703,6 +782,10 @@ class Responder:
         self._turns: dict[int, int] = {}
         self._go: set[bytes] = set()
         self._spawn: Callable[..., None] | None = None
+        # Trees whose spare changed since the last report (see run_reports).
+        self._changed: set[int] = set()
+        self._reporter = trio.lowlevel.ParkingLot()
+        self._reporting = False
 
     @property
     def receivers(self) -> int:
@@ -749,10 +832,14 @@ class Responder:
         async with self.requests(cluster, limit) as incoming, trio.open_nursery() as tasks:
             pool = _HandlerPool(handler, incoming, limit, tasks)
             incoming.on_arrival = pool.wake
-            if len(incoming):
-                pool.wake()
-            task_status.started()
-            await trio.sleep_forever()
+            try:
+                if len(incoming):
+                    pool.wake()
+                task_status.started()
+                await trio.sleep_forever()
+            finally:  # what arrives while the workers end stays queued (then goes back)
+                incoming.on_arrival = None
+                pool.close()
 
     def _report_spare(self, tree: int) -> None:
         if tree in self._incoming:
@@ -767,7 +854,28 @@ class Responder:
             return
         self._spares[incoming] = spare
         self._spare_totals[tree] = self._spare_totals.get(tree, 0) + spare - before
-        self._membership.report_spare(tree, self._spare_totals[tree])
+        if not self._reporting:
+            self._membership.report_spare(tree, self._spare_totals[tree])
+        elif tree not in self._changed:  # (a request moves it up to 3 times: 1 report)
+            self._changed.add(tree)
+            if len(self._changed) == 1:
+                self._reporter.unpark()
+
+    async def run_reports(self) -> None:
+        """Report the spare capacity of the trees whose capacity changed, once
+        per scheduler turn whatever the number of changes (a request arriving,
+        taken and answered changes it three times). Run until cancelled."""
+        self._reporting = True
+        try:
+            while True:
+                while not self._changed:
+                    await self._reporter.park()
+                changed, self._changed = self._changed, set()
+                for tree in changed:
+                    if tree in self._incoming:
+                        self._report_spare(tree)
+        finally:
+            self._reporting = False
 
     def _stopped(self, incoming: IncomingRequests) -> None:
         self._expired += incoming.expired
@@ -1023,10 +1131,15 @@ class _HandlerPool:
         self._free = trio.lowlevel.ParkingLot()  # workers with nothing to do
         self._waking = 0  # workers woken or started that have not taken a request yet
         self._workers = 0
+        self._closed = False
+
+    def close(self) -> None:
+        """Start no more workers (serve() is ending: its nursery takes no new task)."""
+        self._closed = True
 
     def wake(self) -> None:
         """A request can be taken: see that a worker will look."""
-        if self._waking:
+        if self._waking or self._closed:
             return  # one is on its way: it takes this one too, or wakes another
         if self._free.unpark():
             self._waking += 1
@@ -1043,7 +1156,7 @@ class _HandlerPool:
             try:
                 request = incoming.receive_nowait()
             except trio.WouldBlock:
-                await self._free.park()
+                await self._free.park()  # (cancelled: it was not woken)
                 self._waking -= 1
                 continue
             except trio.ClosedResourceError:
