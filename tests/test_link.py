@@ -13,8 +13,17 @@ import trio.testing
 from iris_trio.crypto import DEV_NETWORK, Network, NetworkKey, NodeIdentity
 from iris_trio.errors import HandshakeError, MessageTooLargeError, ProtocolError
 from iris_trio.testing import memory_link_pair
-from iris_trio.transport import Link, LinkConfig, SecureStream, open_link, perform_handshake
-from iris_trio.transport.link import PeerSilentError, WriteTimeoutError
+from iris_trio.transport import (
+    Link,
+    LinkConfig,
+    LinkListener,
+    SecureStream,
+    connect_tcp_link,
+    open_link,
+    perform_handshake,
+    serve_tcp_links,
+)
+from iris_trio.transport.link import _EAGER_FRAMES, PeerSilentError, WriteTimeoutError
 from iris_trio.wire import Frame, FrameCodec, Payload
 from iris_trio.wire.framing import frame_prefix
 
@@ -384,3 +393,44 @@ async def test_a_tampered_record_closes_the_link_and_nothing_after_it_arrives() 
             nursery.start_soon(receiver)
     assert received == list(range(len(received)))  # an unbroken prefix, in order
     assert 0 < len(received) < 100
+
+
+async def test_the_start_of_a_burst_is_written_at_once_and_the_rest_follows_in_order() -> None:
+    """Over TCP: frames queued in one scheduler turn (e.g. 64 requests) go out
+    in two parts: the first _EAGER_FRAMES at once, from the sender (so the peer
+    starts on them while this side makes the rest), then the rest with the
+    writer; the peer gets all of them, in order."""
+    network = Network("link-burst-" + os.urandom(4).hex(), NetworkKey.generate())
+    received: list[int] = []
+    done = trio.Event()
+
+    async def take(link: Link) -> None:
+        while len(received) < 64:
+            frame = await link.receive()
+            assert isinstance(frame, Payload)
+            received.append(frame.channel)
+        done.set()
+        await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        listener: LinkListener = await nursery.start(
+            lambda task_status: serve_tcp_links(
+                take, 0, identity=NodeIdentity.generate(), network=network, task_status=task_status
+            )
+        )
+        port = int(listener.listen.rsplit(":", 1)[1])
+        async with connect_tcp_link(
+            "127.0.0.1", port, identity=NodeIdentity.generate(), network=network
+        ) as link:
+            await trio.sleep(0.05)  # (the link is quiet: the first frame is written at once)
+            before = link.statistics().bytes_sent
+            for channel in range(64):  # one turn: no checkpoint
+                link.send_nowait(Payload(channel, b"x" * 40))
+            written = link.statistics().bytes_sent - before
+            # The first frame (a quiet link) and the first part of the burst.
+            assert written >= (1 + _EAGER_FRAMES) * 40
+            assert link.statistics().queued_frames == 64 - 1 - _EAGER_FRAMES
+            with trio.fail_after(5):
+                await done.wait()
+        nursery.cancel_scope.cancel()
+    assert received == list(range(64))

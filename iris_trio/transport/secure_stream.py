@@ -160,6 +160,11 @@ class SecureStream(trio.abc.Stream):
         """True when an eager write left bytes that :meth:`flush` must send."""
         return self._unsent is not None
 
+    @property
+    def can_write_now(self) -> bool:
+        """True when :meth:`write_now` would write (it would not return False)."""
+        return self._fd is not None and not self._sending and self._unsent is None
+
     def write_now(self, data: bytes) -> bool:
         """Encrypt ``data`` and write it to the socket without waiting, if possible.
 
