@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -211,6 +212,12 @@ class Node:
         self._subscription_budget = ByteBudget(subscription_bytes)
         self._requester = Requester(driver)
         self._responder = Responder(driver, self._membership)
+        # Requests of this node's own to its own members skip the overlay.
+        self._requester.local_room = self._responder.local_room
+        self._requester.local_request = self._responder.local_request
+        self._responder.local_answer = functools.partial(
+            self._requester.reply_received, holder=None
+        )
         self._tunnels = Tunnels(driver, self._requester, self._membership, self._spawn)
 
     async def _run(
@@ -597,7 +604,9 @@ class Node:
     ) -> None:
         """Answer the requests of ``cluster`` with ``handler`` until cancelled.
 
-        One task per request, at most ``limit`` at once (default 4 x CPU); each
+        A pool of at most ``limit`` worker tasks (default 4 x CPU) runs the
+        handler, one request at a time each (a handler that does not wait
+        answers a whole batch of requests in one scheduler turn); each call
         runs under the request's deadline and is cancelled when it passes (the
         requester has stopped waiting; its place is free again). Whatever the
         handler does, the requester gets an answer and the member goes on: an

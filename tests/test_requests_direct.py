@@ -254,3 +254,65 @@ async def test_a_request_that_arrives_while_the_worker_pool_closes_stays_queued(
 
 def _ignore(request: Request, status: int | None, data: bytes) -> None:
     pass
+
+
+async def test_claimed_requests_each_get_a_worker_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Two queued requests whose requesters were told "queued" are claimed by
+    two workers; both GOs come in one turn: both start at once (the second
+    waited in the claimed list for the first handler to end)."""
+    claims: list[Request] = []
+    incoming = IncomingRequests(lambda: None, lambda _: None, claim=lambda r, _: claims.append(r))
+    started: dict[bytes, float] = {}
+
+    async def handler(data: bytes) -> bytes:
+        started[data] = trio.current_time()
+        await trio.sleep(1)
+        return data
+
+    async with trio.open_nursery() as nursery:
+        pool = _HandlerPool(handler, incoming, 8, nursery)
+        incoming.on_arrival = pool.wake
+        for name in (b"a", b"b"):
+            request = Request(name, trio.current_time() + 10, name, 0, _ignore)
+            request._queued_notice = True  # its requester was told: claim it first
+            assert incoming._push(request)
+        await trio.sleep(0.01)
+        assert len(claims) == 2
+        begin = trio.current_time()
+        for request in claims:
+            incoming._claimed(request, True)
+        await trio.sleep(0.1)
+        assert sorted(started) == [b"a", b"b"]
+        assert all(when - begin < 0.05 for when in started.values()), started
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_request_waiting_when_its_node_stops_fails_with_closed_resource(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_cluster(3) as group, trio.open_nursery() as servers:
+
+        async def never(data: bytes) -> bytes:
+            await trio.sleep_forever()
+            return data
+
+        await servers.start(group[2].serve, never, "stuck")
+        requester = group[1]
+        failed: list[BaseException] = []
+
+        async def ask() -> None:
+            try:
+                await requester.request("stuck", b"?", timeout=60)
+            except trio.ClosedResourceError as exc:
+                failed.append(exc)
+
+        async with trio.open_nursery() as asking:
+            asking.start_soon(ask)
+            await trio.sleep(1)
+            start = trio.current_time()
+            await group.stop(requester)
+        assert len(failed) == 1 and "stopped" in str(failed[0])
+        assert trio.current_time() - start < 10  # not at its 60 s timeout
+        servers.cancel_scope.cancel()

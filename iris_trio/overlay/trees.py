@@ -461,6 +461,9 @@ class TreeNode:
         if state is not None:
             state.spare = spare
             if serves is not None:
+                # A kind taken anew is not known at the root until it says so
+                # (it may remember an earlier "no": serving stopped, then started).
+                state.confirmed &= ~(serves & ~state.serves)
                 state.serves = serves
             due = state.own_view_at + self.config.report_interval
             if now >= due:

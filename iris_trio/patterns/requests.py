@@ -63,8 +63,9 @@ HELD, QUEUED, CLAIM, GO, GONE = 5, 6, 7, 8, 9
 #: How long a member waits for the answer to a CLAIM before dropping the request.
 CLAIM_TIMEOUT: Final = 5.0
 LOST_ON_WAY = 16
-#: Not on the wire: the requester's own timeout passed (see Requester.run_timeouts).
-TIMED_OUT = 17
+#: Not on the wire: the requester's own timeout passed, or the node stopped
+#: while the call waited (see Requester.run_timeouts).
+TIMED_OUT, STOPPED = 17, 18
 #: A member tells a requester that it holds its request once it has held it this
 #: long unanswered (quick requests cost nothing more): the requester then watches
 #: the link to it, and a member that dies fails its requests at once.
@@ -295,6 +296,11 @@ class IncomingRequests(BoundedQueue[Request]):
             self.on_arrival()
 
     @property
+    def waiting(self) -> int:
+        """Requests a receiver can take now or soon: queued, or claimed (GO)."""
+        return len(self) + len(self._ready)
+
+    @property
     def queued_bytes(self) -> int:
         """Bytes of requests waiting to be received."""
         return self.buffered_bytes
@@ -379,6 +385,7 @@ class PendingCall:
         "member",
         "result",
         "status",
+        "stopped",
         "timed_out",
         "tree",
         "window",
@@ -394,6 +401,7 @@ class PendingCall:
         self.tree = 0
         self.member: _Member | None = None  # sent straight to it (see RequestDirect)
         self.timed_out = False  # the requester's own timeout passed
+        self.stopped = False  # the node stopped while it waited
         self.finished = False  # the caller stopped waiting (answered, or not)
 
     def settle(self, status: int, data: bytes = b"") -> None:
@@ -406,13 +414,14 @@ class PendingCall:
 class _Member:
     """A member a requester can send requests to directly (see RequestDirect)."""
 
-    __slots__ = ("heard_at", "node", "room", "sent")
+    __slots__ = ("heard_at", "node", "room", "since")
 
     def __init__(self, node: int) -> None:
         self.node = node
         self.room = 0  # its spare capacity, as its last answer said
         self.heard_at = -math.inf
-        self.sent = 0  # our requests it holds unanswered
+        # Requests we sent it since that answer (those before, it had counted).
+        self.since = 0
 
 
 class Requester:
@@ -453,9 +462,15 @@ class Requester:
         # task times them all out, instead of a cancel scope per request.
         self._expiries: list[tuple[float, int, PendingCall]] = []
         self._expiry_order = itertools.count()
+        self._expiries_kept = 0  # entries left by the last clean-up
         self._sweeper = trio.lowlevel.ParkingLot()
         self._sweep_at = math.inf
         self._sweeping = False
+        #: This node's own members: their room in a tree, and how to hand them
+        #: a request (set by the node; see Responder.local_room / local_request).
+        self.local_room: Callable[[int], int] = _no_room
+        self.local_request: Callable[[int, bytes, int, bytes], None] | None = None
+        self._local: _Member | None = None
 
     @property
     def pending_requests(self) -> int:
@@ -507,6 +522,8 @@ class Requester:
                 call.timed_out = scope.cancelled_caught
         finally:
             call.finished = True
+        if call.stopped:
+            raise trio.ClosedResourceError("the node has stopped")
         if call.timed_out:
             raise RequestTimeoutError(f"no answer from cluster {cluster!r} in time")
         if call.status == REPLY:
@@ -527,9 +544,10 @@ class Requester:
 
     def _expire_at(self, when: float, call: PendingCall) -> None:
         expiries = self._expiries
-        if len(expiries) > 2 * len(self._pending) + 64:  # mostly calls long finished
+        if len(expiries) > 2 * self._expiries_kept + 64:  # mostly calls long finished
             expiries[:] = [entry for entry in expiries if not entry[2].finished]
             heapq.heapify(expiries)
+            self._expiries_kept = len(expiries)
         heapq.heappush(expiries, (when, next(self._expiry_order), call))
         if when < self._sweep_at:
             self._sweeper.unpark()
@@ -545,7 +563,8 @@ class Requester:
                 now = trio.current_time()
                 while expiries and (expiries[0][0] <= now or expiries[0][2].finished):
                     call = heapq.heappop(expiries)[2]
-                    if not call.finished:
+                    # (An answer that came in this turn, before its caller ran, counts.)
+                    if not call.finished and (not call.done.is_set() or call.status == RETRY):
                         call.timed_out = True
                         call.settle(TIMED_OUT)  # (a call waiting to send again looks)
                 self._sweep_at = expiries[0][0] if expiries else math.inf
@@ -554,10 +573,10 @@ class Requester:
         finally:
             self._sweeping = False
             self._sweep_at = math.inf
-            for _, _, call in expiries:  # (the node is stopping)
+            for _, _, call in expiries:  # the node is stopping: nothing will answer
                 if not call.finished:
-                    call.timed_out = True
-                    call.settle(TIMED_OUT)
+                    call.stopped = True
+                    call.settle(STOPPED)
             expiries.clear()
 
     async def _exchange(
@@ -588,7 +607,7 @@ class Requester:
                 self._names.clear()
             tree = self._names[cluster] = name_id(CLUSTER, cluster)
         call.tree = tree
-        while not call.timed_out:
+        while not (call.timed_out or call.stopped):
             request_id = self._id_prefix + next(self._ids).to_bytes(8, "big")
             call.done = trio.Event()
             self._pending[request_id] = call
@@ -606,8 +625,6 @@ class Requester:
             finally:
                 del self._pending[request_id]
                 self._unhold(request_id)
-                if member is not None:
-                    member.sent -= 1
             if call.status != RETRY:
                 return
             if member is not None:  # it does not serve the cluster (any more)
@@ -621,20 +638,27 @@ class Requester:
         """Send the request straight to a member of ``tree`` picked by its room
         (less what we already sent it), if we know one; the member, or None."""
         members = self._members.get(tree)
-        if not members:
+        local = self.local_room(tree) if self.local_request is not None else 0
+        if not members and local <= 0:
             return None
         self._explore += 1
         if self._explore >= DIRECT_EXPLORE:
             self._explore = 0
             return None
-        stale = trio.current_time() - DIRECT_FRESH
         total = 0
         candidates: list[tuple[int, _Member]] = []
-        for member in members.values():
-            room = member.room - member.sent
-            if room > 0 and member.heard_at >= stale:
-                total += room
-                candidates.append((room, member))
+        if local > 0:  # this node's own members: their room is known exactly
+            if self._local is None:
+                self._local = _Member(self._port.id)
+            total += local
+            candidates.append((local, self._local))
+        if members:
+            stale = trio.current_time() - DIRECT_FRESH
+            for member in members.values():
+                room = member.room - member.since
+                if room > 0 and member.heard_at >= stale:
+                    total += room
+                    candidates.append((room, member))
         if not candidates:
             return None
         chosen = candidates[-1][1]
@@ -645,6 +669,11 @@ class Requester:
                 if point < 0:
                     chosen = member
                     break
+        if chosen is self._local:
+            assert self.local_request is not None
+            self.local_request(tree, request_id, milliseconds, data)
+            self.direct += 1
+            return chosen
         link = self._port.peer_link(chosen.node)
         if link is None or not link.is_open:
             self._forget_member(tree, chosen.node)
@@ -654,7 +683,7 @@ class Requester:
             link.send_nowait(frame)
         except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
             return None  # its link is full or going: the tree takes it
-        chosen.sent += 1
+        chosen.since += 1
         self.direct += 1
         self._watch(request_id, chosen.node)  # it holds it from now on
         return chosen
@@ -663,6 +692,8 @@ class Requester:
         """The member ``node`` answered over its link, saying its room."""
         members = self._members.get(call.tree)
         if members is None:
+            if len(self._members) >= 1024:  # (a node asking very many clusters)
+                self._members.clear()
             members = self._members[call.tree] = {}
         member = members.get(node)
         if member is None:
@@ -670,6 +701,7 @@ class Requester:
                 del members[min(members.values(), key=_heard_at).node]
             member = members[node] = _Member(node)
         member.room = room - 1
+        member.since = 0
         member.heard_at = trio.current_time()
 
     def _forget_member(self, tree: int, node: int) -> None:
@@ -786,6 +818,9 @@ class Responder:
         self._changed: set[int] = set()
         self._reporter = trio.lowlevel.ParkingLot()
         self._reporting = False
+        #: Where answers to this node's own requests go (set by the node: its
+        #: Requester), without a trip through the overlay.
+        self.local_answer: Callable[[RequestReply], None] | None = None
 
     @property
     def receivers(self) -> int:
@@ -833,7 +868,7 @@ class Responder:
             pool = _HandlerPool(handler, incoming, limit, tasks)
             incoming.on_arrival = pool.wake
             try:
-                if len(incoming):
+                if incoming.waiting:
                     pool.wake()
                 task_status.started()
                 await trio.sleep_forever()
@@ -930,6 +965,14 @@ class Responder:
             body.data,
         )
 
+    def local_room(self, tree: int) -> int:
+        """Requests this node's members of ``tree`` can take now (0: none serve it)."""
+        return self._spare_totals.get(tree, 0) if tree in self._incoming else 0
+
+    def local_request(self, tree: int, request_id: bytes, timeout_ms: int, data: bytes) -> None:
+        """A request of this node's own for its own members (see Requester)."""
+        self._arrived(tree, self._port.id, "", request_id, timeout_ms, data)
+
     def direct_received(self, origin: int, frame: RequestDirect) -> None:
         """A request sent straight to this node by ``origin`` (over its link)."""
         tree = from_bytes(frame.tree)
@@ -945,10 +988,15 @@ class Responder:
         entries = self._incoming.get(tree)
         if not entries:
             message = b"the member is not serving requests"
-            port.send_to(origin, address, RequestReply(request_id, RETRY, message))
+            self._send_back(origin, address, RequestReply(request_id, RETRY, message))
             return
         incoming = entries[0][0] if len(entries) == 1 else self._pick(tree, entries)
         self.received += 1
+        # The requester of a direct request watches the link it came on: it
+        # stays up until the answer (else its idle timeout could fail the request).
+        linked = not address and origin != port.id
+        if linked:
+            port.hold(origin)
         deadline = trio.current_time() + timeout_ms / 1000
         totals = self._spare_totals
 
@@ -958,18 +1006,22 @@ class Responder:
                 # An answer says our room (see RequestReply.room).
                 room = 1 + max(0, totals.get(tree, 0)) if status <= REMOTE_ERROR else 0
                 reply = RequestReply(handled.request_id, status, data, min(room, 2**32 - 1))
-                _send_back(port, origin, address, reply)
+                self._send_back(origin, address, reply)
                 if status == REPLY:
                     self.replied += 1
             if handled._noticed:
+                port.release(origin)
+            if linked:
                 port.release(origin)
 
         arrived = Request(data, deadline, request_id, origin, answer)
         arrived._address = address
         if not incoming._push(arrived):
+            if linked:
+                port.release(origin)
             self.refused += 1
             full = b"the member's request queue is full"
-            port.send_to(origin, address, RequestReply(request_id, OVERLOADED, full))
+            self._send_back(origin, address, RequestReply(request_id, OVERLOADED, full))
         elif origin != port.id:
             if not self._unnoticed:
                 self._arrivals.unpark()
@@ -1058,6 +1110,27 @@ class Responder:
     def _answer(self, request: Request, status: int, data: bytes) -> None:
         request._answer(request, status, data)
 
+    def _send_back(self, origin: int, address: str, reply: RequestReply) -> None:
+        """Send an answer to its requester: this node's own at once, another's
+        over the link to it, as it is (no work in the overlay), or else through
+        the overlay."""
+        port = self._port
+        if origin == port.id and self.local_answer is not None:
+            self.local_answer(reply)
+            return
+        link = port.peer_link(origin)
+        if link is not None:
+            try:
+                link.send_nowait(reply)
+                return
+            except trio.WouldBlock:  # full: a small answer (retry, overloaded) goes all the same
+                with contextlib.suppress(ValueError, trio.BrokenResourceError):
+                    link.send_control_nowait(reply)
+                    return
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # going: the overlay's own way then
+        port.send_to(origin, address, reply)
+
 
 def decode_body(delivery: AnycastDelivery) -> RequestBody:
     """The request inside an anycast.
@@ -1076,18 +1149,8 @@ def answer_to(port: OverlayPort, delivery: AnycastDelivery, status: int, data: b
     port.send_to(delivery.origin, delivery.address, RequestReply(delivery.tag, status, data))
 
 
-def _send_back(port: OverlayPort, origin: int, address: str, reply: RequestReply) -> None:
-    """Send an answer to its requester: over the link to it, as it is (no work
-    in the overlay), or else through the overlay."""
-    link = port.peer_link(origin)
-    if link is not None:
-        try:
-            link.send_nowait(reply)
-        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-            pass  # full or going: the overlay's own way then (it drops it if full, counted)
-        else:
-            return
-    port.send_to(origin, address, reply)
+def _no_room(tree: int) -> int:
+    return 0
 
 
 def _heard_at(member: _Member) -> float:
@@ -1153,15 +1216,19 @@ class _HandlerPool:
         self._waking -= 1
         handled = 0
         while True:
+            if self._closed or trio.current_effective_deadline() == -math.inf:
+                return  # serve() stops: what waits goes back, never half-started
             try:
                 request = incoming.receive_nowait()
             except trio.WouldBlock:
+                if incoming.waiting:  # (it started a claim: others wait behind it)
+                    self.wake()
                 await self._free.park()  # (cancelled: it was not woken)
                 self._waking -= 1
                 continue
             except trio.ClosedResourceError:
                 return
-            if len(incoming):
+            if incoming.waiting:
                 self.wake()  # more wait: another worker takes them if this handler waits
             await _handle(handler, request)
             handled += 1

@@ -297,7 +297,11 @@ class Link:
             # of the writer, so that a stream still goes out in large writes).
             self._eager_part = False
             batch = self._take_batch()
-            self._secure.write_now(batch)
+            try:
+                self._secure.write_now(batch)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._writer_lot.unpark()  # the writer ends the link
+                raise
             self._last_write = trio.current_time()
             self._bytes_sent += len(batch)
             self._space_lot.unpark_all()
@@ -495,6 +499,7 @@ class Link:
                     wait = min(config.keepalive_interval, until_silent + 1e-3)
                     with trio.CancelScope(deadline=trio.current_time() + wait):
                         await self._writer_lot.park()
+                    self._eager_part = True  # (see _enqueue)
                     self._check_silence()
                     if self._close_reason is not None or self._remote_closed:
                         break
