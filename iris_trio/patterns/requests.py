@@ -522,6 +522,8 @@ class Requester:
                 call.timed_out = scope.cancelled_caught
         finally:
             call.finished = True
+        if own <= scope_deadline and call.status != REPLY and trio.current_time() >= own:
+            call.timed_out = True  # a failure at the deadline (e.g. "too late") is a timeout
         if call.stopped:
             raise trio.ClosedResourceError("the node has stopped")
         if call.timed_out:
@@ -563,8 +565,8 @@ class Requester:
                 now = trio.current_time()
                 while expiries and (expiries[0][0] <= now or expiries[0][2].finished):
                     call = heapq.heappop(expiries)[2]
-                    # (An answer that came in this turn, before its caller ran, counts.)
-                    if not call.finished and (not call.done.is_set() or call.status == RETRY):
+                    # (A reply that came in this turn, before its caller ran, counts.)
+                    if not call.finished and (not call.done.is_set() or call.status != REPLY):
                         call.timed_out = True
                         call.settle(TIMED_OUT)  # (a call waiting to send again looks)
                 self._sweep_at = expiries[0][0] if expiries else math.inf
@@ -574,7 +576,7 @@ class Requester:
             self._sweeping = False
             self._sweep_at = math.inf
             for _, _, call in expiries:  # the node is stopping: nothing will answer
-                if not call.finished:
+                if not call.finished and (not call.done.is_set() or call.status != REPLY):
                     call.stopped = True
                     call.settle(STOPPED)
             expiries.clear()
