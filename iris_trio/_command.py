@@ -8,8 +8,11 @@ import argparse
 import math
 import os
 import re
-from collections.abc import Callable
+import signal
+from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn, TypeVar
+
+import trio
 
 __all__ = [
     "BENCH_EPILOG",
@@ -26,6 +29,7 @@ __all__ = [
     "port_number",
     "quiet_interrupt",
     "seconds",
+    "until_stopped",
 ]
 
 _T = TypeVar("_T")
@@ -194,3 +198,24 @@ def quiet_interrupt(run: Callable[[], _T]) -> _T:
         if interrupted(exc):
             raise SystemExit(INTERRUPTED) from None
         raise
+
+
+async def until_stopped(body: Callable[[], Awaitable[object]]) -> bool:
+    """Run ``body()`` until it returns or SIGINT/SIGTERM arrives (then cancel it).
+
+    Returns True if a signal stopped it.
+    """
+    stopped = False
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def watch() -> None:
+                nonlocal stopped
+                async for _ in signals:
+                    stopped = True
+                    nursery.cancel_scope.cancel()
+
+            nursery.start_soon(watch)
+            await body()
+            nursery.cancel_scope.cancel()
+    return stopped

@@ -10,14 +10,13 @@
 
 from __future__ import annotations
 
-import signal
 from argparse import ArgumentTypeError
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
 
-from .._command import CommandParser, at_least
+from .._command import CommandParser, at_least, until_stopped
 from ._basics import link_stage, overlay_stage
 from ._patterns import patterns_stage
 
@@ -80,24 +79,10 @@ def main(argv: list[str]) -> int:
 
 
 async def _interruptible(stage: Callable[..., Awaitable[Any]], *args: Any) -> None:
-    """Run ``stage``; Ctrl-C cancels it (its nodes stop as on any cancellation),
-    then raises KeyboardInterrupt. Trio would otherwise raise KeyboardInterrupt
-    in whatever task was running when the signal came, midway through its work:
-    the demo then went on running now and then (test_demo_exits_130_on_ctrl_c
-    hung in 2 of 10 runs on a loaded machine)."""
-    interrupted = False
-    with trio.open_signal_receiver(signal.SIGINT) as signals:
-        async with trio.open_nursery() as nursery:
-
-            async def watch() -> None:
-                nonlocal interrupted
-                async for _ in signals:
-                    interrupted = True
-                    nursery.cancel_scope.cancel()
-                    return
-
-            nursery.start_soon(watch)
-            await stage(*args)
-            nursery.cancel_scope.cancel()
-    if interrupted:
+    """Run ``stage``; Ctrl-C (or SIGTERM) cancels it (its nodes stop as on any
+    cancellation), then raises KeyboardInterrupt. Trio would otherwise raise
+    KeyboardInterrupt in whatever task was running when the signal came, midway
+    through its work: the demo then went on running now and then
+    (test_demo_exits_130_on_ctrl_c hung in 2 of 10 runs on a loaded machine)."""
+    if await until_stopped(lambda: stage(*args)):
         raise KeyboardInterrupt

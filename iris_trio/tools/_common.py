@@ -9,7 +9,6 @@ import contextlib
 import math
 import os
 import re
-import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Final, NoReturn
@@ -17,7 +16,7 @@ from typing import Any, Final, NoReturn
 import anyio
 import trio
 
-from .._command import CommandParser, connect_failure, leaves
+from .._command import CommandParser, connect_failure, leaves, until_stopped
 from ..errors import (
     ConfigError,
     HandshakeError,
@@ -228,24 +227,3 @@ def run_tool(
                 return leaf.status if isinstance(leaf, ToolError) else FAILED
         raise
     return int(status or 0)
-
-
-async def until_stopped(body: Callable[[], Awaitable[object]]) -> bool:
-    """Run ``body()`` until it returns or SIGINT/SIGTERM arrives (then cancel it).
-
-    Returns True if a signal stopped it.
-    """
-    stopped = False
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with trio.open_nursery() as nursery:
-
-            async def watch() -> None:
-                nonlocal stopped
-                async for _ in signals:
-                    stopped = True
-                    nursery.cancel_scope.cancel()
-
-            nursery.start_soon(watch)
-            await body()
-            nursery.cancel_scope.cancel()
-    return stopped
