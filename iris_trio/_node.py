@@ -22,7 +22,6 @@ import trio
 from ._util import guarded, open_unwrapped_nursery
 from .errors import ConfigError, ProtocolError
 from .overlay.driver import OverlayDriver
-from .overlay.ids import from_bytes
 from .overlay.trees import AnycastDelivery, BounceDelivery, TreeDelivery
 from .patterns.limits import (
     DEFAULT_HANDLER_LIMIT,
@@ -788,13 +787,13 @@ class Node:
                 goes; one that came routed is dropped and counted).
         """
         if isinstance(frame, RequestReply):
-            holder = None if link is None else from_bytes(link.peer_id)
+            holder = None if link is None else link.peer_node
             if frame.status in (GO, GONE):  # a requester answers our member's claim
                 self._responder.claim_answered(frame)
             else:
                 self._requester.reply_received(frame, holder)
         elif isinstance(frame, RequestDirect) and link is not None:
-            self._responder.direct_received(from_bytes(link.peer_id), frame)
+            self._responder.direct_received(link.peer_node, frame, link.last_read)
         elif isinstance(frame, TUNNEL_FRAMES) and link is not None:
             self._tunnels.frame_received(link, frame)
         elif link is not None:

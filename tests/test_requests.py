@@ -7,6 +7,7 @@ load test over real TCP that keeps the whole stack honest end to end.
 from __future__ import annotations
 
 import collections
+import functools
 import math
 from collections.abc import Awaitable, Callable
 
@@ -100,6 +101,35 @@ async def test_the_deadline_travels_and_late_work_is_dropped(
         assert scope.cancelled_caught
         await trio.sleep(2.5)
         assert finished == []
+        servers.cancel_scope.cancel()
+
+
+async def test_one_worker_runs_each_handler_under_its_own_request_deadline(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    seen: dict[bytes, float] = {}
+    finished: list[bytes] = []
+
+    async def handler(data: bytes) -> bytes:
+        seen[data] = trio.current_effective_deadline() - trio.current_time()
+        if data == b"slow":
+            await trio.sleep(5)
+        finished.append(data)
+        return data
+
+    async with open_cluster(3) as group, trio.open_nursery() as servers:
+        # limit=1: one worker handles every request, one after the other.
+        await servers.start(functools.partial(group[2].serve, handler, "one", limit=1))
+        assert await group[0].request("one", b"quick", timeout=1) == b"quick"
+        await trio.sleep(2)  # the idle worker outlives the last request's deadline
+        with pytest.raises(trio.TooSlowError):
+            await group[0].request("one", b"slow", timeout=0.5)
+        await trio.sleep(1)
+        assert await group[0].request("one", b"after", timeout=3) == b"after"
+        assert finished == [b"quick", b"after"]  # the late one was cancelled
+        assert 0 < seen[b"quick"] <= 1
+        assert 0 < seen[b"slow"] <= 0.5
+        assert 2 < seen[b"after"] <= 3
         servers.cancel_scope.cancel()
 
 

@@ -298,7 +298,7 @@ class OverlayDriver:
             address = advertised(link.peer_hello.listen, observed)
         except ValueError:  # the peer told no usable address: it cannot be gossiped
             address = link.remote_address or ""
-        await self._hold(link, initiator=from_bytes(link.peer_id), address=address)
+        await self._hold(link, initiator=link.peer_node, address=address)
 
     async def _dial(self, address: str, failed: trio.Event | None = None) -> None:
         self._dials += 1
@@ -341,7 +341,7 @@ class OverlayDriver:
     async def _hold(self, link: Link, *, initiator: int, address: str) -> None:
         """Adopt ``link`` for its peer and keep it until it closes."""
         assert self.overlay is not None
-        node = from_bytes(link.peer_id)
+        node = link.peer_node
         if node == self.id:
             self._dial_failed(address)
             return
@@ -425,11 +425,11 @@ class OverlayDriver:
     def _on_frame(self, link: Link, frame: Frame) -> None:
         if isinstance(frame, _OVERLAY_FRAMES):
             if self.trees is not None:
-                self.trees.received(trio.current_time(), from_bytes(link.peer_id), frame)
+                self.trees.received(trio.current_time(), link.peer_node, frame)
                 self._flush()
         else:
             if self.overlay is not None:  # any frame proves its sender alive
-                self.overlay.received(trio.current_time(), from_bytes(link.peer_id), frame)
+                self.overlay.received(trio.current_time(), link.peer_node, frame)
             self._up.frame_received(link, frame)
 
     def _found(self, beacon: Beacon, source_host: str) -> None:
@@ -575,7 +575,8 @@ class OverlayDriver:
     @property
     def ready(self) -> bool:
         """True once this node has joined the overlay (see :meth:`wait_joined`)."""
-        return self.overlay is not None and self.overlay.check_ready(trio.current_time())
+        overlay = self.overlay
+        return overlay is not None and (overlay.ready or overlay.check_ready(trio.current_time()))
 
     def is_settled(self, quiet: float = 3.0) -> bool:
         """True when the leaf set has not changed for ``quiet`` seconds."""

@@ -75,8 +75,11 @@ HELD_NOTICE_AFTER: Final = 0.05
 DIRECT_FRESH: Final = 1.0
 #: ... except one request in this many, which goes through the cluster's tree:
 #: so the requester meets members it does not know yet, and the tree's load
-#: balancing keeps the final say.
+#: balancing keeps the final say ...
 DIRECT_EXPLORE: Final = 8
+#: ... and at most one each this many seconds (per cluster): under load the
+#: tree, several times dearer per request, carries a small share.
+DIRECT_EXPLORE_INTERVAL: Final = 0.01
 #: Members remembered per cluster for direct requests (the latest heard).
 DIRECT_MEMBERS: Final = 32
 #: What each kind of anycast is, for "no member takes ..." errors.
@@ -373,17 +376,19 @@ class PendingCall:
 
     Attributes:
         kind: REQUEST or TUNNEL (what the tree anycasts it to).
-        status / data: the answer, once ``done`` is set.
+        settled: True once the answer is in (see :meth:`settle`).
+        status / data: the answer, once settled.
         result: what the pattern that made the call attaches (a tunnel).
     """
 
     __slots__ = (
+        "_waiter",
         "data",
-        "done",
         "finished",
         "kind",
         "member",
         "result",
+        "settled",
         "status",
         "stopped",
         "timed_out",
@@ -392,7 +397,8 @@ class PendingCall:
     )
 
     def __init__(self, kind: int = REQUEST, window: int = 0) -> None:
-        self.done = trio.Event()
+        self.settled = False
+        self._waiter: trio.lowlevel.Task | None = None
         self.status = REPLY
         self.data = b""
         self.kind = kind
@@ -406,9 +412,26 @@ class PendingCall:
 
     def settle(self, status: int, data: bytes = b"") -> None:
         """Set the answer (the first one counts) and wake the caller."""
-        if not self.done.is_set():
+        if not self.settled:
+            self.settled = True
             self.status, self.data = status, data
-            self.done.set()
+            waiter = self._waiter
+            if waiter is not None:
+                self._waiter = None
+                trio.lowlevel.reschedule(waiter)
+
+    async def wait(self) -> None:
+        """Wait until settled (a checkpoint, as trio.Event.wait; no event and
+        parking lot per request)."""
+        if self.settled:
+            await trio.lowlevel.checkpoint()
+            return
+        self._waiter = trio.lowlevel.current_task()
+        await trio.lowlevel.wait_task_rescheduled(self._abort)
+
+    def _abort(self, raise_cancel: object) -> trio.lowlevel.Abort:
+        self._waiter = None  # cancelled: nothing wakes it any more
+        return trio.lowlevel.Abort.SUCCEEDED
 
 
 class _Member:
@@ -432,7 +455,8 @@ class Requester:
     capacity, or, when this node has a link to members it heard from a moment
     ago (their answers carry their room), straight to one of them, picked the
     same way (see :class:`RequestDirect`): one hop, and no work at the tree's
-    root. One request in ``DIRECT_EXPLORE`` still takes the tree.
+    root. One request in ``DIRECT_EXPLORE``, at most one each
+    ``DIRECT_EXPLORE_INTERVAL``, still takes the tree.
     """
 
     def __init__(self, port: OverlayPort) -> None:
@@ -457,7 +481,8 @@ class Requester:
         self._members: dict[int, dict[int, _Member]] = {}
         self._names: dict[str, int] = {}  # cluster -> tree id (a hash: cached)
         self._rng = random.Random()
-        self._explore = 0
+        # Per cluster tree: [direct requests since the last through the tree, when that was].
+        self._explored: dict[int, list[float]] = {}
         # Calls whose own timeout binds, by deadline (see run_timeouts): one
         # task times them all out, instead of a cancel scope per request.
         self._expiries: list[tuple[float, int, PendingCall]] = []
@@ -566,7 +591,7 @@ class Requester:
                 while expiries and (expiries[0][0] <= now or expiries[0][2].finished):
                     call = heapq.heappop(expiries)[2]
                     # (A reply that came in this turn, before its caller ran, counts.)
-                    if not call.finished and (not call.done.is_set() or call.status != REPLY):
+                    if not call.finished and (not call.settled or call.status != REPLY):
                         call.timed_out = True
                         call.settle(TIMED_OUT)  # (a call waiting to send again looks)
                 self._sweep_at = expiries[0][0] if expiries else math.inf
@@ -576,7 +601,7 @@ class Requester:
             self._sweeping = False
             self._sweep_at = math.inf
             for _, _, call in expiries:  # the node is stopping: nothing will answer
-                if not call.finished and (not call.done.is_set() or call.status != REPLY):
+                if not call.finished and (not call.settled or call.status != REPLY):
                     call.stopped = True
                     call.settle(STOPPED)
             expiries.clear()
@@ -611,7 +636,7 @@ class Requester:
         call.tree = tree
         while not (call.timed_out or call.stopped):
             request_id = self._id_prefix + next(self._ids).to_bytes(8, "big")
-            call.done = trio.Event()
+            call.settled = False
             self._pending[request_id] = call
             member = None
             try:
@@ -623,7 +648,7 @@ class Requester:
                 if member is None:
                     body = _codec.encode(RequestBody(milliseconds, data))
                     port.anycast(tree, call.kind, request_id, body)
-                await call.done.wait()
+                await call.wait()
             finally:
                 del self._pending[request_id]
                 self._unhold(request_id)
@@ -643,9 +668,15 @@ class Requester:
         local = self.local_room(tree) if self.local_request is not None else 0
         if not members and local <= 0:
             return None
-        self._explore += 1
-        if self._explore >= DIRECT_EXPLORE:
-            self._explore = 0
+        now = trio.current_time()
+        explored = self._explored.get(tree)
+        if explored is None:
+            if len(self._explored) >= 1024:  # (a node asking very many clusters)
+                self._explored.clear()
+            explored = self._explored[tree] = [0, now]
+        explored[0] += 1
+        if explored[0] >= DIRECT_EXPLORE and now - explored[1] >= DIRECT_EXPLORE_INTERVAL:
+            explored[0], explored[1] = 0, now
             return None
         total = 0
         candidates: list[tuple[int, _Member]] = []
@@ -655,7 +686,7 @@ class Requester:
             total += local
             candidates.append((local, self._local))
         if members:
-            stale = trio.current_time() - DIRECT_FRESH
+            stale = now - DIRECT_FRESH
             for member in members.values():
                 room = member.room - member.since
                 if room > 0 and member.heard_at >= stale:
@@ -719,7 +750,7 @@ class Requester:
         call = self._pending.get(request_id)
         if status == CLAIM:
             if holder is not None:  # (a claim comes over a link, never routed)
-                go = call is not None and not call.done.is_set()
+                go = call is not None and not call.settled
                 if go:
                     self._queued.discard(request_id)  # it may run from now on
                     self._watch(request_id, holder)
@@ -975,13 +1006,22 @@ class Responder:
         """A request of this node's own for its own members (see Requester)."""
         self._arrived(tree, self._port.id, "", request_id, timeout_ms, data)
 
-    def direct_received(self, origin: int, frame: RequestDirect) -> None:
-        """A request sent straight to this node by ``origin`` (over its link)."""
+    def direct_received(self, origin: int, frame: RequestDirect, arrived_at: float) -> None:
+        """A request sent straight to this node by ``origin`` (over its link),
+        read at trio time ``arrived_at`` (its time left counts from then: the
+        requests of one read share a deadline)."""
         tree = from_bytes(frame.tree)
-        self._arrived(tree, origin, "", frame.request_id, frame.timeout_ms, frame.data)
+        self._arrived(tree, origin, "", frame.request_id, frame.timeout_ms, frame.data, arrived_at)
 
     def _arrived(
-        self, tree: int, origin: int, address: str, request_id: bytes, timeout_ms: int, data: bytes
+        self,
+        tree: int,
+        origin: int,
+        address: str,
+        request_id: bytes,
+        timeout_ms: int,
+        data: bytes,
+        arrived_at: float | None = None,
     ) -> None:
         """A request for this node's members: to its receiver, or, when several
         receive this cluster, to the next in turn with room (or back, RETRY, if
@@ -999,7 +1039,9 @@ class Responder:
         linked = not address and origin != port.id
         if linked:
             port.hold(origin)
-        deadline = trio.current_time() + timeout_ms / 1000
+        if arrived_at is None:
+            arrived_at = trio.current_time()
+        deadline = arrived_at + timeout_ms / 1000
         totals = self._spare_totals
 
         def answer(handled: Request, status: int | None, data: bytes) -> None:
@@ -1214,17 +1256,32 @@ class _HandlerPool:
             self._nursery.start_soon(self._work)
 
     async def _work(self) -> None:
-        incoming, handler = self._incoming, self._handler
         self._waking -= 1
+        while True:
+            # One cancel scope per worker, not per request: each handler runs
+            # under it with the scope's deadline moved to its request's (what
+            # the handler's own requests inherit). A handler cancelled at its
+            # deadline ends the scope; the worker goes on under a new one.
+            with trio.CancelScope() as scope:
+                await self._take_requests(scope)
+                return
+
+    async def _take_requests(self, scope: trio.CancelScope) -> None:
+        incoming, handler = self._incoming, self._handler
         handled = 0
         while True:
-            if self._closed or trio.current_effective_deadline() == -math.inf:
-                return  # serve() stops: what waits goes back, never half-started
+            if self._closed:
+                return
+            # serve() stops (or this scope's last deadline passed): what waits
+            # goes back, never half-started.
+            await trio.lowlevel.checkpoint_if_cancelled()
             try:
                 request = incoming.receive_nowait()
             except trio.WouldBlock:
                 if incoming.waiting:  # (it started a claim: others wait behind it)
                     self.wake()
+                if scope.deadline != math.inf:
+                    scope.deadline = math.inf  # idle: no request's deadline
                 await self._free.park()  # (cancelled: it was not woken)
                 self._waking -= 1
                 continue
@@ -1232,6 +1289,8 @@ class _HandlerPool:
                 return
             if incoming.waiting:
                 self.wake()  # more wait: another worker takes them if this handler waits
+            if scope.deadline != request.deadline:  # (a batch often shares one)
+                scope.deadline = request.deadline  # late work is dropped
             await _handle(handler, request)
             handled += 1
             if handled % _BATCH == 0:
@@ -1243,18 +1302,18 @@ _BATCH: Final = 64
 
 
 async def _handle(handler: Callable[[bytes], Awaitable[bytes]], request: Request) -> None:
-    """Run ``handler`` on one request and answer it, whatever the handler does."""
+    """Run ``handler`` on one request and answer it, whatever the handler does
+    (under the worker's scope, whose deadline is the request's)."""
     try:
-        with trio.CancelScope(deadline=request.deadline):  # late work is dropped
+        try:
+            result = await handler(request.data)
+        except Exception as exc:  # the handler's failure goes to the requester
+            request.fail_nowait(str(exc), type(exc).__name__)
+        else:
             try:
-                result = await handler(request.data)
-            except Exception as exc:  # the handler's failure goes to the requester
-                request.fail_nowait(str(exc), type(exc).__name__)
-            else:
-                try:
-                    request.reply_nowait(result)
-                except (TypeError, MessageTooLargeError) as exc:  # not a reply we can send
-                    request.fail_nowait(_unsendable(result, exc), type(exc).__name__)
+                request.reply_nowait(result)
+            except (TypeError, MessageTooLargeError) as exc:  # not a reply we can send
+                request.fail_nowait(_unsendable(result, exc), type(exc).__name__)
     finally:
         if request.expired:  # unanswered, and its requester stopped waiting
             request._drop()  # its place among the member's requests is free again

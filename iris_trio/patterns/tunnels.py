@@ -18,7 +18,6 @@ from typing import Final
 import trio
 
 from ..errors import ProtocolError
-from ..overlay.ids import from_bytes
 from ..overlay.port import OverlayPort
 from ..overlay.trees import AnycastDelivery
 from ..transport.link import Link
@@ -93,7 +92,7 @@ class Tunnels:
     def _taken(self, peer: int, frame: TunnelInit, link: Link | None) -> None:
         """A member took a tunnel we asked for (its TunnelInit)."""
         call = self._requester.pending(frame.tunnel)
-        if call is None or call.kind != TUNNEL or call.done.is_set():
+        if call is None or call.kind != TUNNEL or call.settled:
             path = self._path_to(peer, link)()
             if path is not None:  # tell the member at once rather than leave it waiting
                 with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
@@ -212,7 +211,7 @@ class Tunnels:
 
     def frame_received(self, link: Link, frame: Frame) -> None:
         """A tunnel frame arrived on a link."""
-        self._frame(from_bytes(link.peer_id), frame, link)
+        self._frame(link.peer_node, frame, link)
 
     def _frame(self, peer: int, frame: Frame, link: Link | None) -> None:
         if isinstance(frame, TunnelInit):

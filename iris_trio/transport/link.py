@@ -98,6 +98,7 @@ class Link:
 
     Attributes:
         peer_id: the peer's 16-byte node id (proven by the handshake).
+        peer_node: the same id as an integer (as the overlay names nodes).
         peer_public_key: the peer's static X25519 public key.
         peer_hello: the hello the peer sent.
         handshake_hash: the Noise transcript hash.
@@ -115,6 +116,7 @@ class Link:
         remote_address: str | None,
     ) -> None:
         self.peer_id = handshake.peer_id
+        self.peer_node = int.from_bytes(handshake.peer_id, "big")
         self.peer_public_key = handshake.peer_public_key
         self.peer_hello = handshake.peer_hello
         self.handshake_hash = handshake.handshake_hash
@@ -157,6 +159,12 @@ class Link:
     def is_open(self) -> bool:
         """True until the link is closing, closed or broken."""
         return not (self._closing or self._close_reason is not None or self._remote_closed)
+
+    @property
+    def last_read(self) -> float:
+        """The trio time of the latest read that brought data: when the frames
+        being handled now arrived."""
+        return self._last_read
 
     @property
     def silent_for(self) -> float:

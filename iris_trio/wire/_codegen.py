@@ -10,7 +10,9 @@ reference decoder on arbitrary input.
 
 from __future__ import annotations
 
+import dataclasses
 import struct
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -97,6 +99,21 @@ def compile_encoder(
     return encoder
 
 
+def _slot_setters(cls: type) -> list[Callable[[Any, Any], None]] | None:
+    """The slot descriptors' setters of a slotted dataclass, field by field, or
+    None when instances must be made by calling the class (no slots, or a
+    ``__post_init__`` to run)."""
+    if hasattr(cls, "__post_init__") or not dataclasses.is_dataclass(cls):
+        return None
+    setters = []
+    for field in dataclasses.fields(cls):
+        slot = cls.__dict__.get(field.name)
+        if not isinstance(slot, types.MemberDescriptorType):
+            return None
+        setters.append(slot.__set__)
+    return setters
+
+
 def compile_decoder(cls: type, schema: tuple[Field, ...]) -> Callable[[Any, int], Any]:
     """A function ``decode(data, p)`` parsing the fields from ``p`` to the end.
 
@@ -111,10 +128,22 @@ def compile_decoder(cls: type, schema: tuple[Field, ...]) -> Callable[[Any, int]
     lines += [
         "    if p != len(data):",
         "        raise ProtocolError('trailing bytes after the frame')",
-        f"    return cls({', '.join(f'a{i}' for i in range(len(schema)))})",
     ]
     namespace = _namespace(schema)
     namespace["cls"] = cls
+    setters = _slot_setters(cls)
+    if setters is None:
+        lines.append(f"    return cls({', '.join(f'a{i}' for i in range(len(schema)))})")
+    else:
+        # The fields were checked just now: fill the slots without the frozen
+        # dataclass __init__ (an object.__setattr__ per field, the dearer part
+        # of decoding a small frame).
+        lines.append("    o = _new(cls)")
+        lines += [f"    _set{index}(o, a{index})" for index in range(len(schema))]
+        lines.append("    return o")
+        namespace["_new"] = object.__new__
+        for index, setter in enumerate(setters):
+            namespace[f"_set{index}"] = setter
     decoder: Callable[[Any, int], Any] = _compile(lines, namespace, "decode")
     decoder.__qualname__ = f"{cls.__name__}.decode"
     return decoder

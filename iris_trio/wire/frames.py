@@ -155,7 +155,13 @@ class FrameCodec:
                 raise ProtocolError("a frame is an array [version, kind, fields...]")
             if data[1] != WIRE_VERSION:
                 raise ProtocolError(f"unsupported wire version (initial byte {data[1]:#04x})")
-            kind, position = read_head(data, 2, 0)
+            kind = data[2]
+            if kind < 24:  # (kinds below 256 inline; others as any head)
+                position = 3
+            elif kind == 24 and data[3] >= 24:
+                kind, position = data[3], 4
+            else:
+                kind, position = read_head(data, 2, 0)
             entry = _DECODERS.get(kind)
             if entry is None:
                 raise ProtocolError(f"unknown frame kind {kind}")
