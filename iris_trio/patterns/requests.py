@@ -80,6 +80,10 @@ DIRECT_EXPLORE: Final = 8
 #: ... and at most one each this many seconds (per cluster): under load the
 #: tree, several times dearer per request, carries a small share.
 DIRECT_EXPLORE_INTERVAL: Final = 0.01
+#: A member's spare capacity goes to its trees at most once each this many
+#: seconds (a quarter of the trees' own ``report_interval``): not a task
+#: switch per request when requests come one at a time.
+REPORT_PAUSE: Final = 0.005
 #: Members remembered per cluster for direct requests (the latest heard).
 DIRECT_MEMBERS: Final = 32
 #: What each kind of anycast is, for "no member takes ..." errors.
@@ -930,9 +934,11 @@ class Responder:
                 self._reporter.unpark()
 
     async def run_reports(self) -> None:
-        """Report the spare capacity of the trees whose capacity changed, once
-        per scheduler turn whatever the number of changes (a request arriving,
-        taken and answered changes it three times). Run until cancelled."""
+        """Report the spare capacity of the trees whose capacity changed: at
+        once after a quiet spell, then at most once each ``REPORT_PAUSE``
+        whatever the number of changes (a request arriving, taken and answered
+        changes it three times; the trees pass a change on at most once each
+        ``report_interval`` anyway). Run until cancelled."""
         self._reporting = True
         try:
             while True:
@@ -942,6 +948,7 @@ class Responder:
                 for tree in changed:
                     if tree in self._incoming:
                         self._report_spare(tree)
+                await trio.sleep(REPORT_PAUSE)  # (changes meanwhile: one report)
         finally:
             self._reporting = False
 
