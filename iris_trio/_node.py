@@ -788,10 +788,11 @@ class Node:
         """
         if isinstance(frame, RequestReply):
             holder = None if link is None else link.peer_node
+            heard_at = None if link is None else link.last_read
             if frame.status in (GO, GONE):  # a requester answers our member's claim
                 self._responder.claim_answered(frame)
             else:
-                self._requester.reply_received(frame, holder)
+                self._requester.reply_received(frame, holder, heard_at)
         elif isinstance(frame, RequestDirect) and link is not None:
             self._responder.direct_received(link.peer_node, frame, link.last_read)
         elif isinstance(frame, TUNNEL_FRAMES) and link is not None:

@@ -230,7 +230,8 @@ class BoundedQueue(trio.abc.ReceiveChannel[T], Generic[T]):
         if budget is not None:
             budget._charge(size)
         self._delivered += 1
-        self._waiting.unpark()
+        if self._waiting:  # (most pushes find nobody parked)
+            self._waiting.unpark()
         return kept
 
     def _drop_oldest(self) -> None:
@@ -255,6 +256,8 @@ class BoundedQueue(trio.abc.ReceiveChannel[T], Generic[T]):
         if self.closed:
             raise trio.ClosedResourceError(self._closed_message)
         queue = self._queue
+        if not queue:
+            raise trio.WouldBlock
         while queue:
             item = queue.popleft()
             self._discard(item)
@@ -263,14 +266,14 @@ class BoundedQueue(trio.abc.ReceiveChannel[T], Generic[T]):
                 continue
             self._taken(item)
             return item
-        self._emptied()
+        self._emptied()  # (expired items went)
         raise trio.WouldBlock
 
     def _taken(self, item: T) -> None:
         """Hook: ``item`` was handed to the receiver."""
 
     def _emptied(self) -> None:
-        """Hook: a receive found the queue empty."""
+        """Hook: a receive emptied the queue of expired items, and found nothing."""
 
     async def receive(self) -> T:
         """Wait for the next item. A checkpoint.

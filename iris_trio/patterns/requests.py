@@ -541,13 +541,13 @@ class Requester:
             await trio.lowlevel.checkpoint()  # the caller's scope expired: cancelled here
         try:
             if own > scope_deadline:  # the caller's scope binds: let it cancel us
-                await self._exchange(cluster, data, deadline, call)
+                await self._exchange(cluster, data, deadline, call, now)
             elif self._sweeping:  # our timeout binds, and run_timeouts keeps it
                 self._expire_at(own, call)
-                await self._exchange(cluster, data, deadline, call, expiring=True)
+                await self._exchange(cluster, data, deadline, call, now, expiring=True)
             else:  # our timeout binds: a scope of its own keeps it
                 with trio.move_on_at(own) as scope:
-                    await self._exchange(cluster, data, deadline, call)
+                    await self._exchange(cluster, data, deadline, call, now)
                 call.timed_out = scope.cancelled_caught
         finally:
             call.finished = True
@@ -616,14 +616,17 @@ class Requester:
         data: bytes,
         deadline: float,
         call: PendingCall,
+        now: float,
         *,
         expiring: bool = False,
     ) -> None:
         """Send until a member takes the request: one that did not handle it (it was
         leaving, or not serving) answers RETRY, and sending again cannot duplicate.
-        ``expiring``: run_timeouts ends the call at ``deadline`` (it is not cancelled)."""
+        ``now``: the trio time the call began; ``expiring``: run_timeouts ends
+        the call at ``deadline`` (it is not cancelled)."""
         port = self._port
-        if not port.ready:
+        fresh = port.ready  # ``now`` is still the time (no wait, no retry yet)
+        if not fresh:
             if expiring:
                 with trio.move_on_at(deadline):
                     await port.wait_joined()
@@ -644,10 +647,12 @@ class Requester:
             self._pending[request_id] = call
             member = None
             try:
-                remaining = deadline - trio.current_time()
-                milliseconds = min(2**32 - 1, max(1, math.ceil(remaining * 1000)))
+                if not fresh:
+                    now = trio.current_time()
+                fresh = False
+                milliseconds = min(2**32 - 1, max(1, math.ceil((deadline - now) * 1000)))
                 if call.kind == REQUEST:
-                    member = self._send_direct(tree, request_id, milliseconds, data)
+                    member = self._send_direct(tree, request_id, milliseconds, data, now)
                 call.member = member
                 if member is None:
                     body = _codec.encode(RequestBody(milliseconds, data))
@@ -664,15 +669,15 @@ class Requester:
             await trio.sleep(_RETRY_PAUSE)
 
     def _send_direct(
-        self, tree: int, request_id: bytes, milliseconds: int, data: bytes
+        self, tree: int, request_id: bytes, milliseconds: int, data: bytes, now: float
     ) -> _Member | None:
         """Send the request straight to a member of ``tree`` picked by its room
-        (less what we already sent it), if we know one; the member, or None."""
+        (less what we already sent it), if we know one; the member, or None.
+        ``now``: the trio time."""
         members = self._members.get(tree)
         local = self.local_room(tree) if self.local_request is not None else 0
         if not members and local <= 0:
             return None
-        now = trio.current_time()
         explored = self._explored.get(tree)
         if explored is None:
             if len(self._explored) >= 1024:  # (a node asking very many clusters)
@@ -725,8 +730,9 @@ class Requester:
         self._watch(request_id, chosen.node)  # it holds it from now on
         return chosen
 
-    def _heard_from(self, call: PendingCall, node: int, room: int) -> None:
-        """The member ``node`` answered over its link, saying its room."""
+    def _heard_from(self, call: PendingCall, node: int, room: int, at: float | None) -> None:
+        """The member ``node`` answered over its link (at trio time ``at``, if
+        known), saying its room."""
         members = self._members.get(call.tree)
         if members is None:
             if len(self._members) >= 1024:  # (a node asking very many clusters)
@@ -739,15 +745,18 @@ class Requester:
             member = members[node] = _Member(node)
         member.room = room - 1
         member.since = 0
-        member.heard_at = trio.current_time()
+        member.heard_at = trio.current_time() if at is None else at
 
     def _forget_member(self, tree: int, node: int) -> None:
         members = self._members.get(tree)
         if members is not None and members.pop(node, None) is not None and not members:
             del self._members[tree]
 
-    def reply_received(self, reply: RequestReply, holder: int | None = None) -> None:
-        """An answer arrived (``holder``: the peer whose link it came on, if any):
+    def reply_received(
+        self, reply: RequestReply, holder: int | None = None, heard_at: float | None = None
+    ) -> None:
+        """An answer arrived (``holder``: the peer whose link it came on, if any,
+        read at trio time ``heard_at``):
         to the call waiting for it, if any still is. A HELD notice is not an
         answer: from then on the call fails at once if that member goes."""
         request_id, status = reply.request_id, reply.status
@@ -764,7 +773,7 @@ class Requester:
             return
         if status not in (HELD, QUEUED):
             if reply.room and holder is not None and call.kind == REQUEST:
-                self._heard_from(call, holder, reply.room)
+                self._heard_from(call, holder, reply.room, heard_at)
             call.settle(status, reply.data)
         elif holder is not None:
             self._watch(request_id, holder)
@@ -1322,6 +1331,6 @@ async def _handle(handler: Callable[[bytes], Awaitable[bytes]], request: Request
             except (TypeError, MessageTooLargeError) as exc:  # not a reply we can send
                 request.fail_nowait(_unsendable(result, exc), type(exc).__name__)
     finally:
-        if request.expired:  # unanswered, and its requester stopped waiting
+        if not request._answered and request.expired:  # its requester stopped waiting
             request._drop()  # its place among the member's requests is free again
         # (Else serve() is stopping: it answers what its handlers left.)
