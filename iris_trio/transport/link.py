@@ -429,12 +429,14 @@ class Link:
                 data = await secure.receive_some()
                 self._listening_since = None
                 self._last_read = trio.current_time()  # the writer watches for silence
-                self._read_since_write = True
                 if not data:
                     self._remote_closed = True
                     return
                 self._bytes_received += len(data)
+                self._read_since_write = True
+                frames = 0
                 for body in reader.feed(data):
+                    frames += 1
                     frame = codec.decode(body)
                     if type(frame) is Keepalive:
                         continue
@@ -443,6 +445,10 @@ class Link:
                         self._on_frame(self, frame)
                     else:
                         await self._inbox_send.send(frame)
+                if frames > 1:
+                    # Several frames read: their answers go out together, with
+                    # the writer (not the first alone, at once).
+                    self._read_since_write = False
         except trio.ClosedResourceError:
             pass  # closed locally (stream or inbox)
         except trio.BrokenResourceError as exc:
