@@ -1296,8 +1296,8 @@ class _HandlerPool:
             except trio.WouldBlock:
                 if incoming.waiting:  # (it started a claim: others wait behind it)
                     self.wake()
-                if scope.deadline != math.inf:
-                    scope.deadline = math.inf  # idle: no request's deadline
+                # (The last request's deadline stays: if it passes while this
+                # worker waits, the worker goes on under a new scope.)
                 await self._free.park()  # (cancelled: it was not woken)
                 self._waking -= 1
                 continue
