@@ -214,9 +214,7 @@ class Node:
         # Requests of this node's own to its own members skip the overlay.
         self._requester.local_room = self._responder.local_room
         self._requester.local_request = self._responder.local_request
-        self._responder.local_answer = functools.partial(
-            self._requester.reply_received, holder=None
-        )
+        self._responder.local_answer = functools.partial(self._requester.reply_received, local=True)
         self._tunnels = Tunnels(driver, self._requester, self._membership, self._spawn)
 
     async def _run(

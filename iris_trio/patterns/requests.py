@@ -78,7 +78,8 @@ DIRECT_FRESH: Final = 1.0
 #: balancing keeps the final say ...
 DIRECT_EXPLORE: Final = 8
 #: ... and at most one each this many seconds (per cluster): under load the
-#: tree, several times dearer per request, carries a small share.
+#: tree, several times dearer per request, carries a small share; but not
+#: while members the requester has no link to answer (through the tree).
 DIRECT_EXPLORE_INTERVAL: Final = 0.01
 #: A member's spare capacity goes to its trees at most once each this many
 #: seconds (a quarter of the trees' own ``report_interval``): not a task
@@ -430,6 +431,7 @@ class PendingCall:
         if self.settled:
             await trio.lowlevel.checkpoint()
             return
+        assert self._waiter is None, "one task waits for a call"
         self._waiter = trio.lowlevel.current_task()
         await trio.lowlevel.wait_task_rescheduled(self._abort)
 
@@ -449,6 +451,20 @@ class _Member:
         self.heard_at = -math.inf
         # Requests we sent it since that answer (those before, it had counted).
         self.since = 0
+
+
+class _Exploring:
+    """Per cluster tree: how the requester's requests share out between the
+    tree and direct sends (see Requester._send_direct)."""
+
+    __slots__ = ("at", "routed_at", "since")
+
+    def __init__(self, now: float) -> None:
+        self.since = 0  # direct requests since the last through the tree
+        self.at = now  # when that was
+        # When a member last answered without a link between us (it cannot be
+        # sent to directly: the tree is its only way in).
+        self.routed_at = -math.inf
 
 
 class Requester:
@@ -485,8 +501,7 @@ class Requester:
         self._members: dict[int, dict[int, _Member]] = {}
         self._names: dict[str, int] = {}  # cluster -> tree id (a hash: cached)
         self._rng = random.Random()
-        # Per cluster tree: [direct requests since the last through the tree, when that was].
-        self._explored: dict[int, list[float]] = {}
+        self._exploring: dict[int, _Exploring] = {}
         # Calls whose own timeout binds, by deadline (see run_timeouts): one
         # task times them all out, instead of a cancel scope per request.
         self._expiries: list[tuple[float, int, PendingCall]] = []
@@ -678,14 +693,15 @@ class Requester:
         local = self.local_room(tree) if self.local_request is not None else 0
         if not members and local <= 0:
             return None
-        explored = self._explored.get(tree)
-        if explored is None:
-            if len(self._explored) >= 1024:  # (a node asking very many clusters)
-                self._explored.clear()
-            explored = self._explored[tree] = [0, now]
-        explored[0] += 1
-        if explored[0] >= DIRECT_EXPLORE and now - explored[1] >= DIRECT_EXPLORE_INTERVAL:
-            explored[0], explored[1] = 0, now
+        exploring = self._explore_state(tree, now)
+        exploring.since += 1
+        if exploring.since >= DIRECT_EXPLORE and (
+            now - exploring.at >= DIRECT_EXPLORE_INTERVAL
+            # Members we have no link to answered lately: they get requests
+            # through the tree only, so it keeps its one in DIRECT_EXPLORE.
+            or now - exploring.routed_at < DIRECT_FRESH
+        ):
+            exploring.since, exploring.at = 0, now
             return None
         total = 0
         candidates: list[tuple[int, _Member]] = []
@@ -730,6 +746,14 @@ class Requester:
         self._watch(request_id, chosen.node)  # it holds it from now on
         return chosen
 
+    def _explore_state(self, tree: int, now: float) -> _Exploring:
+        exploring = self._exploring.get(tree)
+        if exploring is None:
+            if len(self._exploring) >= 1024:  # (a node asking very many clusters)
+                self._exploring.clear()
+            exploring = self._exploring[tree] = _Exploring(now)
+        return exploring
+
     def _heard_from(self, call: PendingCall, node: int, room: int, at: float | None) -> None:
         """The member ``node`` answered over its link (at trio time ``at``, if
         known), saying its room."""
@@ -753,10 +777,15 @@ class Requester:
             del self._members[tree]
 
     def reply_received(
-        self, reply: RequestReply, holder: int | None = None, heard_at: float | None = None
+        self,
+        reply: RequestReply,
+        holder: int | None = None,
+        heard_at: float | None = None,
+        *,
+        local: bool = False,
     ) -> None:
         """An answer arrived (``holder``: the peer whose link it came on, if any,
-        read at trio time ``heard_at``):
+        read at trio time ``heard_at``; ``local``: from this node's own member):
         to the call waiting for it, if any still is. A HELD notice is not an
         answer: from then on the call fails at once if that member goes."""
         request_id, status = reply.request_id, reply.status
@@ -772,8 +801,12 @@ class Requester:
         if call is None:
             return
         if status not in (HELD, QUEUED):
-            if reply.room and holder is not None and call.kind == REQUEST:
-                self._heard_from(call, holder, reply.room, heard_at)
+            if reply.room and call.kind == REQUEST and not local:
+                if holder is not None:
+                    self._heard_from(call, holder, reply.room, heard_at)
+                else:  # a member answered without a link between us
+                    now = trio.current_time()
+                    self._explore_state(call.tree, now).routed_at = now
             call.settle(status, reply.data)
         elif holder is not None:
             self._watch(request_id, holder)

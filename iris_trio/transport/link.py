@@ -436,10 +436,10 @@ class Link:
                 self._read_since_write = True
                 frames = 0
                 for body in reader.feed(data):
-                    frames += 1
                     frame = codec.decode(body)
                     if type(frame) is Keepalive:
                         continue
+                    frames += 1
                     self._frames_received += 1
                     if self._on_frame is not None:
                         self._on_frame(self, frame)

@@ -101,9 +101,14 @@ def compile_encoder(
 
 def _slot_setters(cls: type) -> list[Callable[[Any, Any], None]] | None:
     """The slot descriptors' setters of a slotted dataclass, field by field, or
-    None when instances must be made by calling the class (no slots, or a
-    ``__post_init__`` to run)."""
-    if hasattr(cls, "__post_init__") or not dataclasses.is_dataclass(cls):
+    None when instances must be made by calling the class (no slots, an
+    ``__init__`` or ``__new__`` of its own, or a ``__post_init__`` to run)."""
+    if (
+        not dataclasses.is_dataclass(cls)
+        or hasattr(cls, "__post_init__")
+        or not cls.__dataclass_params__.init  # type: ignore[attr-defined]  # an __init__ of its own
+        or cls.__new__ is not object.__new__
+    ):
         return None
     setters = []
     for field in dataclasses.fields(cls):
