@@ -17,6 +17,7 @@ import functools
 import heapq
 import logging
 import math
+import os
 import re
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -146,7 +147,9 @@ class RelayConnection:
         self._counters = counters
         self._totals = totals or RelayTotals(limits)
         self._refused = refusal  # DENY the client with this (the relay is full)
-        self._writer = PacketWriter(stream.send_all, limits.queued_bytes, fd=stream.socket.fileno())
+        self._fd = stream.socket.fileno()
+        self._writer = PacketWriter(stream.send_all, limits.queued_bytes, fd=self._fd)
+        self._unyielded = 0  # packets acted on since the reader last yielded
         self._writer_scope = trio.CancelScope(shield=True)
         self._reader = PacketReader("client")
         self.cluster = ""
@@ -331,10 +334,25 @@ class RelayConnection:
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     async def _receive(self) -> bytes:
-        try:
-            data = await self._stream.receive_some(_READ_SIZE)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            raise _GoneError from exc
+        """The next bytes from the client. A cancel point; it yields to the
+        scheduler only when nothing is there to read (the reader yields every
+        ``_YIELD_EVERY`` packets besides): what arrived meanwhile is read in
+        the same turn, and more packets act together."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        fd = self._fd
+        while True:
+            try:
+                data = os.read(fd, _READ_SIZE)
+            except BlockingIOError:
+                try:
+                    await trio.lowlevel.wait_readable(fd)
+                except (trio.ClosedResourceError, OSError) as exc:
+                    raise _GoneError from exc
+                self._unyielded = 0
+                continue
+            except OSError as exc:
+                raise _GoneError from exc
+            break
         if not data:
             raise _GoneError
         self._writer.note_read()
@@ -366,16 +384,19 @@ class RelayConnection:
         vanished."""
         handlers = self._handlers
         while True:
-            for count, packet in enumerate(packets, 1):
+            for packet in packets:
                 if type(packet) is ClientClose:
                     return True
                 handler = handlers.get(type(packet))
                 if handler is None:
                     raise RelayProtocolError(f"unexpected {type(packet).__name__}")
                 await handler(packet)
-                if count % _YIELD_EVERY == 0:
-                    # One read holds up to thousands of small packets: the node's
-                    # own duties (heartbeats, acknowledgements) run in between.
+                self._unyielded += 1
+                if self._unyielded >= _YIELD_EVERY:
+                    # One read holds up to thousands of small packets, and reads
+                    # follow each other without a yield while data is there: the
+                    # node's own duties (heartbeats, acknowledgements) run in between.
+                    self._unyielded = 0
                     await trio.lowlevel.checkpoint()
             try:
                 packets = self._reader.feed(await self._receive())

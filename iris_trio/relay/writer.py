@@ -26,6 +26,7 @@ from typing import Final
 
 import anyio
 
+from .backend import EventLike, current_backend
 from .codec import Packet, encode
 
 __all__ = ["PacketWriter"]
@@ -47,6 +48,9 @@ class PacketWriter:
         self, send_all: Callable[[bytes], Awaitable[None]], limit: int, *, fd: int | None = None
     ) -> None:
         self._send_all = send_all
+        backend = current_backend()
+        self._event = backend.event
+        self._checkpoint_if_cancelled = backend.checkpoint_if_cancelled
         self._fd = fd
         self._sending = False
         self._read_since_write = False
@@ -58,10 +62,10 @@ class PacketWriter:
         self._tickets: list[int] = []
         self._last_ticket = 0
         self._queued = 0
-        self._has_data = anyio.Event()
-        self._has_room = anyio.Event()
+        self._has_data: EventLike = self._event()
+        self._has_room: EventLike = self._event()
         self._has_room.set()
-        self._flushed = anyio.Event()
+        self._flushed: EventLike = self._event()
         self._flushed.set()
         self._closed = False
         self.bytes_written = 0
@@ -104,9 +108,9 @@ class PacketWriter:
         self._queued += len(data)
         self._has_data.set()
         if self._flushed.is_set():
-            self._flushed = anyio.Event()
+            self._flushed = self._event()
         if self._queued >= self._limit and self._has_room.is_set():
-            self._has_room = anyio.Event()
+            self._has_room = self._event()
         return ticket
 
     def withdraw(self, tickets: Collection[int]) -> set[int]:
@@ -163,7 +167,7 @@ class PacketWriter:
         Raises:
             anyio.BrokenResourceError: the writer is closed.
         """
-        await anyio.lowlevel.checkpoint_if_cancelled()
+        await self._checkpoint_if_cancelled()
         while self._queued >= self._limit and not self._closed:
             await self._has_room.wait()
         if self._closed:
@@ -175,10 +179,10 @@ class PacketWriter:
         data = encode(packet)
         while self._queued and self._queued + len(data) > self._limit and not self._closed:
             if self._has_room.is_set():
-                self._has_room = anyio.Event()
+                self._has_room = self._event()
             await self._has_room.wait()
         self.send_bytes_nowait(data)
-        await anyio.lowlevel.checkpoint_if_cancelled()
+        await self._checkpoint_if_cancelled()
 
     async def flush(self) -> None:
         """Wait until everything queued so far was written (or the writer stopped)."""
@@ -198,7 +202,7 @@ class PacketWriter:
             if not self._chunks:
                 if self._closed:
                     return
-                self._has_data = anyio.Event()
+                self._has_data = self._event()
                 continue
             data = b"".join(self._chunks) if len(self._chunks) > 1 else self._chunks[0]
             self._chunks = []
@@ -219,4 +223,4 @@ class PacketWriter:
                 self._flushed.set()
                 if self._closed:
                     return
-                self._has_data = anyio.Event()
+                self._has_data = self._event()
