@@ -1,11 +1,14 @@
 """The relay's hot paths: the client's inbox wakes one receiver per item, the
-client times out requests the node never answers with one task, and both sides
-read their sockets directly under trio without losing a packet."""
+client times out requests the node never answers with one task, both sides read
+their sockets directly under trio without losing a packet, and the writer sends
+a burst at once (what the socket does not take stays withdrawable)."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -24,9 +27,12 @@ from iris_trio.relay.codec import (
     NodeClose,
     NodeInit,
     PacketReader,
+    ReplyDelivery,
+    RequestDelivery,
     encode,
 )
 from iris_trio.relay.inbox import Inbox
+from iris_trio.relay.writer import PacketWriter
 
 from .relay_helpers import relay_node
 
@@ -180,3 +186,53 @@ async def test_a_burst_of_requests_through_the_relay_is_answered_in_full() -> No
                 requests.start_soon(ask, index)
         assert replies == {index: b"%d" % index for index in range(500)}
         nursery.cancel_scope.cancel()
+
+
+async def _unused_send_all(data: bytes) -> None:
+    raise AssertionError("the writer task does not run in these tests")
+
+
+async def test_a_burst_of_packets_is_written_without_waiting_for_the_writer_task() -> None:
+    near, far = socket.socketpair()
+    with near, far:
+        near.setblocking(False)
+        writer = PacketWriter(_unused_send_all, 1 << 20, fd=near.fileno())
+        packets = [ReplyDelivery(index, False, True, reply=b"r") for index in range(1, 18)]
+        for packet in packets:  # the first goes at once (quiet), the next 16 together
+            writer.send_nowait(packet)
+        assert writer.queued == 0
+        far.setblocking(False)
+        reader = PacketReader("node")
+        assert reader.feed(far.recv(1 << 16)) == packets
+
+
+async def test_a_burst_the_socket_takes_in_part_keeps_the_rest_withdrawable() -> None:
+    near, far = socket.socketpair()
+    with near, far:
+        near.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        far.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        near.setblocking(False)
+        far.setblocking(False)
+        writer = PacketWriter(_unused_send_all, 1 << 30, fd=near.fileno())
+        writer.note_read()  # the first packet goes at once too
+        tickets: dict[int, int] = {}
+        for served in range(1, 401):
+            packet = RequestDelivery(served, b"x" * 1000, 5000)
+            tickets[served] = writer.send_withdrawable_nowait(packet)
+        assert writer.queued  # the socket did not take it all
+        withdrawn = writer.withdraw(tickets.values())
+        assert withdrawn
+        received = bytearray()
+        while writer.queued:  # the rest goes as the far end reads
+            with contextlib.suppress(BlockingIOError):
+                received += far.recv(1 << 20)
+            writer._write_queued_now()
+        with contextlib.suppress(BlockingIOError):
+            while chunk := far.recv(1 << 20):
+                received += chunk
+        delivered = PacketReader("node").feed(bytes(received))
+        assert all(isinstance(packet, RequestDelivery) for packet in delivered)
+        ids = [packet.id for packet in delivered if isinstance(packet, RequestDelivery)]
+        kept = [served for served, ticket in tickets.items() if ticket not in withdrawn]
+        assert ids == kept
+        assert len(ids) + len(withdrawn) == 400
