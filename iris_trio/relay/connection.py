@@ -2,8 +2,10 @@
 onto the node's patterns, as one task tree.
 
 The reader task parses packets and acts on them in order; each pattern that
-waits (a request, a subscription, a service's incoming requests, broadcasts and
-tunnels, every tunnel) is a child task. The writer task sends what they queue.
+waits (a subscription, a service's incoming requests, broadcasts and tunnels,
+every tunnel) is a child task, and the client's requests are made by a pool of
+request workers (one request at a time each; idle ones wait for the next). The
+writer task sends what they queue.
 The connection ends with the client's CLOSE (in-flight work finishes, then
 CLOSE("")), with its disappearance (everything it held is released), with a
 protocol violation (CLOSE(reason), logged and counted) or when the relay stops
@@ -12,6 +14,7 @@ protocol violation (CLOSE(reason), logged and counted) or when the relay stops
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import heapq
@@ -85,6 +88,8 @@ log = logging.getLogger("iris_trio.relay")
 NO_RESPONDERS_FAULT: Final = "no responders: "
 _SHUTDOWN: Final = "the node is shutting down"
 _READ_SIZE: Final = 256 * 1024
+#: Request workers of a connection kept waiting when it has no requests.
+_IDLE_WORKERS: Final = 64
 #: Packets acted on between two yields to the scheduler.
 _YIELD_EVERY: Final = 64
 #: A fault naming an exception type the way ``str(RemoteError)`` does:
@@ -162,6 +167,9 @@ class RelayConnection:
         self._changed = trio.lowlevel.ParkingLot()  # requests or tunnels finished
         # The client's own requests and tunnels.
         self._requests: set[int] = set()
+        self._request_queue: collections.deque[RelayRequest] = collections.deque()
+        self._idle_workers = 0  # request workers parked in _idle_lot, not yet woken
+        self._idle_lot = trio.lowlevel.ParkingLot()
         self._request_slots = trio.Semaphore(limits.pending_requests)
         self._opening: set[int] = set()
         self._tunnels: dict[int, TunnelBridge] = {}
@@ -619,7 +627,24 @@ class RelayConnection:
                 raise
         totals.pending_requests += 1
         self._requests.add(packet.id)
-        self._spawn(self._request, packet)
+        self._request_queue.append(packet)
+        if self._idle_workers:
+            self._idle_workers -= 1
+            self._idle_lot.unpark()
+        else:
+            self._spawn(self._request_worker)
+
+    async def _request_worker(self) -> None:
+        """Make the client's requests, one at a time, while there are any; then
+        wait for more (a few such workers stay, not a task per request)."""
+        queue = self._request_queue
+        while True:
+            while queue:
+                await self._request(queue.popleft())
+            if self._idle_workers >= _IDLE_WORKERS:
+                return
+            self._idle_workers += 1
+            await self._idle_lot.park()
 
     async def _request(self, packet: RelayRequest) -> None:
         try:
