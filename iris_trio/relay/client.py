@@ -24,6 +24,7 @@ takes requests nobody handles would make each of them wait out its timeout.
 from __future__ import annotations
 
 import contextlib
+import heapq
 import itertools
 import math
 import os
@@ -33,6 +34,7 @@ from typing import Final
 import anyio
 import anyio.abc
 import sniffio
+import trio
 
 from ..errors import (
     ConfigError,
@@ -45,6 +47,7 @@ from ..errors import (
 )
 from ..patterns.limits import check_message
 from ..patterns.tunnel import DEFAULT_WINDOW
+from .backend import EventLike, current_backend
 from .chunks import CHUNK_LIMIT, ChunkAssembler, split
 from .codec import (
     MAGIC_CLIENT,
@@ -88,6 +91,7 @@ DEFAULT_TIMEOUT: Final = 30.0
 _GRACE: Final = 5.0
 _CLOSE_TIMEOUT: Final = 10.0
 _YIELD_EVERY: Final = 64
+_READ_SIZE: Final = 65536
 #: Events (and broadcasts) buffered per subscription: one read from the node can
 #: carry thousands of small events at once.
 DEFAULT_EVENT_CAPACITY: Final = 16384
@@ -100,12 +104,13 @@ _NOT_HANDLED: Final = "the service stopped serving before handling the request"
 
 
 class _Waiter:
-    """A call waiting for the node's answer."""
+    """A call waiting for the node's answer (``done`` set with ``packet`` None:
+    none came in time, or the connection ended)."""
 
     __slots__ = ("done", "packet", "window")
 
-    def __init__(self, window: int = 0) -> None:
-        self.done = anyio.Event()
+    def __init__(self, done: EventLike, window: int = 0) -> None:
+        self.done = done
         self.packet: Packet | None = None
         self.window = window
 
@@ -346,7 +351,15 @@ class Connection:
     ) -> None:
         self._stream = stream
         self.cluster = cluster
-        self._writer = PacketWriter(stream.send, _QUEUED_BYTES, fd=_eager_fd(stream))
+        self._backend = current_backend()
+        self._fd = _eager_fd(stream)
+        self._writer = PacketWriter(stream.send, _QUEUED_BYTES, fd=self._fd)
+        # When waiters stop waiting for the node's answer (see _expire_waiters):
+        # one task for every request, not a cancel scope each.
+        self._expiries: list[tuple[float, int, _Waiter]] = []
+        self._expiry_order = itertools.count()
+        self._sweep_at = math.inf
+        self._sweep_wake = self._backend.event()
         self._reader = PacketReader("node")
         self._ids = itertools.count(1)
         self._pending: dict[int, _Waiter] = {}
@@ -382,13 +395,13 @@ class Connection:
         """
         check_message(data)
         milliseconds = _milliseconds(timeout)
-        waiter = _Waiter()
+        waiter = _Waiter(self._backend.event())
         request_id = next(self._ids)
         self._pending[request_id] = waiter
         try:
             await self._send(Request(request_id, cluster, data, milliseconds))
-            with anyio.move_on_after(milliseconds / 1000 + _GRACE):
-                await waiter.done.wait()
+            self._expire_at(milliseconds / 1000 + _GRACE, waiter)
+            await waiter.done.wait()
         finally:
             del self._pending[request_id]
         answer = waiter.packet
@@ -475,13 +488,13 @@ class Connection:
         nameless cluster (which has no members) is answered at once, after the
         packets before it.
         """
-        waiter = _Waiter()
+        waiter = _Waiter(self._backend.event())
         request_id = next(self._ids)
         self._pending[request_id] = waiter
         try:
             await self._send(Request(request_id, "", b"", 1))
-            with anyio.move_on_after(_GRACE):
-                await waiter.done.wait()
+            self._expire_at(_GRACE, waiter)
+            await waiter.done.wait()
         finally:
             del self._pending[request_id]
 
@@ -505,7 +518,7 @@ class Connection:
         if window < 1:
             raise ConfigError("window must be at least 1 byte")
         milliseconds = _milliseconds(timeout)
-        waiter = _Waiter(window)
+        waiter = _Waiter(self._backend.event(), window)
         tunnel_id = next(self._ids)
         self._opening[tunnel_id] = waiter
         try:
@@ -570,22 +583,48 @@ class Connection:
             ConfigError: a plain client (from :func:`connect`) has no requests.
         """
         requests = self.requests  # ConfigError for a plain client
-        limiter = anyio.Semaphore(limit or 4 * (os.cpu_count() or 1))
+        workers = limit or 4 * (os.cpu_count() or 1)
+        ended = self._backend.event()
+        broken: list[anyio.BrokenResourceError] = []
         self._serving += 1
         try:
+            # A pool of workers, each taking a request only when it is free
+            # (a request taken is always in a handler's hands), rather than a
+            # task per request.
             async with anyio.create_task_group() as tasks:
-                while True:
-                    # Room first: a request taken is always in a handler's hands.
-                    await limiter.acquire()
-                    try:
-                        request = await requests.receive()
-                    except anyio.EndOfStream:  # the connection closed cleanly
-                        return
-                    tasks.start_soon(_handle, handler, request, limiter)
+                for _ in range(workers):
+                    tasks.start_soon(self._serve_worker, handler, requests, ended, broken)
+                await ended.wait()
+                if broken:  # running handlers are cancelled
+                    raise broken[0]
         finally:
             self._serving -= 1
             if not self._serving:
                 self._stop_serving()
+
+    async def _serve_worker(
+        self,
+        handler: Callable[[bytes], Awaitable[bytes]],
+        requests: Inbox[RelayRequest],
+        ended: EventLike,
+        broken: list[anyio.BrokenResourceError],
+    ) -> None:
+        """One of serve()'s workers: handle requests one at a time until the
+        connection ends, then set ``ended`` (if it broke, with the error in
+        ``broken`` for serve() to raise; the others finish their requests)."""
+        deadline_scope = self._backend.deadline_scope
+        while True:
+            try:
+                request = await requests.receive()
+            except anyio.EndOfStream:  # the connection closed cleanly
+                ended.set()
+                return
+            except anyio.BrokenResourceError as exc:
+                if not ended.is_set():
+                    broken.append(exc)
+                    ended.set()
+                return
+            await _handle(handler, request, deadline_scope)
 
     def _stop_serving(self) -> None:
         """The serving loop is gone: leave the cluster now (see :meth:`serve`)."""
@@ -639,15 +678,50 @@ class Connection:
     async def _read(self) -> None:
         reason = "the relay connection was lost"
         try:
+            if self._fd is not None:
+                await self._read_socket(self._fd)
             while self._closed is None:
                 data = await self._stream.receive()
                 self._writer.note_read()
                 self._dispatch(self._reader.feed(data))
-        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+        except (
+            anyio.EndOfStream,
+            anyio.BrokenResourceError,
+            anyio.ClosedResourceError,
+            trio.ClosedResourceError,
+            OSError,
+        ):
             pass
         except ProtocolError as exc:
             reason = f"the node broke the protocol: {exc}"
         self._end(reason)
+
+    async def _read_socket(self, fd: int) -> None:
+        """Under trio, read the socket directly (without the stream's layers):
+        it yields only when nothing is there to read, or every ``_YIELD_EVERY``
+        packets, so that what arrived meanwhile is read in the same turn.
+
+        Raises:
+            anyio.EndOfStream: the node closed the connection.
+            OSError / trio.ClosedResourceError: the connection broke or was closed.
+        """
+        unyielded = 0
+        while self._closed is None:
+            try:
+                data = os.read(fd, _READ_SIZE)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(fd)
+                unyielded = 0
+                continue
+            if not data:
+                raise anyio.EndOfStream
+            self._writer.note_read()
+            packets = self._reader.feed(data)
+            self._dispatch(packets)
+            unyielded += len(packets)
+            if unyielded >= _YIELD_EVERY:
+                unyielded = 0
+                await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def _write(self) -> None:
         # A failed write means the connection is going: the reader learns why
@@ -667,12 +741,37 @@ class Connection:
             await self._writer.send(packet)
             self._sends += 1
             if self._sends % _YIELD_EVERY == 0:
-                await anyio.lowlevel.cancel_shielded_checkpoint()
+                await self._backend.cancel_shielded_checkpoint()
         except anyio.BrokenResourceError:
             with anyio.move_on_after(1.0):
                 await self._close_confirmed.wait()
             self._check_open()
             raise
+
+    def _expire_at(self, delay: float, waiter: _Waiter) -> None:
+        """Stop ``waiter``'s wait ``delay`` seconds from now, with no answer."""
+        when = self._backend.current_time() + delay
+        expiries = self._expiries
+        if len(expiries) > 2 * len(self._pending) + 1024:  # mostly finished calls
+            live = {id(waiter) for waiter in self._pending.values()}
+            expiries[:] = [entry for entry in expiries if id(entry[2]) in live]
+            heapq.heapify(expiries)
+        heapq.heappush(expiries, (when, next(self._expiry_order), waiter))
+        if when < self._sweep_at:
+            self._sweep_wake.set()
+
+    async def _expire_waiters(self) -> None:
+        """Wake each request that waited too long for the node's answer (its
+        timeout and a grace period), at its deadline: one task for all."""
+        backend, expiries = self._backend, self._expiries
+        while True:
+            now = backend.current_time()
+            while expiries and expiries[0][0] <= now:
+                heapq.heappop(expiries)[2].done.set()
+            self._sweep_at = expiries[0][0] if expiries else math.inf
+            self._sweep_wake = backend.event()
+            with backend.deadline_scope(self._sweep_at):
+                await self._sweep_wake.wait()
 
     def _end(self, reason: str) -> None:
         """The connection is over: wake everything that waits on it."""
@@ -782,10 +881,10 @@ class Connection:
 async def _handle(
     handler: Callable[[bytes], Awaitable[bytes]],
     request: RelayRequest,
-    limiter: anyio.Semaphore,
+    deadline_scope: Callable[[float], contextlib.AbstractContextManager[object]],
 ) -> None:
     try:
-        with anyio.move_on_after(request.deadline - anyio.current_time()):
+        with deadline_scope(request.deadline):
             try:
                 result = await handler(request.data)
                 if type(result) is not bytes:
@@ -801,8 +900,6 @@ async def _handle(
                 await request.reply(result)
     except anyio.BrokenResourceError:
         pass  # the connection ended: nobody to answer
-    finally:
-        limiter.release()
 
 
 def _eager_fd(stream: anyio.abc.ByteStream) -> int | None:
@@ -846,6 +943,7 @@ async def _open(
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(connection._read)
                 tasks.start_soon(connection._write)
+                tasks.start_soon(connection._expire_waiters)
                 try:
                     yield connection
                 except BaseException:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import ClassVar, Final, Literal
+from typing import Any, ClassVar, Final, Literal
 
 from ..errors import ProtocolError
 
@@ -314,6 +314,67 @@ def _varint(out: bytearray, value: int) -> None:
     out.append(value)
 
 
+_ONE_BYTE: Final = tuple(bytes((value,)) for value in range(0x80))
+
+
+def _uvarint(value: int) -> bytes:
+    """The varint of ``value`` (one byte below 128, the common case)."""
+    if 0 <= value < 0x80:
+        return _ONE_BYTE[value]
+    out = bytearray()
+    _varint(out, value)
+    return bytes(out)
+
+
+def _encode_request_delivery(packet: RequestDelivery) -> bytes:
+    data = packet.request
+    return b"".join(
+        (b"\x04", _uvarint(packet.id), _uvarint(len(data)), data, _uvarint(packet.timeout_ms))
+    )
+
+
+def _encode_request(packet: Request) -> bytes:
+    cluster, data = packet.cluster.encode("utf-8"), packet.request
+    return b"".join(
+        (
+            b"\x04",
+            _uvarint(packet.id),
+            _uvarint(len(cluster)),
+            cluster,
+            _uvarint(len(data)),
+            data,
+            _uvarint(packet.timeout_ms),
+        )
+    )
+
+
+def _encode_reply(packet: Reply) -> bytes:
+    if packet.success:
+        data = packet.reply
+        return b"".join((b"\x05", _uvarint(packet.id), b"\x01", _uvarint(len(data)), data))
+    fault = packet.fault.encode("utf-8")
+    return b"".join((b"\x05", _uvarint(packet.id), b"\x00", _uvarint(len(fault)), fault))
+
+
+def _encode_reply_delivery(packet: ReplyDelivery) -> bytes:
+    if packet.timed_out:
+        return b"".join((b"\x05", _uvarint(packet.id), b"\x01"))
+    if packet.success:
+        data = packet.reply
+        return b"".join((b"\x05", _uvarint(packet.id), b"\x00\x01", _uvarint(len(data)), data))
+    fault = packet.fault.encode("utf-8")
+    return b"".join((b"\x05", _uvarint(packet.id), b"\x00\x00", _uvarint(len(fault)), fault))
+
+
+#: The packets of every request and reply, encoded without the generic path.
+_ENCODERS: Final[dict[type[Packet], Callable[[Any], bytes]]] = {
+    Request: _encode_request,
+    Reply: _encode_reply,
+    RequestDelivery: _encode_request_delivery,
+    ReplyDelivery: _encode_reply_delivery,
+}
+
+
 def _binary(out: bytearray, value: bytes) -> None:
     _varint(out, len(value))
     out += value
@@ -325,25 +386,10 @@ def _string(out: bytearray, value: str) -> None:
 
 def encode(packet: Packet) -> bytes:
     """The wire bytes of ``packet``."""
+    fast = _ENCODERS.get(type(packet))
+    if fast is not None:
+        return fast(packet)
     out = bytearray((packet.opcode,))
-    if isinstance(packet, Reply):
-        _varint(out, packet.id)
-        out.append(packet.success)
-        if packet.success:
-            _binary(out, packet.reply)
-        else:
-            _string(out, packet.fault)
-        return bytes(out)
-    if isinstance(packet, ReplyDelivery):
-        _varint(out, packet.id)
-        out.append(packet.timed_out)
-        if not packet.timed_out:
-            out.append(packet.success)
-            if packet.success:
-                _binary(out, packet.reply)
-            else:
-                _string(out, packet.fault)
-        return bytes(out)
     if isinstance(packet, TunnelConfirmed):
         _varint(out, packet.tunnel_id)
         out.append(packet.timed_out)
@@ -394,6 +440,10 @@ class _Cursor:
         return value
 
     def varint(self) -> int:
+        data, position = self.data, self.position
+        if position < len(data) and data[position] < 0x80:  # one byte: the common case
+            self.position = position + 1
+            return data[position]
         value = shift = 0
         for _ in range(_MAX_VARINT_BYTES):
             octet = self.byte()
@@ -445,17 +495,15 @@ def _fields(cursor: _Cursor, cls: type[Packet]) -> Packet:
     if cls is TunnelConfirmed:
         tunnel_id, timed_out = cursor.varint(), cursor.boolean()
         return TunnelConfirmed(tunnel_id, timed_out, 0 if timed_out else cursor.varint())
-    values: list[object] = []
-    for _, kind in _spec(cls):
-        if kind == "bool":
-            values.append(cursor.boolean())
-        elif kind == "int":
-            values.append(cursor.varint())
-        elif kind == "bytes":
-            values.append(cursor.binary())
-        else:
-            values.append(cursor.string())
-    return cls(*values)
+    readers = _READERS.get(cls)
+    if readers is None:
+        kinds = {"bool": _Cursor.boolean, "int": _Cursor.varint, "bytes": _Cursor.binary}
+        readers = _READERS[cls] = tuple(kinds.get(kind, _Cursor.string) for _, kind in _spec(cls))
+    return cls(*[read(cursor) for read in readers])
+
+
+#: Per packet class, the cursor's reader of each field, in wire order.
+_READERS: dict[type[Packet], tuple[Callable[[_Cursor], object], ...]] = {}
 
 
 class PacketReader:

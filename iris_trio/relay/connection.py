@@ -2,8 +2,10 @@
 onto the node's patterns, as one task tree.
 
 The reader task parses packets and acts on them in order; each pattern that
-waits (a request, a subscription, a service's incoming requests, broadcasts and
-tunnels, every tunnel) is a child task. The writer task sends what they queue.
+waits (a subscription, a service's incoming requests, broadcasts and tunnels,
+every tunnel) is a child task, and the client's requests are made by a pool of
+request workers (one request at a time each; idle ones wait for the next). The
+writer task sends what they queue.
 The connection ends with the client's CLOSE (in-flight work finishes, then
 CLOSE("")), with its disappearance (everything it held is released), with a
 protocol violation (CLOSE(reason), logged and counted) or when the relay stops
@@ -12,11 +14,13 @@ protocol violation (CLOSE(reason), logged and counted) or when the relay stops
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import heapq
 import logging
 import math
+import os
 import re
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -84,6 +88,8 @@ log = logging.getLogger("iris_trio.relay")
 NO_RESPONDERS_FAULT: Final = "no responders: "
 _SHUTDOWN: Final = "the node is shutting down"
 _READ_SIZE: Final = 256 * 1024
+#: Request workers of a connection kept waiting when it has no requests.
+_IDLE_WORKERS: Final = 64
 #: Packets acted on between two yields to the scheduler.
 _YIELD_EVERY: Final = 64
 #: A fault naming an exception type the way ``str(RemoteError)`` does:
@@ -146,7 +152,9 @@ class RelayConnection:
         self._counters = counters
         self._totals = totals or RelayTotals(limits)
         self._refused = refusal  # DENY the client with this (the relay is full)
-        self._writer = PacketWriter(stream.send_all, limits.queued_bytes, fd=stream.socket.fileno())
+        self._fd = stream.socket.fileno()
+        self._writer = PacketWriter(stream.send_all, limits.queued_bytes, fd=self._fd)
+        self._unyielded = 0  # packets acted on since the reader last yielded
         self._writer_scope = trio.CancelScope(shield=True)
         self._reader = PacketReader("client")
         self.cluster = ""
@@ -159,6 +167,9 @@ class RelayConnection:
         self._changed = trio.lowlevel.ParkingLot()  # requests or tunnels finished
         # The client's own requests and tunnels.
         self._requests: set[int] = set()
+        self._request_queue: collections.deque[RelayRequest] = collections.deque()
+        self._idle_workers = 0  # request workers parked in _idle_lot, not yet woken
+        self._idle_lot = trio.lowlevel.ParkingLot()
         self._request_slots = trio.Semaphore(limits.pending_requests)
         self._opening: set[int] = set()
         self._tunnels: dict[int, TunnelBridge] = {}
@@ -331,10 +342,25 @@ class RelayConnection:
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     async def _receive(self) -> bytes:
-        try:
-            data = await self._stream.receive_some(_READ_SIZE)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            raise _GoneError from exc
+        """The next bytes from the client. A cancel point; it yields to the
+        scheduler only when nothing is there to read (the reader yields every
+        ``_YIELD_EVERY`` packets besides): what arrived meanwhile is read in
+        the same turn, and more packets act together."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        fd = self._fd
+        while True:
+            try:
+                data = os.read(fd, _READ_SIZE)
+            except BlockingIOError:
+                try:
+                    await trio.lowlevel.wait_readable(fd)
+                except (trio.ClosedResourceError, OSError) as exc:
+                    raise _GoneError from exc
+                self._unyielded = 0
+                continue
+            except OSError as exc:
+                raise _GoneError from exc
+            break
         if not data:
             raise _GoneError
         self._writer.note_read()
@@ -366,16 +392,19 @@ class RelayConnection:
         vanished."""
         handlers = self._handlers
         while True:
-            for count, packet in enumerate(packets, 1):
+            for packet in packets:
                 if type(packet) is ClientClose:
                     return True
                 handler = handlers.get(type(packet))
                 if handler is None:
                     raise RelayProtocolError(f"unexpected {type(packet).__name__}")
                 await handler(packet)
-                if count % _YIELD_EVERY == 0:
-                    # One read holds up to thousands of small packets: the node's
-                    # own duties (heartbeats, acknowledgements) run in between.
+                self._unyielded += 1
+                if self._unyielded >= _YIELD_EVERY:
+                    # One read holds up to thousands of small packets, and reads
+                    # follow each other without a yield while data is there: the
+                    # node's own duties (heartbeats, acknowledgements) run in between.
+                    self._unyielded = 0
                     await trio.lowlevel.checkpoint()
             try:
                 packets = self._reader.feed(await self._receive())
@@ -598,7 +627,24 @@ class RelayConnection:
                 raise
         totals.pending_requests += 1
         self._requests.add(packet.id)
-        self._spawn(self._request, packet)
+        self._request_queue.append(packet)
+        if self._idle_workers:
+            self._idle_workers -= 1
+            self._idle_lot.unpark()
+        else:
+            self._spawn(self._request_worker)
+
+    async def _request_worker(self) -> None:
+        """Make the client's requests, one at a time, while there are any; then
+        wait for more (a few such workers stay, not a task per request)."""
+        queue = self._request_queue
+        while True:
+            while queue:
+                await self._request(queue.popleft())
+            if self._idle_workers >= _IDLE_WORKERS:
+                return
+            self._idle_workers += 1
+            await self._idle_lot.park()
 
     async def _request(self, packet: RelayRequest) -> None:
         try:

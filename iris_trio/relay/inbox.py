@@ -2,7 +2,8 @@
 
 Events and broadcasts use it with a capacity (the oldest is dropped and counted
 when a slow reader lets it fill); requests and tunnels without one (the relay
-bounds how many it hands over).
+bounds how many it hands over). Each item wakes one waiting receiver, so a
+pool of receivers (a service's workers) does not all wake for every item.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from collections.abc import AsyncIterator
 from typing import Generic, TypeVar
 
 import anyio
+
+from .backend import EventLike, current_backend
 
 __all__ = ["Inbox"]
 
@@ -29,7 +32,9 @@ class Inbox(Generic[T]):
     def __init__(self, capacity: int | None = None) -> None:
         self._items: collections.deque[T] = collections.deque()
         self._capacity = capacity
-        self._arrived = anyio.Event()
+        self._backend = current_backend()
+        # One event per waiting receiver, oldest first; an item sets one.
+        self._waiters: collections.deque[EventLike] = collections.deque()
         self._end: BaseException | None = None
         self.dropped = 0
 
@@ -44,13 +49,15 @@ class Inbox(Generic[T]):
             self._items.popleft()
             self.dropped += 1
         self._items.append(item)
-        self._arrived.set()
+        if self._waiters:
+            self._waiters.popleft().set()
 
     def close(self, reason: str = "") -> None:
         """No more items: "" ends cleanly, otherwise receivers get the reason."""
         if self._end is None:
             self._end = anyio.BrokenResourceError(reason) if reason else anyio.EndOfStream()
-            self._arrived.set()
+            while self._waiters:
+                self._waiters.popleft().set()
 
     def receive_nowait(self) -> T:
         """The next item; raises anyio.WouldBlock if none is waiting."""
@@ -62,17 +69,27 @@ class Inbox(Generic[T]):
 
     async def receive(self) -> T:
         """Wait for the next item."""
-        await anyio.lowlevel.checkpoint_if_cancelled()
+        backend = self._backend
+        await backend.checkpoint_if_cancelled()
         while True:
             try:
                 item = self.receive_nowait()
             except anyio.WouldBlock:
-                if self._arrived.is_set():  # spent: wait for the next arrival
-                    self._arrived = anyio.Event()
-                await self._arrived.wait()
+                await self._wait(backend.event())
             else:
-                await anyio.lowlevel.cancel_shielded_checkpoint()
+                await backend.cancel_shielded_checkpoint()
                 return item
+
+    async def _wait(self, arrived: EventLike) -> None:
+        self._waiters.append(arrived)
+        try:
+            await arrived.wait()
+        except BaseException:
+            if not arrived.is_set():
+                self._waiters.remove(arrived)
+            elif self._items and self._waiters:  # woken for an item it leaves: pass it on
+                self._waiters.popleft().set()
+            raise
 
     def __aiter__(self) -> AsyncIterator[T]:
         return self._iterate()

@@ -9,8 +9,10 @@ that a full queue never blocks the protocol itself.
 Given the socket's file descriptor, a packet is written at once, without a task
 switch, when nothing is queued or being written and either something was read
 since the last write (an answer) or the connection was quiet for a millisecond;
-packets that follow each other closely queue up and go out in batches. (Only
-where a completed ``send_all`` means the bytes reached the socket: trio.)
+packets that follow each other closely queue up and go out in batches, and a
+burst of 16 queued packets is written at once too (the other side can begin on
+them while this one makes the rest). (Only where a completed ``send_all`` means
+the bytes reached the socket: trio.)
 
 A packet queued with :meth:`PacketWriter.send_withdrawable_nowait` can be taken
 back with :meth:`PacketWriter.withdraw` while not one byte of it was written:
@@ -26,12 +28,16 @@ from typing import Final
 
 import anyio
 
+from .backend import EventLike, current_backend
 from .codec import Packet, encode
 
 __all__ = ["PacketWriter"]
 
 #: Quiet time after which a packet is written at once (seconds).
 _EAGER_IDLE: Final = 1e-3
+#: Packets queued in one turn that are written at once, without waiting for the
+#: writer task.
+_EAGER_BATCH: Final = 16
 
 
 class PacketWriter:
@@ -47,6 +53,9 @@ class PacketWriter:
         self, send_all: Callable[[bytes], Awaitable[None]], limit: int, *, fd: int | None = None
     ) -> None:
         self._send_all = send_all
+        backend = current_backend()
+        self._event = backend.event
+        self._checkpoint_if_cancelled = backend.checkpoint_if_cancelled
         self._fd = fd
         self._sending = False
         self._read_since_write = False
@@ -58,10 +67,10 @@ class PacketWriter:
         self._tickets: list[int] = []
         self._last_ticket = 0
         self._queued = 0
-        self._has_data = anyio.Event()
-        self._has_room = anyio.Event()
+        self._has_data: EventLike = self._event()
+        self._has_room: EventLike = self._event()
         self._has_room.set()
-        self._flushed = anyio.Event()
+        self._flushed: EventLike = self._event()
         self._flushed.set()
         self._closed = False
         self.bytes_written = 0
@@ -102,11 +111,19 @@ class PacketWriter:
         self._chunks.append(data)
         self._tickets.append(ticket)
         self._queued += len(data)
+        if len(self._chunks) >= _EAGER_BATCH and self._fd is not None and not self._sending:
+            # A burst: out now, so that the other side can begin on it while
+            # this one makes the rest (both sides work at once).
+            self._write_queued_now()
+            if not self._chunks:
+                return 0
+            if self._tickets[-1] != ticket:
+                ticket = 0
         self._has_data.set()
         if self._flushed.is_set():
-            self._flushed = anyio.Event()
+            self._flushed = self._event()
         if self._queued >= self._limit and self._has_room.is_set():
-            self._has_room = anyio.Event()
+            self._has_room = self._event()
         return ticket
 
     def withdraw(self, tickets: Collection[int]) -> set[int]:
@@ -133,6 +150,28 @@ class PacketWriter:
         if not chunks and not self._sending:
             self._flushed.set()
         return withdrawn
+
+    def _write_queued_now(self) -> None:
+        """Write what the socket takes of the queue at once; the packets not one
+        byte of which went stay queued with their tickets."""
+        data = b"".join(self._chunks)
+        written = len(data) - len(self._write_now(data))
+        if not written:
+            return
+        self._queued -= written
+        chunks, tickets = self._chunks, self._tickets
+        done = 0
+        while done < len(chunks) and written >= len(chunks[done]):
+            written -= len(chunks[done])
+            done += 1
+        del chunks[:done], tickets[:done]
+        if written:  # partly written: the rest must follow, and can no longer be withdrawn
+            chunks[0] = chunks[0][written:]
+            tickets[0] = 0
+        if self._queued < self._limit:
+            self._has_room.set()
+        if not chunks:
+            self._flushed.set()
 
     def _write_now(self, data: bytes) -> bytes:
         """Write what the socket takes at once; return the rest."""
@@ -163,7 +202,7 @@ class PacketWriter:
         Raises:
             anyio.BrokenResourceError: the writer is closed.
         """
-        await anyio.lowlevel.checkpoint_if_cancelled()
+        await self._checkpoint_if_cancelled()
         while self._queued >= self._limit and not self._closed:
             await self._has_room.wait()
         if self._closed:
@@ -175,10 +214,10 @@ class PacketWriter:
         data = encode(packet)
         while self._queued and self._queued + len(data) > self._limit and not self._closed:
             if self._has_room.is_set():
-                self._has_room = anyio.Event()
+                self._has_room = self._event()
             await self._has_room.wait()
         self.send_bytes_nowait(data)
-        await anyio.lowlevel.checkpoint_if_cancelled()
+        await self._checkpoint_if_cancelled()
 
     async def flush(self) -> None:
         """Wait until everything queued so far was written (or the writer stopped)."""
@@ -198,7 +237,7 @@ class PacketWriter:
             if not self._chunks:
                 if self._closed:
                     return
-                self._has_data = anyio.Event()
+                self._has_data = self._event()
                 continue
             data = b"".join(self._chunks) if len(self._chunks) > 1 else self._chunks[0]
             self._chunks = []
@@ -219,4 +258,4 @@ class PacketWriter:
                 self._flushed.set()
                 if self._closed:
                     return
-                self._has_data = anyio.Event()
+                self._has_data = self._event()
