@@ -40,7 +40,8 @@ from .patterns.membership import TUNNEL, Membership, wait_in_tree
 from .patterns.pubsub import PubSub
 from .patterns.queue import ByteBudget
 from .patterns.request_frames import RequestDirect, RequestReply
-from .patterns.requests import GO, GONE, IncomingRequests, Requester, Responder
+from .patterns.requester import Requester
+from .patterns.requests import GO, GONE, IncomingRequests, Responder
 from .patterns.subscription import Subscription
 from .patterns.tunnel import DEFAULT_WINDOW, IncomingTunnels, Tunnel
 from .patterns.tunnels import DEFAULT_TUNNEL_BACKLOG, TUNNEL_FRAMES, Tunnels

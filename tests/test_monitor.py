@@ -29,7 +29,7 @@ from iris_trio.monitor import (
 from iris_trio.monitor.snapshot import node_status
 from iris_trio.overlay.config import OverlayConfig
 from iris_trio.overlay.node import OverlayNode, Send
-from iris_trio.patterns.requests import DIRECT_EXPLORE
+from iris_trio.patterns.requester import DIRECT_EXPLORE
 from iris_trio.relay import serve_relay
 from iris_trio.testing import open_cluster
 

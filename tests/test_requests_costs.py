@@ -13,16 +13,13 @@ import trio
 import trio.testing
 
 from iris_trio.patterns.request_frames import RequestDirect, RequestReply
-from iris_trio.patterns.requests import (
+from iris_trio.patterns.requester import (
     DIRECT_EXPLORE,
     DIRECT_EXPLORE_INTERVAL,
-    REPLY,
-    IncomingRequests,
     PendingCall,
-    Request,
     Requester,
-    _HandlerPool,
 )
+from iris_trio.patterns.requests import REPLY, IncomingRequests, Request, _HandlerPool
 from iris_trio.wire._codegen import compile_decoder
 from iris_trio.wire.fields import UInt
 from iris_trio.wire.frames import FrameCodec

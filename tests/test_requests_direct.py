@@ -14,7 +14,8 @@ import trio
 import trio.testing
 
 import iris_trio
-from iris_trio.patterns.requests import DIRECT_EXPLORE, IncomingRequests, Request, _HandlerPool
+from iris_trio.patterns.requester import DIRECT_EXPLORE
+from iris_trio.patterns.requests import IncomingRequests, Request, _HandlerPool
 from iris_trio.testing import open_cluster
 
 from .helpers_cluster import echo_from

@@ -23,13 +23,12 @@ from ..overlay.trees import AnycastDelivery
 from ..transport.link import Link
 from ..wire.frames import Frame
 from .membership import TUNNEL, Membership, wait_in_tree
+from .requester import PendingCall, Requester
 from .requests import (
     OVERLOADED,
     REMOTE_ERROR,
     REPLY,
     RETRY,
-    PendingCall,
-    Requester,
     answer_to,
     decode_body,
     encode_failure,
