@@ -90,8 +90,10 @@ _SHUTDOWN: Final = "the node is shutting down"
 _READ_SIZE: Final = 256 * 1024
 #: Request workers of a connection kept waiting when it has no requests.
 _IDLE_WORKERS: Final = 64
-#: Packets acted on between two yields to the scheduler.
+#: Packets acted on between two yields to the scheduler ...
 _YIELD_EVERY: Final = 64
+#: ... or bytes read.
+_YIELD_BYTES: Final = 1024 * 1024
 #: A fault naming an exception type the way ``str(RemoteError)`` does:
 #: "ValueError: bad input" (the type's last dotted part is capitalised).
 _TYPED_FAULT: Final = re.compile(r"((?:[A-Za-z_]\w*\.)*[A-Z]\w*): (.*)", re.DOTALL)
@@ -155,6 +157,7 @@ class RelayConnection:
         self._fd = stream.socket.fileno()
         self._writer = PacketWriter(stream.send_all, limits.queued_bytes, fd=self._fd)
         self._unyielded = 0  # packets acted on since the reader last yielded
+        self._unyielded_bytes = 0  # bytes read since then
         self._writer_scope = trio.CancelScope(shield=True)
         self._reader = PacketReader("client")
         self.cluster = ""
@@ -343,9 +346,10 @@ class RelayConnection:
 
     async def _receive(self) -> bytes:
         """The next bytes from the client. A cancel point; it yields to the
-        scheduler only when nothing is there to read (the reader yields every
-        ``_YIELD_EVERY`` packets besides): what arrived meanwhile is read in
-        the same turn, and more packets act together."""
+        scheduler only when nothing is there to read or after ``_YIELD_BYTES``
+        (the reader yields every ``_YIELD_EVERY`` packets besides): what
+        arrived meanwhile is read in the same turn, and more packets act
+        together."""
         await trio.lowlevel.checkpoint_if_cancelled()
         fd = self._fd
         while True:
@@ -356,13 +360,19 @@ class RelayConnection:
                     await trio.lowlevel.wait_readable(fd)
                 except (trio.ClosedResourceError, OSError) as exc:
                     raise _GoneError from exc
-                self._unyielded = 0
+                self._unyielded = self._unyielded_bytes = 0
                 continue
             except OSError as exc:
                 raise _GoneError from exc
             break
         if not data:
             raise _GoneError
+        self._unyielded_bytes += len(data)
+        if self._unyielded_bytes >= _YIELD_BYTES:
+            # Large packets, or one being assembled, arrive without end: the
+            # node's own duties run in between all the same.
+            self._unyielded = self._unyielded_bytes = 0
+            await trio.lowlevel.cancel_shielded_checkpoint()
         self._writer.note_read()
         return data
 
@@ -404,7 +414,7 @@ class RelayConnection:
                     # One read holds up to thousands of small packets, and reads
                     # follow each other without a yield while data is there: the
                     # node's own duties (heartbeats, acknowledgements) run in between.
-                    self._unyielded = 0
+                    self._unyielded = self._unyielded_bytes = 0
                     await trio.lowlevel.checkpoint()
             try:
                 packets = self._reader.feed(await self._receive())
