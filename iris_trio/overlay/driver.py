@@ -530,17 +530,18 @@ class OverlayDriver:
 
     def _behind(self, node: int, link: Link) -> bool:
         """True while ``link`` queues beyond its share and still drains (keeps up)."""
-        config, figures = self.link_config, link.statistics()
-        queued = figures.queued_bytes * _SLOW_SHARE >= config.send_queue_bytes or (
-            figures.queued_frames * _SLOW_SHARE >= config.send_queue_frames
-        )
-        if not queued:
+        config = self.link_config
+        queued_bytes, queued_frames = link.queued  # (per event frame: no snapshot)
+        if (
+            queued_bytes * _SLOW_SHARE < config.send_queue_bytes
+            and queued_frames * _SLOW_SHARE < config.send_queue_frames
+        ):
             self._behind_since.pop(node, None)
             return False
-        now = trio.current_time()
-        since, sent = self._behind_since.setdefault(node, (now, figures.bytes_sent))
-        if figures.bytes_sent - sent >= _KEEPS_UP_BYTES:  # behind, but draining
-            self._behind_since[node] = (now, figures.bytes_sent)
+        now, bytes_sent = trio.current_time(), link.bytes_sent
+        since, sent = self._behind_since.setdefault(node, (now, bytes_sent))
+        if bytes_sent - sent >= _KEEPS_UP_BYTES:  # behind, but draining
+            self._behind_since[node] = (now, bytes_sent)
             return True
         return now - since <= _SLOW_GIVE_UP  # else it does not keep up: it drops
 

@@ -187,6 +187,17 @@ class Link:
         """Why the link broke (``None`` while healthy and after a clean close)."""
         return self._close_reason
 
+    @property
+    def queued(self) -> tuple[int, int]:
+        """Bytes and frames queued for sending now (as :meth:`statistics`
+        says, without building the snapshot: for a check per frame)."""
+        return self._queued_bytes, len(self._queue)
+
+    @property
+    def bytes_sent(self) -> int:
+        """Bytes written so far (as :meth:`statistics` says)."""
+        return self._bytes_sent
+
     def statistics(self) -> LinkStatistics:
         """A snapshot of the link's counters."""
         return LinkStatistics(
