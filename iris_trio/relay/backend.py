@@ -5,6 +5,7 @@ call), and from anyio otherwise (asyncio).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
@@ -14,7 +15,7 @@ import anyio.lowlevel
 import sniffio
 import trio
 
-__all__ = ["Backend", "EventLike", "current_backend"]
+__all__ = ["Backend", "EventLike", "current_backend", "read_ready"]
 
 
 class EventLike(Protocol):
@@ -85,3 +86,21 @@ def current_backend() -> Backend:
     except sniffio.AsyncLibraryNotFoundError:
         return _ANYIO
     return _TRIO if library == "trio" else _ANYIO
+
+
+async def read_ready(fd: int, size: int) -> tuple[bytes, bool]:
+    """Up to ``size`` bytes from the socket ``fd`` under trio (``b""`` at its
+    end), read at once while data is there, and whether this waited for them
+    (a yield to the scheduler).
+
+    Raises:
+        OSError: the connection failed.
+        trio.ClosedResourceError: the socket was closed while this waited.
+    """
+    waited = False
+    while True:
+        try:
+            return os.read(fd, size), waited
+        except BlockingIOError:
+            await trio.lowlevel.wait_readable(fd)
+            waited = True

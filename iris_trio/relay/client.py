@@ -47,7 +47,7 @@ from ..errors import (
 )
 from ..patterns.limits import check_message
 from ..patterns.tunnel import DEFAULT_WINDOW
-from .backend import EventLike, current_backend
+from .backend import EventLike, current_backend, read_ready
 from .chunks import CHUNK_LIMIT, ChunkAssembler, split
 from .codec import (
     MAGIC_CLIENT,
@@ -707,12 +707,11 @@ class Connection:
         """
         unyielded = 0
         while self._closed is None:
-            try:
-                data = os.read(fd, _READ_SIZE)
-            except BlockingIOError:
-                await trio.lowlevel.wait_readable(fd)
+            data, waited = await read_ready(fd, _READ_SIZE)
+            if waited:
                 unyielded = 0
-                continue
+                if self._closed is not None:  # (it closed while this waited)
+                    return
             if not data:
                 raise anyio.EndOfStream
             self._writer.note_read()

@@ -20,7 +20,6 @@ import functools
 import heapq
 import logging
 import math
-import os
 import re
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -41,6 +40,7 @@ from ..patterns.queue import ByteBudget
 from ..patterns.requests import IncomingRequests, Request
 from ..patterns.subscription import Subscription
 from ..patterns.tunnel import Tunnel
+from .backend import read_ready
 from .bridge import TunnelBridge
 from .chunks import CHUNK_LIMIT
 from .codec import (
@@ -351,20 +351,12 @@ class RelayConnection:
         arrived meanwhile is read in the same turn, and more packets act
         together."""
         await trio.lowlevel.checkpoint_if_cancelled()
-        fd = self._fd
-        while True:
-            try:
-                data = os.read(fd, _READ_SIZE)
-            except BlockingIOError:
-                try:
-                    await trio.lowlevel.wait_readable(fd)
-                except (trio.ClosedResourceError, OSError) as exc:
-                    raise _GoneError from exc
-                self._unyielded = self._unyielded_bytes = 0
-                continue
-            except OSError as exc:
-                raise _GoneError from exc
-            break
+        try:
+            data, waited = await read_ready(self._fd, _READ_SIZE)
+        except (trio.ClosedResourceError, OSError) as exc:
+            raise _GoneError from exc
+        if waited:
+            self._unyielded = self._unyielded_bytes = 0
         if not data:
             raise _GoneError
         self._unyielded_bytes += len(data)
