@@ -57,6 +57,15 @@ async def secure_stream_pair(**kwargs: int) -> tuple[SecureStream, SecureStream]
     return secure_over(left, a, **kwargs), secure_over(right, b, **kwargs)
 
 
+async def socket_secure_stream_pair(**kwargs: int) -> tuple[SecureStream, SecureStream]:
+    """Two connected secure streams over a connected pair of sockets (the
+    transport of real links: reads and eager writes go to the socket itself)."""
+    left_socket, right_socket = trio.socket.socketpair()
+    left, right = trio.SocketStream(left_socket), trio.SocketStream(right_socket)
+    a, b = await handshake_pair(left, right)
+    return secure_over(left, a, **kwargs), secure_over(right, b, **kwargs)
+
+
 async def lockstep_secure_stream_pair() -> tuple[SecureStream, SecureStream]:
     """Secure streams over a lockstep (unbuffered) memory stream pair."""
     left, right = trio.testing.lockstep_stream_pair()

@@ -16,11 +16,100 @@ from iris_trio.transport.secure_stream import (
     StreamTruncatedError,
 )
 
-from .helpers import handshake_pair, lockstep_secure_stream_pair, secure_over, secure_stream_pair
+from .helpers import (
+    handshake_pair,
+    lockstep_secure_stream_pair,
+    secure_over,
+    secure_stream_pair,
+    socket_secure_stream_pair,
+)
 
 
 async def test_passes_trio_two_way_stream_checks() -> None:
     await trio.testing.check_two_way_stream(secure_stream_pair, lockstep_secure_stream_pair)
+
+
+async def test_passes_trio_two_way_stream_checks_over_sockets() -> None:
+    await trio.testing.check_two_way_stream(socket_secure_stream_pair, None)
+
+
+async def test_messages_one_at_a_time_over_a_socket_each_arrive_in_order() -> None:
+    a, b = await socket_secure_stream_pair()
+    for i in range(200):  # each read empties the socket: the next waits first
+        await a.send_all(b"ping %d" % i)
+        assert await b.receive_some() == b"ping %d" % i
+        assert a.write_now(b"pong %d" % i)
+        assert await b.receive_some() == b"pong %d" % i
+    data = bytes(range(256)) * 4096  # 1 MiB: several full reads in a row
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(a.send_all, data)
+        received = bytearray()
+        while len(received) < len(data):
+            received += await b.receive_some()
+    assert received == data
+
+
+async def _close_and_reuse(stream: SecureStream) -> list[trio.socket.SocketType]:
+    """Close the socket under ``stream`` (as a link does when it gives up),
+    then make a new socket pair, which likely gets its number, with data in it."""
+    transport = stream.transport_stream
+    assert isinstance(transport, trio.SocketStream)
+    fd = transport.socket.fileno()
+    await trio.aclose_forcefully(transport)
+    others = list(trio.socket.socketpair())
+    await others[1].send(b"not for this stream")
+    assert fd in (others[0].fileno(), others[1].fileno())  # (the case this guards)
+    return others
+
+
+@pytest.mark.parametrize("waiting", [True, False])
+async def test_a_socket_closed_under_the_reader_is_never_read_again(waiting: bool) -> None:
+    a, b = await socket_secure_stream_pair()
+    if waiting:  # the reader waits for data when the socket is closed
+        await a.send_all(b"first")
+        assert await b.receive_some() == b"first"
+    outcomes: list[object] = []
+    others: list[trio.socket.SocketType] = []
+
+    async def receive() -> None:
+        try:
+            with trio.fail_after(5):  # (a read of the other socket waits for a record)
+                outcomes.append(await b.receive_some())
+        except (trio.ClosedResourceError, trio.TooSlowError) as exc:
+            outcomes.append(exc)
+
+    async def close() -> None:
+        if waiting:
+            await trio.testing.wait_all_tasks_blocked()
+        others.extend(await _close_and_reuse(b))
+
+    if waiting:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(receive)
+            nursery.start_soon(close)
+    else:  # closed before the read: the socket's number now names another one
+        await close()
+        await receive()
+    assert len(outcomes) == 1 and isinstance(outcomes[0], trio.ClosedResourceError)
+    with pytest.raises(trio.ClosedResourceError):
+        await b.receive_some()
+    assert await others[0].recv(100) == b"not for this stream"  # left where it was
+    for sock in others:
+        sock.close()
+
+
+async def test_a_reset_connection_breaks_the_reader() -> None:
+    a, b = await socket_secure_stream_pair()
+    await a.send_all(b"first")
+    assert await b.receive_some() == b"first"
+    transport = a.transport_stream
+    assert isinstance(transport, trio.SocketStream)
+    transport.socket.setsockopt(
+        trio.socket.SOL_SOCKET, trio.socket.SO_LINGER, struct.pack("ii", 1, 0)
+    )
+    await trio.aclose_forcefully(transport)
+    with pytest.raises(trio.BrokenResourceError):
+        await b.receive_some()
 
 
 async def test_large_writes_are_cut_into_records_and_reassembled() -> None:

@@ -78,8 +78,10 @@ class SecureStream(trio.abc.Stream):
         # Eager writes (see write_now): the socket's descriptor, when the transport
         # is a socket stream, and sealed bytes the socket did not take at once.
         socket = getattr(transport_stream, "socket", None)
+        self._socket: trio.socket.SocketType | None = socket
         self._fd: int | None = socket.fileno() if socket is not None else None
         self._unsent: memoryview | None = None
+        self._drained = False  # the last read from the socket emptied it
         self._sending = False
         self._receiving = False
         self._closed = False
@@ -227,6 +229,30 @@ class SecureStream(trio.abc.Stream):
 
     # -------------------------------------------------------------- receiving
 
+    async def _read_socket(self, socket: trio.socket.SocketType, fd: int) -> bytes:
+        """The next bytes from the socket (a checkpoint). When the last read
+        emptied it, wait until it is readable first instead of trying a read
+        that finds nothing (a system call and an exception per read on a link
+        that answers one message at a time)."""
+        if self._drained:
+            await trio.lowlevel.wait_readable(fd)
+        else:
+            await trio.lowlevel.checkpoint()
+        while True:
+            if self._closed or socket.fileno() != fd:  # (closed while this waited)
+                raise trio.ClosedResourceError("the secure stream was closed")
+            try:
+                data = os.read(fd, _RECEIVE_SIZE)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(fd)
+                continue
+            except OSError as exc:
+                if self._closed:
+                    raise trio.ClosedResourceError("the secure stream was closed") from None
+                raise trio.BrokenResourceError(f"the connection failed: {exc}") from exc
+            self._drained = len(data) < _RECEIVE_SIZE
+            return data
+
     def _open_records(self, records: list[bytes] | list[memoryview]) -> None:
         """Decrypt ``records`` into one plaintext buffer, stopping at the first bad one."""
         if not records or self._end_received:
@@ -305,7 +331,10 @@ class SecureStream(trio.abc.Stream):
                 if self._end_received:
                     await trio.lowlevel.cancel_shielded_checkpoint()
                     return b""
-                data = await self.transport_stream.receive_some(_RECEIVE_SIZE)
+                if self._socket is None or self._fd is None:
+                    data = await self.transport_stream.receive_some(_RECEIVE_SIZE)
+                else:
+                    data = await self._read_socket(self._socket, self._fd)
                 if not data:
                     self._receive_error = StreamTruncatedError(
                         "connection ended without an authenticated close (truncated)"
