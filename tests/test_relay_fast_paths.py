@@ -19,6 +19,7 @@ import trio.testing
 
 import iris_trio
 from iris_trio.relay import client as relay_client
+from iris_trio.relay.backend import read_ready
 from iris_trio.relay.codec import (
     MAGIC_RELAY,
     VERSION,
@@ -236,3 +237,25 @@ async def test_a_burst_the_socket_takes_in_part_keeps_the_rest_withdrawable() ->
         kept = [served for served, ticket in tickets.items() if ticket not in withdrawn]
         assert ids == kept
         assert len(ids) + len(withdrawn) == 400
+
+
+async def test_read_ready_waits_first_only_when_the_last_read_emptied_the_socket() -> None:
+    left, right = trio.socket.socketpair()
+    with left, right:
+        await right.send(b"there already")
+        data, waited = await read_ready(left.fileno(), 1024)
+        assert (data, waited) == (b"there already", False)  # read at once
+
+        async def send_later() -> None:
+            await trio.testing.wait_all_tasks_blocked()
+            await right.send(b"later")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send_later)
+            # Drained: it waits for data (no read that finds nothing first).
+            data, waited = await read_ready(left.fileno(), 1024, drained=True)
+        assert (data, waited) == (b"later", True)
+        await right.send(b"more")
+        await trio.testing.wait_all_tasks_blocked()
+        data, waited = await read_ready(left.fileno(), 1024, drained=True)
+        assert (data, waited) == (b"more", True)  # (data there: one turn, no more)

@@ -88,16 +88,21 @@ def current_backend() -> Backend:
     return _TRIO if library == "trio" else _ANYIO
 
 
-async def read_ready(fd: int, size: int) -> tuple[bytes, bool]:
+async def read_ready(fd: int, size: int, *, drained: bool = False) -> tuple[bytes, bool]:
     """Up to ``size`` bytes from the socket ``fd`` under trio (``b""`` at its
     end), read at once while data is there, and whether this waited for them
-    (a yield to the scheduler).
+    (a yield to the scheduler). ``drained``: the last read emptied the socket
+    (it returned less than it asked for): wait until it is readable first
+    instead of trying a read that finds nothing.
 
     Raises:
         OSError: the connection failed.
         trio.ClosedResourceError: the socket was closed while this waited.
     """
     waited = False
+    if drained:
+        await trio.lowlevel.wait_readable(fd)
+        waited = True
     while True:
         try:
             return os.read(fd, size), waited

@@ -706,8 +706,10 @@ class Connection:
             OSError / trio.ClosedResourceError: the connection broke or was closed.
         """
         unyielded = 0
+        drained = False
         while self._closed is None:
-            data, waited = await read_ready(fd, _READ_SIZE)
+            data, waited = await read_ready(fd, _READ_SIZE, drained=drained)
+            drained = len(data) < _READ_SIZE
             if waited:
                 unyielded = 0
                 if self._closed is not None:  # (it closed while this waited)

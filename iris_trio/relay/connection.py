@@ -155,6 +155,7 @@ class RelayConnection:
         self._totals = totals or RelayTotals(limits)
         self._refused = refusal  # DENY the client with this (the relay is full)
         self._fd = stream.socket.fileno()
+        self._drained = False  # the last read emptied the socket (see read_ready)
         self._writer = PacketWriter(stream.send_all, limits.queued_bytes, fd=self._fd)
         self._unyielded = 0  # packets acted on since the reader last yielded
         self._unyielded_bytes = 0  # bytes read since then
@@ -352,9 +353,10 @@ class RelayConnection:
         together."""
         await trio.lowlevel.checkpoint_if_cancelled()
         try:
-            data, waited = await read_ready(self._fd, _READ_SIZE)
+            data, waited = await read_ready(self._fd, _READ_SIZE, drained=self._drained)
         except (trio.ClosedResourceError, OSError) as exc:
             raise _GoneError from exc
+        self._drained = len(data) < _READ_SIZE
         if waited:
             self._unyielded = self._unyielded_bytes = 0
         if not data:
