@@ -434,3 +434,39 @@ async def test_the_start_of_a_burst_is_written_at_once_and_the_rest_follows_in_o
                 await done.wait()
         nursery.cancel_scope.cancel()
     assert received == list(range(64))
+
+
+async def test_a_stream_over_tcp_arrives_whole_and_in_order_when_the_socket_fills() -> None:
+    """The writer writes straight to the socket; when the peer reads late the
+    socket fills, the rest of a write waits, and nothing is lost or reordered."""
+    network = Network("link-stream-" + os.urandom(4).hex(), NetworkKey.generate())
+    count, size = 2000, 16 * 1024  # 32 MiB: more than the socket buffers hold
+    received: list[tuple[int, bytes]] = []
+    done = trio.Event()
+
+    async def take(link: Link) -> None:
+        await trio.sleep(0.3)  # the sender's socket fills meanwhile
+        while len(received) < count:
+            frame = await link.receive()
+            assert isinstance(frame, Payload)
+            received.append((frame.channel, frame.data))
+        done.set()
+        await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        listener: LinkListener = await nursery.start(
+            lambda task_status: serve_tcp_links(
+                take, 0, identity=NodeIdentity.generate(), network=network, task_status=task_status
+            )
+        )
+        port = int(listener.listen.rsplit(":", 1)[1])
+        async with connect_tcp_link(
+            "127.0.0.1", port, identity=NodeIdentity.generate(), network=network
+        ) as link:
+            with trio.fail_after(30):
+                for channel in range(count):
+                    await link.send(Payload(channel, bytes([channel % 251]) * size))
+                await done.wait()
+        nursery.cancel_scope.cancel()
+    assert [channel for channel, _ in received] == list(range(count))
+    assert all(data == bytes([channel % 251]) * size for channel, data in received)

@@ -55,6 +55,8 @@ _EAGER_IDLE = 1e-3
 #: Frames queued in one scheduler turn that are written at once, without
 #: waiting for the writer task.
 _EAGER_FRAMES = 16
+#: The writer yields to other tasks at least once per this many bytes written.
+_WRITER_YIELD_BYTES = 1 << 20
 #: Largest frame :meth:`Link.send_control_nowait` takes, encoded.
 _CONTROL_FRAME_LIMIT = 256
 _U32 = struct.Struct(">I")
@@ -506,6 +508,7 @@ class Link:
     async def _write_until_closed(self) -> None:
         secure = self._secure
         config = self.config
+        unyielded = 0  # bytes written straight to the socket since the last yield
         try:
             while self._close_reason is None and not self._remote_closed:
                 if not self._queue:
@@ -539,10 +542,26 @@ class Link:
                         self._keepalives_sent += 1
                 batch = self._take_batch()
                 self._eager_part = True
-                with _write_scope(config.write_timeout) as scope:
-                    await secure.send_all(batch)
-                if scope.cancelled_caught:
-                    raise trio.TooSlowError
+                if secure.can_write_now:
+                    # Straight to the socket: no scheduler turn after a write the
+                    # socket took whole (trio's send yields after each); one
+                    # each _WRITER_YIELD_BYTES written so, for the others' sake.
+                    secure.write_now(batch)
+                    unyielded += len(batch)
+                    if secure.has_unsent:
+                        unyielded = 0
+                        with _write_scope(config.write_timeout) as scope:
+                            await secure.flush()
+                        if scope.cancelled_caught:
+                            raise trio.TooSlowError
+                    elif unyielded >= _WRITER_YIELD_BYTES:
+                        unyielded = 0
+                        await trio.lowlevel.cancel_shielded_checkpoint()
+                else:
+                    with _write_scope(config.write_timeout) as scope:
+                        await secure.send_all(batch)
+                    if scope.cancelled_caught:
+                        raise trio.TooSlowError
                 self._last_write = trio.current_time()
                 self._read_since_write = False
                 self._bytes_sent += len(batch)
